@@ -57,6 +57,16 @@ class EngineStats:
     extra: dict[str, float] = field(default_factory=dict)
 
 
+class EngineObserver:
+    """What an engine reports as it works; servers pass one that records metrics. Defaults do nothing."""
+
+    def queue_wait(self, stage: str, seconds: float) -> None:
+        """A request waited ``seconds`` before the engine started its ``stage`` (prefill or decode)."""
+
+    def step(self, batch_size: int, seconds: float) -> None:
+        """One decode step ran over ``batch_size`` sequences."""
+
+
 @runtime_checkable
 class Engine(Protocol):
     """One inference engine. Implementations must be safe to call from one asyncio loop."""

@@ -1,0 +1,113 @@
+"""Builds and deploys the Serve application from one config: the P/D wiring lives here.
+
+Disaggregated: Router (head) -> DecodeServer (pool=decode) -> PrefillServer (pool=prefill).
+Colocated (the baseline): Router (head) -> DecodeServer in role "colocated" (pool=decode).
+Each server selects its pool by Ray node label, never by host.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+from ray.serve.config import HTTPOptions, ProxyLocation
+
+from orchestrator.cluster import HEAD_POOL, POOL_LABEL
+from orchestrator.config import DeploymentConfig, FlowtideConfig, Pool
+from orchestrator.router import Router, api
+from workers.servers import LLMServer
+from workers.telemetry import MetricsHub
+
+PREFILL_DEPLOYMENT = "PrefillServer"
+DECODE_DEPLOYMENT = "DecodeServer"
+ROUTER_DEPLOYMENT = "Router"
+HUB_DEPLOYMENT = "MetricsHub"
+
+
+def resolve_model_path(config: FlowtideConfig) -> str:
+    """The checkpoint directory to serve: the configured one, or the embedded tiny model (built on first use)."""
+    if config.model.path is None:
+        from workers.tiny_model import tiny_model_path
+
+        return str(tiny_model_path())
+    path = Path(config.model.path).expanduser()
+    if not (path / "config.json").exists():
+        from orchestrator.config import ConfigError
+
+        raise ConfigError(f"model.path: {path} is not a Hugging Face checkpoint directory (no config.json)")
+    return str(path)
+
+
+def _options(name: str, pool: str, deployment: DeploymentConfig) -> dict[str, Any]:
+    return dict(
+        name=name,
+        ray_actor_options={
+            "num_cpus": deployment.num_cpus,
+            "num_gpus": deployment.num_gpus,
+            "label_selector": {POOL_LABEL: pool},
+        },
+        max_ongoing_requests=deployment.max_ongoing_requests,
+        autoscaling_config={
+            "min_replicas": deployment.min_replicas,
+            "initial_replicas": deployment.initial_replicas,
+            "max_replicas": deployment.max_replicas,
+        },
+    )
+
+
+def engine_options(config: FlowtideConfig, role: str) -> dict[str, Any]:
+    """Keyword arguments of the configured engine's constructor."""
+    if config.engine.kind == "vllm":
+        vllm = config.engine.vllm
+        return dict(
+            dtype=config.model.dtype,
+            max_model_len=config.model.max_model_len,
+            tensor_parallel_size=vllm.tensor_parallel_size,
+            kv_cache_bytes=vllm.kv_cache_bytes,
+            gpu_memory_utilization=vllm.gpu_memory_utilization,
+            enforce_eager=vllm.enforce_eager,
+            kv_connector=vllm.kv_connector,
+            max_batch_size=config.serving.max_batch_size,
+        )
+    return dict(
+        dtype=config.model.dtype,
+        device=config.engine.device,
+        max_batch_size=config.serving.max_batch_size,
+        max_model_len=config.model.max_model_len,
+    )
+
+
+def build_app(config: FlowtideConfig, model_path: str | None = None) -> serve.Application:
+    """The Serve application for ``config`` (not yet running)."""
+    model_path = model_path or resolve_model_path(config)
+    serving = config.serving
+    hub = serve.deployment(MetricsHub).options(
+        name=HUB_DEPLOYMENT, num_replicas=1, ray_actor_options={"num_cpus": 0, "label_selector": {POOL_LABEL: HEAD_POOL}}
+    ).bind()
+    common = dict(engine_kind=config.engine.kind, model_path=model_path, metrics_hub=hub,
+                  metrics_interval_s=serving.metrics_push_interval_s)
+    if serving.mode == "disaggregated":
+        prefill = serve.deployment(LLMServer).options(**_options(PREFILL_DEPLOYMENT, Pool.PREFILL.value, serving.prefill)
+                                                      ).bind(role="prefill", engine_options=engine_options(config, "prefill"), **common)
+        decode = serve.deployment(LLMServer).options(**_options(DECODE_DEPLOYMENT, Pool.DECODE.value, serving.decode)
+                                                     ).bind(role="decode", engine_options=engine_options(config, "decode"),
+                                                            prefill=prefill, **common)
+    else:
+        decode = serve.deployment(LLMServer).options(**_options(DECODE_DEPLOYMENT, Pool.DECODE.value, serving.decode)
+                                                     ).bind(role="colocated",
+                                                            engine_options=engine_options(config, "colocated"), **common)
+    router = serve.deployment(serve.ingress(api)(Router)).options(**_options(ROUTER_DEPLOYMENT, HEAD_POOL, serving.router))
+    return router.bind(config.model_dump(mode="json"), model_path, decode, hub)
+
+
+def deploy(config: FlowtideConfig, model_path: str | None = None, blocking_timeout_s: float = 300.0) -> str:
+    """Start Serve on the connected cluster, run the app, and return the endpoint's base URL."""
+    serving = config.serving
+    serve.start(
+        proxy_location=ProxyLocation.HeadOnly,
+        http_options=HTTPOptions(host=serving.http_host, port=serving.http_port,
+                                 request_timeout_s=serving.request_timeout_s),
+    )
+    serve.run(build_app(config, model_path), name=serving.app_name, route_prefix=serving.route_prefix)
+    return f"http://{serving.http_host}:{serving.http_port}"

@@ -1,0 +1,7 @@
+"""Elastic, fault-tolerant data-parallel training on Ray: peers churn, survivors never restart.
+
+Map: ``task`` (what to train) -> ``coordinator`` (membership epochs, one actor per job)
+-> ``peer`` (one actor per node: compute, gather, commit) using ``sharding`` (which
+samples), ``step_math`` (bit-exact gradient combination), ``state`` (hash and transfer),
+``checkpoint`` (async atomic files) and ``membership`` (the pure formation policy).
+"""

@@ -1,0 +1,85 @@
+"""The training state a joiner must receive, its canonical hash, and its wire format.
+
+State = model parameters and buffers, optimizer state, committed step and seed. The
+data position is the committed step (see ``sharding``) and the RNG is derived from
+(seed, step, micro-batch) (see ``step_math``), so both travel as those two integers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+class StateHashMismatch(RuntimeError):
+    """A received or restored state does not hash to what its source announced."""
+
+
+@dataclass(frozen=True)
+class StateDigest:
+    step: int
+    sha256: str
+
+    @property
+    def short(self) -> int:
+        """The first 63 bits as an int: small enough to gather in an int64 tensor."""
+        return int(self.sha256[:16], 16) & (2**63 - 1)
+
+
+def _feed(h: "hashlib._Hash", obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().contiguous().cpu()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(obj, dict):
+        h.update(b"{")
+        for key in sorted(obj, key=repr):
+            h.update(repr(key).encode())
+            _feed(h, obj[key])
+        h.update(b"}")
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"[")
+        for item in obj:
+            _feed(h, item)
+        h.update(b"]")
+    else:
+        h.update(repr(obj).encode())
+
+
+def digest(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, seed: int) -> StateDigest:
+    """SHA-256 over every byte of the state, in a canonical order."""
+    h = hashlib.sha256()
+    _feed(h, {"step": step, "seed": seed, "model": model.state_dict(), "optimizer": optimizer.state_dict()})
+    return StateDigest(step=step, sha256=h.hexdigest())
+
+
+def dump(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, seed: int) -> bytes:
+    buf = io.BytesIO()
+    torch.save({"step": step, "seed": seed, "model": model.state_dict(), "optimizer": optimizer.state_dict()}, buf)
+    return buf.getvalue()
+
+
+def load(
+    blob: bytes, model: torch.nn.Module, optimizer: torch.optim.Optimizer, expected: StateDigest | None
+) -> int:
+    """Load ``blob`` into ``model`` and ``optimizer``; return its step.
+
+    Raises:
+        StateHashMismatch: the loaded state does not hash to ``expected``.
+    """
+    data = torch.load(io.BytesIO(blob), weights_only=True)
+    model.load_state_dict(data["model"])
+    optimizer.load_state_dict(data["optimizer"])
+    step = int(data["step"])
+    if expected is not None:
+        got = digest(model, optimizer, step, int(data["seed"]))
+        if got != expected:
+            raise StateHashMismatch(
+                f"state of step {step} hashes to {got.sha256[:12]}, source announced "
+                f"step {expected.step} / {expected.sha256[:12]}"
+            )
+    return step

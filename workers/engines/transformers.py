@@ -1,0 +1,256 @@
+"""The built-in engine: a Hugging Face ``transformers`` causal LM with exportable KV and continuous batching.
+
+Prefill runs one prompt and exports its KV cache as one numpy array
+``[layers, 2, kv_heads, seq, head_dim]`` (the servers move it through the Ray object
+store). Decode keeps every running sequence's KV in its own buffer and, each step,
+stacks the batch left-padded with an attention mask and explicit positions, so
+requests join and leave the batch between any two steps (continuous batching, as in
+Orca). Model calls run on one worker thread; the asyncio loop only schedules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.cache_utils import DynamicCache
+
+from workers.engines.base import EngineError, EngineObserver, EngineStats, EngineUnavailableError, Prefilled, SamplingParams
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(eq=False)
+class _Sequence:
+    """One running decode: its KV buffer, position and output queue."""
+
+    request_id: str
+    kv: torch.Tensor  # [layers, 2, kv_heads, capacity, head_dim]
+    length: int
+    last_token: int
+    remaining: int
+    sampling: SamplingParams
+    generator: torch.Generator | None
+    enqueued_at: float = field(default_factory=time.perf_counter)
+    out: asyncio.Queue = field(default_factory=asyncio.Queue)
+    closed: bool = False
+
+
+class TransformersEngine:
+    """Any local HF causal-LM checkpoint on CPU (or one GPU); greedy output equals ``generate``."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        dtype: str = "float32",
+        device: str = "cpu",
+        max_batch_size: int = 32,
+        max_model_len: int = 2048,
+        torch_threads: int = 1,
+        observer: EngineObserver | None = None,
+    ) -> None:
+        path = Path(model_path)
+        if not (path / "config.json").exists():
+            raise EngineUnavailableError(f"model path {path} is not a Hugging Face checkpoint (no config.json)")
+        if torch_threads > 0:
+            torch.set_num_threads(torch_threads)
+        self.device = torch.device(device)
+        self.dtype = _DTYPES[dtype]
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
+        config = AutoConfig.from_pretrained(path)
+        eos = config.eos_token_id
+        self.eos_token_id: int | None = eos[0] if isinstance(eos, list) else eos
+        self.max_batch_size = max_batch_size
+        self.max_model_len = max_model_len
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._waiting: deque[_Sequence] = deque()
+        self._running: list[_Sequence] = []
+        self._prefills_waiting = 0
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task | None = None
+        self.steps = 0
+        self.observer = observer or EngineObserver()
+
+    # -- prefill ---------------------------------------------------------------
+
+    async def prefill(self, request_id: str, prompt_ids: list[int], sampling: SamplingParams) -> Prefilled:
+        if not prompt_ids:
+            raise EngineError("empty prompt")
+        if len(prompt_ids) + sampling.max_tokens > self.max_model_len:
+            raise EngineError(
+                f"prompt ({len(prompt_ids)}) + max_tokens ({sampling.max_tokens}) exceeds max_model_len {self.max_model_len}"
+            )
+        self._prefills_waiting += 1
+        try:
+            start = time.perf_counter()
+            started, first, kv = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._prefill_compute, prompt_ids, sampling
+            )
+            self.observer.queue_wait("prefill", started - start)
+        finally:
+            self._prefills_waiting -= 1
+        return Prefilled(
+            request_id=request_id,
+            prompt_ids=tuple(prompt_ids),
+            first_token=first,
+            kv=kv,
+            kv_bytes=kv.nbytes,
+            prefill_s=time.perf_counter() - start,
+        )
+
+    @torch.inference_mode()
+    def _prefill_compute(self, prompt_ids: list[int], sampling: SamplingParams) -> tuple[float, int, np.ndarray]:
+        started = time.perf_counter()
+        ids = torch.tensor([prompt_ids], device=self.device)
+        out = self.model(input_ids=ids, use_cache=True)
+        cache = out.past_key_values
+        kv = torch.stack([torch.stack([layer.keys[0], layer.values[0]]) for layer in cache.layers])
+        first = self._sample(out.logits[:, -1, :], [sampling], [_generator(sampling)])[0]
+        return started, first, kv.to("cpu").numpy()
+
+    # -- decode ----------------------------------------------------------------
+
+    async def decode(self, prefilled: Prefilled, sampling: SamplingParams) -> AsyncIterator[int]:
+        if sampling.max_tokens <= 1 or (prefilled.first_token == self.eos_token_id and not sampling.ignore_eos):
+            return
+        kv = torch.as_tensor(np.asarray(prefilled.kv), device=self.device, dtype=self.dtype)
+        length = kv.shape[3]
+        capacity = length + sampling.max_tokens
+        buffer = torch.empty((*kv.shape[:3], capacity, kv.shape[4]), dtype=self.dtype, device=self.device)
+        buffer[:, :, :, :length] = kv
+        seq = _Sequence(
+            request_id=prefilled.request_id,
+            kv=buffer,
+            length=length,
+            last_token=prefilled.first_token,
+            remaining=sampling.max_tokens - 1,
+            sampling=sampling,
+            generator=_generator(sampling, offset=1),
+        )
+        self._waiting.append(seq)
+        self._ensure_loop()
+        self._wake.set()
+        try:
+            while (token := await seq.out.get()) is not None:
+                if isinstance(token, BaseException):
+                    raise EngineError(f"decode step failed: {token}") from token
+                yield token
+        finally:
+            seq.closed = True  # the loop drops it before the next step
+
+    async def generate(self, request_id: str, prompt_ids: list[int], sampling: SamplingParams) -> AsyncIterator[int]:
+        prefilled = await self.prefill(request_id, prompt_ids, sampling)
+        yield prefilled.first_token
+        async for token in self.decode(prefilled, sampling):
+            yield token
+
+    def _ensure_loop(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.get_running_loop().create_task(self._batch_loop())
+
+    async def _batch_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._running = [s for s in self._running if not s.closed]
+            while self._waiting and len(self._running) < self.max_batch_size:
+                seq = self._waiting.popleft()
+                if not seq.closed:
+                    self.observer.queue_wait("decode", time.perf_counter() - seq.enqueued_at)
+                    self._running.append(seq)
+            if not self._running:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = list(self._running)
+            start = time.perf_counter()
+            try:
+                tokens = await loop.run_in_executor(self._executor, self._decode_step, batch)
+            except Exception as exc:  # a failed step fails its batch, not the replica
+                log.exception("decode step failed for %d sequences", len(batch))
+                for seq in batch:
+                    seq.out.put_nowait(exc)
+                    seq.closed = True
+                continue
+            self.steps += 1
+            self.observer.step(len(batch), time.perf_counter() - start)
+            for seq, token in zip(batch, tokens):
+                seq.out.put_nowait(token)
+                seq.remaining -= 1
+                seq.last_token = token
+                if seq.remaining <= 0 or (token == self.eos_token_id and not seq.sampling.ignore_eos):
+                    seq.out.put_nowait(None)
+                    seq.closed = True
+
+    @torch.inference_mode()
+    def _decode_step(self, batch: list[_Sequence]) -> list[int]:
+        lengths = [s.length for s in batch]
+        longest = max(lengths)
+        n_layers, _, kv_heads, _, head_dim = batch[0].kv.shape
+        keys = torch.zeros((n_layers, len(batch), kv_heads, longest, head_dim), dtype=self.dtype, device=self.device)
+        values = torch.zeros_like(keys)
+        mask = torch.zeros((len(batch), longest + 1), dtype=torch.long, device=self.device)
+        for i, seq in enumerate(batch):
+            pad = longest - seq.length
+            keys[:, i, :, pad:] = seq.kv[:, 0, :, : seq.length]
+            values[:, i, :, pad:] = seq.kv[:, 1, :, : seq.length]
+            mask[i, pad:] = 1
+        cache = DynamicCache(ddp_cache_data=[(keys[layer], values[layer]) for layer in range(n_layers)])
+        out = self.model(
+            input_ids=torch.tensor([[s.last_token] for s in batch], device=self.device),
+            attention_mask=mask,
+            position_ids=torch.tensor([[n] for n in lengths], device=self.device),
+            past_key_values=cache,
+            use_cache=True,
+        )
+        for layer_index, layer in enumerate(out.past_key_values.layers):
+            for i, seq in enumerate(batch):
+                seq.kv[layer_index, 0, :, seq.length] = layer.keys[i, :, -1]
+                seq.kv[layer_index, 1, :, seq.length] = layer.values[i, :, -1]
+        for seq in batch:
+            seq.length += 1
+        return self._sample(out.logits[:, -1, :], [s.sampling for s in batch], [s.generator for s in batch])
+
+    def _sample(
+        self, logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
+    ) -> list[int]:
+        tokens = logits.argmax(dim=-1).tolist()
+        for i, (p, gen) in enumerate(zip(params, generators)):
+            if p.temperature > 0:
+                probs = torch.softmax(logits[i].float() / p.temperature, dim=-1)
+                tokens[i] = int(torch.multinomial(probs, 1, generator=gen).item())
+        return tokens
+
+    # -- load --------------------------------------------------------------------
+
+    def stats(self) -> EngineStats:
+        used = sum(s.length for s in self._running)
+        return EngineStats(
+            waiting=len(self._waiting) + self._prefills_waiting,
+            running=len(self._running),
+            kv_used_fraction=used / (self.max_batch_size * self.max_model_len),
+        )
+
+    async def shutdown(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _generator(sampling: SamplingParams, offset: int = 0) -> torch.Generator | None:
+    """A per-request RNG, so a seeded request samples the same tokens wherever it runs."""
+    if sampling.temperature <= 0:
+        return None
+    gen = torch.Generator()
+    gen.manual_seed((sampling.seed if sampling.seed is not None else torch.seed()) + offset)
+    return gen

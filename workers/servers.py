@@ -1,0 +1,171 @@
+"""The prefill, decode and colocated servers: one class parameterised by role.
+
+Topology (disaggregated): router -> decode server -> prefill server. The decode
+server calls prefill itself (as Ray Serve LLM does), fetches the KV from the object
+store, joins the engine's running batch and streams tokens back to the router, so a
+request crosses one hop fewer than router -> prefill -> router -> decode.
+Colocated: router -> colocated server, which does both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ray
+from prometheus_client import CollectorRegistry
+
+from workers.engines import build_engine
+from workers.engines.base import EngineError, Prefilled, SamplingParams
+from workers.telemetry import ServerMetrics, publish_forever
+
+log = logging.getLogger(__name__)
+
+ROLES = ("prefill", "decode", "colocated")
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    request_id: str
+    prompt_ids: tuple[int, ...]
+    sampling: SamplingParams
+
+
+class LLMServer:
+    """Serves one role on its pool. The app builder deploys it as PrefillServer / DecodeServer."""
+
+    def __init__(
+        self,
+        role: str,
+        engine_kind: str,
+        model_path: str,
+        engine_options: dict[str, Any] | None = None,
+        prefill: Any = None,
+        metrics_hub: Any = None,
+        metrics_interval_s: float = 1.0,
+    ) -> None:
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+        if role == "decode" and prefill is None:
+            raise ValueError("a decode server needs a prefill handle (use role='colocated' without one)")
+        self.role = role
+        self._registry = CollectorRegistry()
+        self.metrics = ServerMetrics(self._registry, role)
+        self.engine = build_engine(engine_kind, role, model_path, observer=self.metrics, **(engine_options or {}))
+        self._prefill = prefill
+        self._hub = metrics_hub
+        self._metrics_interval_s = metrics_interval_s
+        self._publisher: asyncio.Task | None = None
+        self._source = f"{role}-{os.getpid()}"
+
+    def _start_publisher(self) -> None:
+        if self._hub is not None and (self._publisher is None or self._publisher.done()):
+            self._publisher = asyncio.get_running_loop().create_task(
+                publish_forever(
+                    self._hub,
+                    self._source,
+                    self._registry,
+                    self._metrics_interval_s,
+                    before=lambda: self.metrics.load(self.engine.stats()),
+                )
+            )
+
+    async def check_health(self) -> None:
+        """Serve's periodic health check; also (re)starts the metrics publisher."""
+        self._start_publisher()
+
+    async def stats(self) -> dict[str, Any]:
+        """This replica's load, for the controller (seam for the live autoscaler loop)."""
+        return dataclasses.asdict(self.engine.stats())
+
+    async def prefill(self, request: GenerateRequest) -> Prefilled:
+        """Prefill role: run the prompt; numpy KV goes into the object store and travels by reference."""
+        self._start_publisher()
+        try:
+            result = await self.engine.prefill(request.request_id, list(request.prompt_ids), request.sampling)
+        except asyncio.CancelledError:
+            self.metrics.requests.labels(self.role, "cancelled").inc()
+            raise
+        except Exception:
+            self.metrics.requests.labels(self.role, "error").inc()
+            raise
+        self.metrics.prefill_seconds.observe(result.prefill_s)
+        self.metrics.requests.labels(self.role, "ok").inc()
+        if isinstance(result.kv, np.ndarray):
+            result = dataclasses.replace(result, kv=ray.put(result.kv))
+        return result
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[list[int]]:
+        """Decode or colocated role: stream the generated token ids, several per message when available."""
+        self._start_publisher()
+        status = "error"
+        try:
+            async for tokens in _coalesce(self._tokens(request)):
+                yield tokens
+            status = "ok"
+        except (asyncio.CancelledError, GeneratorExit):
+            status = "cancelled"
+            raise
+        finally:
+            self.metrics.requests.labels(self.role, status).inc()
+
+    async def _tokens(self, request: GenerateRequest) -> AsyncIterator[int]:
+        if self.role == "colocated":
+            async for token in self.engine.generate(request.request_id, list(request.prompt_ids), request.sampling):
+                yield token
+            return
+        prefilled = await self._prefill.prefill.remote(request)
+        yield prefilled.first_token
+        if isinstance(prefilled.kv, ray.ObjectRef):
+            start = time.perf_counter()
+            prefilled = dataclasses.replace(prefilled, kv=await prefilled.kv)
+            self.metrics.kv_seconds.observe(time.perf_counter() - start)
+        self.metrics.kv_bytes.inc(prefilled.kv_bytes)
+        self.metrics.kv_bytes_per_request.observe(prefilled.kv_bytes)
+        async for token in self.engine.decode(prefilled, request.sampling):
+            yield token
+
+
+async def _coalesce(tokens: AsyncIterator[int]) -> AsyncIterator[list[int]]:
+    """Yield lists of every token ready since the last yield: fewer stream messages when decode outpaces the network.
+
+    Closing this generator closes ``tokens`` (so a client disconnect leaves the batch).
+    """
+    buffer: list[int] = []
+    ready = asyncio.Event()
+    done: list[BaseException | None] = []
+
+    async def pump() -> None:
+        try:
+            async for token in tokens:
+                buffer.append(token)
+                ready.set()
+            done.append(None)
+        except Exception as exc:  # handed to the consumer below, which re-raises it
+            done.append(exc)
+        finally:
+            ready.set()
+
+    task = asyncio.get_running_loop().create_task(pump())
+    try:
+        while True:
+            await ready.wait()
+            ready.clear()
+            if buffer:
+                chunk, buffer[:] = list(buffer), []
+                yield chunk
+            if done and not buffer:
+                if done[0] is not None:
+                    raise EngineError(str(done[0])) from done[0]
+                return
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await tokens.aclose()
