@@ -145,6 +145,22 @@ class AutoscalerConfig(_Strict):
     power_cap_w: float | None = Field(None, gt=0, description="Cluster power cap; None means uncapped.")
 
 
+class TrainingConfig(_Strict):
+    checkpoint_dir: str = Field(
+        "results/checkpoints", min_length=1, description="Shared directory for training checkpoints (one folder per job)."
+    )
+    collective_timeout_s: float = Field(
+        10.0, gt=0, description="A gloo collective or rendezvous that takes longer counts as a lost peer."
+    )
+    liveness_timeout_s: float = Field(
+        2.0, gt=0, description="A peer that does not answer a ping within this at a re-formation is dropped."
+    )
+    node_poll_s: float = Field(1.0, gt=0, description="How often a job looks for train-pool nodes that joined or left.")
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="Port for each job's Prometheus endpoint; None serves metrics only through status."
+    )
+
+
 class FlowtideConfig(BaseSettings):
     """The whole service's config. Build it with :func:`load_config`."""
 
@@ -157,6 +173,7 @@ class FlowtideConfig(BaseSettings):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     autoscaler: AutoscalerConfig = Field(default_factory=AutoscalerConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
 
     @classmethod
     def settings_customise_sources(
