@@ -1,0 +1,253 @@
+"""The Bayesian scaling decision: forecast samples in, (prefill, decode) replica targets out.
+
+``decide(snapshot, state) -> (Decision, DecisionState)`` is pure: the clock is in the snapshot,
+all memory is in the returned state. For each pool it picks the replica count minimising the
+expected GPU and energy cost plus a penalty per expected SLO miss, integrated over the
+forecast samples, subject to an expected-attainment floor over the window up to the time a
+replica started now would serve until the next decision (cold start + interval), min/max bounds, scale-down
+hysteresis, and P(cluster power <= cap) >= 1 - eps with POLCA's clock cap as the first
+resort (arXiv 2308.12908). Capacity per replica comes from the profiled latency curves, as
+DistServe sizes prefill and decode instances separately to each SLO.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from autoscaler.capacity import CapacityModel
+from autoscaler.forecast.base import Forecast
+from autoscaler.indicators import DEMAND_INDICATORS
+from autoscaler.power import PowerModel
+
+POOLS = ("prefill", "decode")
+
+
+class DecisionError(ValueError):
+    """A snapshot or parameter the decision cannot use (named in the message)."""
+
+
+@dataclass(frozen=True)
+class PoolView:
+    """What one pool reports: replicas serving now, replicas still cold-starting, current target."""
+
+    ready: int
+    starting: int
+    target: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything a policy may look at, at time ``now_s``: never anything later.
+
+    ``history`` is ``[T, 3]`` demand (``DEMAND_INDICATORS``) per ``step_s`` tick up to now;
+    ``ongoing`` is requests in each pool (queued plus running); ``forecast`` is filled in by
+    forecasting policies before :func:`decide` is called.
+    """
+
+    now_s: float
+    step_s: float
+    history: np.ndarray
+    prefill: PoolView
+    decode: PoolView
+    ongoing_prefill: float
+    ongoing_decode: float
+    mean_prompt_tokens: float
+    mean_output_tokens: float
+    tail_prompt_tokens: float
+    forecast: Forecast | None = None
+
+
+@dataclass(frozen=True)
+class DecisionParams:
+    """Knobs of the decision; units in names. Costs are in GPU-hour equivalents."""
+
+    capacity: CapacityModel
+    power: PowerModel
+    ttft_slo_s: float = 2.0
+    tpot_slo_s: float = 0.1
+    min_replicas: tuple[int, int] = (1, 1)
+    max_replicas: tuple[int, int] = (64, 64)
+    cold_start_s: float = 60.0
+    interval_s: float = 30.0
+    scale_down_delay_s: float = 300.0
+    attainment_target: float = 0.995
+    miss_penalty_gpu_h: float = 0.02
+    energy_gpu_h_per_kwh: float = 0.05
+    power_cap_w: float | None = None
+    power_eps: float = 0.01
+    latency_margin: float = 0.9
+
+    def __post_init__(self) -> None:
+        for pool, lo, hi in zip(POOLS, self.min_replicas, self.max_replicas):
+            if not 0 <= lo <= hi:
+                raise DecisionError(f"{pool}: need 0 <= min_replicas <= max_replicas, got {lo}, {hi}")
+        if not 0 < self.attainment_target < 1:
+            raise DecisionError(f"attainment_target must lie in (0, 1), got {self.attainment_target}")
+        if not 0 < self.power_eps < 1:
+            raise DecisionError(f"power_eps must lie in (0, 1), got {self.power_eps}")
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why a pool got its target: what bound it, the demand quantile it covers, attainment expected."""
+
+    binding: str
+    quantile_used: float
+    expected_attainment: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    prefill: int
+    decode: int
+    reasons: dict[str, Reason] = field(default_factory=dict)
+    freq_cap_expected: bool = False
+    p_power_ok: float = 1.0
+
+    def explain(self) -> str:
+        parts = [f"{pool}={getattr(self, pool)} ({r.binding}, q={r.quantile_used:.3f}, "
+                 f"attainment={r.expected_attainment:.4f})" for pool, r in self.reasons.items()]
+        return "; ".join(parts) + f"; P(power<=cap)={self.p_power_ok:.3f}" + (
+            "; clocks capped" if self.freq_cap_expected else "")
+
+
+@dataclass(frozen=True)
+class DecisionState:
+    """Hysteresis memory: since when each pool has wanted fewer replicas, and the most it wanted since."""
+
+    down_since_s: tuple[float | None, float | None] = (None, None)
+    down_peak: tuple[int, int] = (0, 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DecisionState:
+        return cls(down_since_s=tuple(data["down_since_s"]), down_peak=tuple(data["down_peak"]))
+
+
+def pool_demand(samples: np.ndarray, capacity: CapacityModel, params: DecisionParams, mean_prompt: float,
+                tail_prompt: float, mean_output: float, prefill_slowdown: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Replicas needed per sample and step, ``([S, H], [S, H])`` for prefill and decode.
+
+    Prefill needs input tokens/s over the load one replica carries within the TTFT SLO; decode
+    needs the concurrent sequences (Little's law at the SLO batch's TPOT) over that batch.
+    """
+    names = list(DEMAND_INDICATORS)
+    tokens_in = samples[..., names.index("input_tokens_per_s")]
+    tokens_out = samples[..., names.index("output_tokens_per_s")]
+    per_prefill = capacity.prefill_tokens_per_s_within(params.ttft_slo_s / prefill_slowdown, mean_prompt, tail_prompt,
+                                                       params.latency_margin) / prefill_slowdown
+    ctx = mean_prompt + mean_output / 2.0
+    batch = capacity.max_batch_within(params.tpot_slo_s, ctx, params.latency_margin)
+    if per_prefill <= 0 or batch <= 0:
+        raise DecisionError("the profile cannot meet the SLOs even unloaded (TTFT of the tail prompt or TPOT at batch 1)")
+    concurrency = tokens_out * float(capacity.tpot_s(batch, ctx))
+    return tokens_in / per_prefill, concurrency / batch
+
+
+def _choose(need: np.ndarray, weight: np.ndarray, lo: int, hi: int, gpu_h_per_replica: float,
+            kwh_per_replica: float, params: DecisionParams) -> tuple[int, Reason]:
+    """Cheapest count in [lo, hi] by expected cost; counts below the attainment floor are refused.
+
+    Attainment of ``n`` replicas in a sample-step is ``min(1, n / need)`` (the share of demand
+    served within the SLO); the expected attainment is its request-weighted mean over samples
+    and steps, so a step that carries more requests counts for more.
+    """
+    counts = np.arange(lo, hi + 1, dtype=float)
+    att = np.minimum(1.0, counts[:, None, None] / np.maximum(need[None], 1e-9))  # [N, S, H]
+    total = float(weight.sum())
+    # No requests expected anywhere: every count attains the SLO (there is nothing to miss).
+    expected = (att * weight[None]).sum(axis=(1, 2)) / total if total > 0 else np.ones(counts.size)
+    missed = ((1.0 - att) * weight[None]).mean(axis=1).sum(axis=1)  # expected misses over the window
+    cost = counts * (gpu_h_per_replica + params.energy_gpu_h_per_kwh * kwh_per_replica) + params.miss_penalty_gpu_h * missed
+    feasible = expected >= params.attainment_target
+    i = int(np.argmin(np.where(feasible, cost, np.inf))) if feasible.any() else len(counts) - 1
+    binding = "max_replicas" if not feasible.any() else "min_replicas" if i == 0 and lo > 0 else "slo"
+    n = counts[i]
+    return int(n), Reason(binding, float((need <= n).mean()), float(expected[i]))
+
+
+def decide(snapshot: Snapshot, state: DecisionState, params: DecisionParams) -> tuple[Decision, DecisionState]:
+    """One decision from a snapshot carrying a forecast; see the module docstring.
+
+    Raises:
+        DecisionError: the snapshot has no forecast, or the forecast's indicators are not the demand columns.
+    """
+    fc = snapshot.forecast
+    if fc is None:
+        raise DecisionError("decide() needs snapshot.forecast (demand samples over the horizon)")
+    if tuple(fc.indicators) != DEMAND_INDICATORS:
+        raise DecisionError(f"forecast indicators {fc.indicators} must be {DEMAND_INDICATORS}")
+    lead = int(math.ceil(params.cold_start_s / fc.step_s))
+    window = fc.samples[:, : lead + max(1, int(math.ceil(params.interval_s / fc.step_s)))]
+    samples = np.maximum(window, 0.0)
+    rps = samples[..., 0]
+    tp = params.capacity.gpus_per_replica
+    step_h = fc.step_s / 3600.0
+    gpu_h = tp * step_h * samples.shape[1]
+    kwh = (tp * params.power.prefill_w, tp * params.power.decode_w)
+    args = (samples, params.capacity, params, snapshot.mean_prompt_tokens, snapshot.tail_prompt_tokens,
+            snapshot.mean_output_tokens)
+    need_p, need_d = pool_demand(*args)
+    weight = rps * fc.step_s
+    chosen = [_choose(need, weight, lo, hi, gpu_h, k * step_h * samples.shape[1] / 1e3, params)
+              for need, lo, hi, k in zip((need_p, need_d), params.min_replicas, params.max_replicas, kwh)]
+    (n_p, r_p), (n_d, r_d) = chosen
+    freq_capped = False
+    p_ok = 1.0
+    if params.power_cap_w is not None:
+        p_ok = _p_power_ok(params, n_p, n_d, need_p, need_d, capped=False)
+        if p_ok < 1 - params.power_eps:
+            # POLCA: cap clocks before refusing serving; prefill then needs 1.3x the replicas.
+            freq_capped = True
+            need_p, need_d = pool_demand(*args, prefill_slowdown=params.power.prefill_slowdown_capped)
+            n_p, r_p = _choose(need_p, weight, params.min_replicas[0], params.max_replicas[0], gpu_h,
+                               kwh[0] * step_h * samples.shape[1] / 1e3, params)
+            p_ok = _p_power_ok(params, n_p, n_d, need_p, need_d, capped=True)
+            while p_ok < 1 - params.power_eps and (n_p > params.min_replicas[0] or n_d > params.min_replicas[1]):
+                # Refuse serving capacity: shrink the pool with more slack relative to its need first.
+                slack_p = n_p / max(float(np.median(need_p)), 1e-9)
+                slack_d = n_d / max(float(np.median(need_d)), 1e-9)
+                if (slack_p >= slack_d and n_p > params.min_replicas[0]) or n_d <= params.min_replicas[1]:
+                    n_p -= 1
+                else:
+                    n_d -= 1
+                p_ok = _p_power_ok(params, n_p, n_d, need_p, need_d, capped=True)
+            r_p = replace(r_p, binding="power_cap", quantile_used=float((need_p <= n_p).mean()))
+            r_d = replace(r_d, binding="power_cap" if r_d.binding != "min_replicas" else r_d.binding,
+                          quantile_used=float((need_d <= n_d).mean()))
+    targets, reasons, since, peaks = [], {}, list(state.down_since_s), list(state.down_peak)
+    for i, (pool, n, reason) in enumerate(zip(POOLS, (n_p, n_d), (r_p, r_d))):
+        current = getattr(snapshot, pool).target
+        if n >= current:
+            since[i], peaks[i] = None, 0
+            targets.append(n)
+            reasons[pool] = reason if n > current or reason.binding != "slo" else replace(reason, binding="slo_hold")
+            continue
+        since[i] = snapshot.now_s if since[i] is None else since[i]
+        peaks[i] = max(peaks[i], n)
+        if snapshot.now_s - since[i] + 1e-6 >= params.scale_down_delay_s:
+            targets.append(peaks[i])
+            since[i], peaks[i] = None, 0
+            reasons[pool] = reason
+        else:
+            targets.append(current)
+            reasons[pool] = replace(reason, binding="hysteresis")
+    decision = Decision(targets[0], targets[1], reasons, freq_capped, p_ok)
+    return decision, DecisionState(tuple(since), tuple(peaks))
+
+
+def _p_power_ok(params: DecisionParams, n_p: int, n_d: int, need_p: np.ndarray, need_d: np.ndarray,
+                capped: bool) -> float:
+    """P(serving power <= cap) over samples, worst step; training is shed first so it never counts."""
+    tp = params.capacity.gpus_per_replica
+    busy_p = np.minimum(1.0, need_p / max(n_p, 1e-9))
+    # A decode replica draws decode watts while it holds any sequence: busy once it has one.
+    busy_d = np.minimum(1.0, need_d * params.capacity.max_batch / max(n_d, 1e-9))
+    watts = params.power.serving_w(n_p * tp, busy_p, n_d * tp, busy_d, freq_capped=capped)
+    return float((watts <= params.power_cap_w).mean(axis=0).min())

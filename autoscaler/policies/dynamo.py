@@ -1,0 +1,87 @@
+"""A planner in the style of NVIDIA Dynamo's SLA planner: point forecast + profiled curves.
+
+Every ``interval_s`` (180 s) it averages the last interval's request rate and token rates,
+predicts the next interval with a point forecaster (Kalman, as Dynamo's load predictor offers),
+sizes prefill for input tokens/s and decode for concurrent sequences from the same profiled
+curves as ours, and, if the total exceeds the GPU budget or the power budget (cap over TDP per
+GPU), scales both pools down proportionally.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from autoscaler.decision import Decision, Reason, Snapshot, pool_demand
+from autoscaler.forecast import ForecastInputError, make_forecaster
+from autoscaler.simulator import ClusterParams
+
+from . import decision_params
+
+
+class DynamoPolicy:
+    name = "dynamo"
+
+    def __init__(self, cluster: ClusterParams, interval_s: float = 180.0, forecaster: str = "kalman",
+                 min_fit_rows: int = 8, refit_every_rows: int = 480, seed: int = 0) -> None:
+        self.cluster = cluster
+        self.params = decision_params(cluster)
+        self.interval_s = interval_s
+        self.forecaster_name = forecaster
+        self.forecaster = None
+        self.min_fit_rows, self.refit_every_rows = min_fit_rows, refit_every_rows
+        self.rows: list[np.ndarray] = []
+        self.consumed_s = 0.0
+        self.fitted_at = 0
+        self.rng = np.random.default_rng(seed)
+
+    def _observe(self, snapshot: Snapshot) -> None:
+        """Append one row per elapsed interval: the mean demand over that interval's ticks."""
+        history, step = snapshot.history, snapshot.step_s
+        start = snapshot.now_s - history.shape[0] * step
+        while self.consumed_s + self.interval_s <= snapshot.now_s + 1e-9:
+            lo = int(round((self.consumed_s - start) / step))
+            hi = int(round((self.consumed_s + self.interval_s - start) / step))
+            if hi > lo >= 0:
+                self.rows.append(history[lo:hi].mean(axis=0))
+            self.consumed_s += self.interval_s
+
+    def predict(self) -> np.ndarray:
+        """Next interval's (rps, input tokens/s, output tokens/s); the last value until the predictor fits."""
+        hist = np.asarray(self.rows)
+        if hist.shape[0] >= self.min_fit_rows and (
+                self.forecaster is None or hist.shape[0] - self.fitted_at >= self.refit_every_rows):
+            self.forecaster = make_forecaster(self.forecaster_name)
+            self.forecaster.fit(hist, self.interval_s)
+            self.fitted_at = hist.shape[0]
+        if self.forecaster is None:
+            return hist[-1]
+        try:
+            return self.forecaster.predict(hist, 1, 1, self.rng).samples[0, 0]
+        except ForecastInputError:
+            return hist[-1]
+
+    def step(self, snapshot: Snapshot) -> Decision:
+        self._observe(snapshot)
+        if not self.rows:
+            return Decision(snapshot.prefill.target, snapshot.decode.target,
+                            {p: Reason("no_data", float("nan"), float("nan")) for p in ("prefill", "decode")})
+        predicted = np.maximum(self.predict(), 0.0)
+        need_p, need_d = pool_demand(predicted[None, None], self.cluster.capacity, self.params,
+                                     snapshot.mean_prompt_tokens, snapshot.mean_prompt_tokens,
+                                     snapshot.mean_output_tokens)
+        lo, hi = self.cluster.min_replicas, self.cluster.max_replicas
+        p = min(max(math.ceil(float(need_p[0, 0])), lo[0]), hi[0])
+        d = min(max(math.ceil(float(need_d[0, 0])), lo[1]), hi[1])
+        binding = "point_forecast"
+        tp = self.cluster.capacity.gpus_per_replica
+        budget = sum(hi) * tp
+        if self.cluster.power_cap_w is not None:
+            budget = min(budget, int(self.cluster.power_cap_w // self.cluster.power.tdp_w))
+        if (p + d) * tp > budget:
+            scale = budget / ((p + d) * tp)
+            p, d = max(lo[0], math.floor(p * scale)), max(lo[1], math.floor(d * scale))
+            binding = "gpu_power_budget"
+        reason = Reason(binding, 0.5, float("nan"))
+        return Decision(p, d, {"prefill": reason, "decode": reason})

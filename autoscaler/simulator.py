@@ -1,0 +1,315 @@
+"""Trace-driven simulation of the prefill and decode pools under a scaling policy.
+
+Time advances in fixed ticks (10 s for multi-day traces, 1 s for hour-long ones); in each tick
+the pools are fluid queues driven by the profiled capacity model: prefill drains a token
+backlog at the replicas' profiled rate (plus an M/D/1 wait for arrivals within the tick),
+decode runs continuous batches up to the SLO batch with TPOT from the profile, and extra
+sequences wait for a slot. Replicas cold-start before serving, power follows POLCA's order
+(shed training, cap clocks, brake). Per-request SLO attainment is scored after the run,
+vectorised over the trace's request groups with each request's own prompt and output length.
+The only randomness is in the trace synthesis and the policy's forecaster: a seeded run is
+reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+
+from autoscaler.capacity import CapacityModel
+from autoscaler.decision import Decision, PoolView, Snapshot
+from autoscaler.indicators import ClusterIndicators, IndicatorSeries
+from autoscaler.power import PowerModel, plan_power
+from autoscaler.traces import TickTrace
+
+
+# Time constant of the prefill utilisation the M/D/1 wait uses: longer than a 1 s tick's noise,
+# shorter than the minutes over which load moves.
+UTIL_SMOOTHING_S = 30.0
+
+
+class SimulationError(ValueError):
+    """A simulator parameter or policy output it cannot use."""
+
+
+class Policy(Protocol):
+    """A scaling policy: called every ``interval_s`` with what the cluster reports, returns targets."""
+
+    name: str
+    interval_s: float
+
+    def step(self, snapshot: Snapshot) -> Decision: ...
+
+
+@dataclass(frozen=True)
+class ClusterParams:
+    """The simulated cluster: hardware, SLOs, cold start, bounds, cluster size and power cap."""
+
+    capacity: CapacityModel
+    power: PowerModel
+    ttft_slo_s: float = 2.0
+    tpot_slo_s: float = 0.1
+    cold_start_s: float = 60.0
+    min_replicas: tuple[int, int] = (1, 1)
+    max_replicas: tuple[int, int] = (64, 64)
+    initial_replicas: tuple[int, int] = (1, 1)
+    total_gpus: int | None = None
+    power_cap_w: float | None = None
+    history_window_s: float = 8 * 86_400.0
+
+    def __post_init__(self) -> None:
+        for name, lo, hi, init in zip(("prefill", "decode"), self.min_replicas, self.max_replicas, self.initial_replicas):
+            if not 0 <= lo <= init <= hi:
+                raise SimulationError(f"{name}: need 0 <= min_replicas <= initial_replicas <= max_replicas")
+        if self.cold_start_s < 0:
+            raise SimulationError("cold_start_s must be non-negative")
+
+    @property
+    def gpus(self) -> int:
+        """GPUs in the cluster; those serving does not hold run the training job."""
+        serving_max = sum(self.max_replicas) * self.capacity.gpus_per_replica
+        return self.total_gpus if self.total_gpus is not None else serving_max
+
+
+@dataclass
+class SimResult:
+    """Per-tick records and per-request scores of one run; :meth:`summary` is what the CLI prints."""
+
+    policy: str
+    trace: str
+    step_s: float
+    prefill_replicas: np.ndarray
+    decode_replicas: np.ndarray
+    prefill_gpus_held: np.ndarray
+    decode_gpus_held: np.ndarray
+    power_w: np.ndarray
+    training_gpus: np.ndarray
+    freq_capped: np.ndarray
+    violated: np.ndarray
+    demand: np.ndarray
+    forecast_bands: dict[int, np.ndarray]
+    ttft_s: np.ndarray
+    tpot_s: np.ndarray
+    weight: np.ndarray
+    ok: np.ndarray
+    tick_attainment: np.ndarray
+    scaling_actions: int
+    decision_latency_s: np.ndarray
+    wall_s: float
+    power_cap_w: float | None
+    ttft_slo_s: float
+    tpot_slo_s: float
+    indicators: ClusterIndicators
+    explanations: list[tuple[float, str]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float | int | str | None]:
+        w = self.weight
+        hours = self.step_s / 3600.0
+        return {
+            "policy": self.policy,
+            "trace": self.trace,
+            "requests": float(w.sum()),
+            "slo_attainment": float((self.ok * w).sum() / w.sum()) if w.sum() else 1.0,
+            "ttft_attainment": float(((self.ttft_s <= self.ttft_slo_s) * w).sum() / w.sum()) if w.sum() else 1.0,
+            "tpot_attainment": float(((self.tpot_s <= self.tpot_slo_s) * w).sum() / w.sum()) if w.sum() else 1.0,
+            "gpu_hours": float((self.prefill_gpus_held + self.decode_gpus_held).sum() * hours),
+            "energy_kwh": float(self.power_w.sum() * self.step_s / 3.6e6),
+            "training_gpu_hours": float(self.training_gpus.sum() * hours),
+            "power_violations": int(self.violated.sum()),
+            "freq_capped_s": float(self.freq_capped.sum() * self.step_s),
+            "scaling_actions": int(self.scaling_actions),
+            "ttft_p90_s": _wq(self.ttft_s, w, 0.90),
+            "ttft_p99_s": _wq(self.ttft_s, w, 0.99),
+            "tpot_p90_s": _wq(self.tpot_s, w, 0.90),
+            "tpot_p99_s": _wq(self.tpot_s, w, 0.99),
+            "mean_prefill_replicas": float(self.prefill_replicas.mean()),
+            "mean_decode_replicas": float(self.decode_replicas.mean()),
+            "decision_p99_ms": float(np.quantile(self.decision_latency_s, 0.99) * 1e3)
+            if self.decision_latency_s.size else 0.0,
+            "decisions": int(self.decision_latency_s.size),
+            "power_cap_w": self.power_cap_w,
+            "sim_wall_s": self.wall_s,
+        }
+
+
+def _wq(values: np.ndarray, weight: np.ndarray, q: float) -> float:
+    """Weighted quantile; infinite latencies (requests never served) count as misses beyond any SLO."""
+    if values.size == 0 or weight.sum() == 0:
+        return 0.0
+    order = np.argsort(values, kind="stable")
+    cum = np.cumsum(weight[order])
+    i = int(np.searchsorted(cum, q * cum[-1]))
+    return float(values[order][min(i, values.size - 1)])
+
+
+def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
+             progress: Callable[[int, int], None] | None = None, keep_explanations: int = 0) -> SimResult:
+    """Replay ``trace`` under ``policy``; ``progress(done, total)`` is called every ~1% of ticks.
+
+    The policy sees only the demand of ticks already finished (never the current or later ones).
+    """
+    cap, pw = params.capacity, params.power
+    dt = trace.step_s
+    n = trace.n_ticks
+    tp = cap.gpus_per_replica
+    rates = trace.rates()
+    mean_prompt_all = np.divide(trace.prompt_tokens, np.maximum(trace.n_requests, 1e-9))
+    prefill_rate = cap.prefill_tokens_per_s()
+    decode_batch_cap = cap.max_batch
+    ready = list(params.initial_replicas)
+    starting: list[deque[float]] = [deque(), deque()]
+    target = list(params.initial_replicas)
+    q_tok = q_req = q_out = 0.0  # prefill backlog: tokens, requests, and their output tokens
+    active = remaining = 0.0  # decode: sequences and their remaining tokens
+    util = 0.0
+    smooth = 1.0 - math.exp(-dt / UTIL_SMOOTHING_S)
+    rec = {k: np.zeros(n) for k in ("p", "d", "pg", "dg", "power", "train", "capped", "viol", "wait", "slow",
+                                     "tpot", "dwait", "serving_w")}
+    bands: dict[int, np.ndarray] = {q: np.full(n, np.nan) for q in (5, 50, 95)}
+    latencies: list[float] = []
+    explanations: list[tuple[float, str]] = []
+    actions = 0
+    next_decision = 0.0
+    window = int(params.history_window_s // dt)
+    recent_prompts: deque[float] = deque(maxlen=max(1, int(600 // dt)))
+    start_wall = time.perf_counter()
+    report_every = max(1, n // 100)
+    for t in range(n):
+        now = t * dt
+        for i in range(2):
+            while starting[i] and starting[i][0] <= now + 1e-9:
+                starting[i].popleft()
+                ready[i] += 1
+        if now + 1e-9 >= next_decision:
+            lo = max(0, t - window)
+            hist_n = trace.n_requests[lo:t].sum()
+            mean_prompt = trace.prompt_tokens[lo:t].sum() / hist_n if hist_n else 1024.0
+            mean_out = trace.output_tokens[lo:t].sum() / hist_n if hist_n else 256.0
+            tail = float(np.quantile(recent_prompts, 0.9)) if recent_prompts else mean_prompt
+            snap = Snapshot(now_s=now, step_s=dt, history=rates[lo:t],
+                            prefill=PoolView(ready[0], len(starting[0]), target[0]),
+                            decode=PoolView(ready[1], len(starting[1]), target[1]),
+                            ongoing_prefill=q_req, ongoing_decode=active, mean_prompt_tokens=float(mean_prompt),
+                            mean_output_tokens=float(mean_out), tail_prompt_tokens=max(tail, float(mean_prompt)))
+            t0 = time.perf_counter()
+            decision = policy.step(snap)
+            latencies.append(time.perf_counter() - t0)
+            if keep_explanations and len(explanations) < keep_explanations and decision.reasons:
+                explanations.append((now, decision.explain()))
+            band = getattr(policy, "last_band", None)
+            if band is not None:
+                for q, values in band.items():
+                    end = min(n, t + values.size)
+                    bands[q][t:end] = values[: end - t]
+            for i, new in enumerate((decision.prefill, decision.decode)):
+                new = int(min(max(new, params.min_replicas[i]), params.max_replicas[i]))
+                if new != target[i]:
+                    actions += 1
+                have = ready[i] + len(starting[i])
+                for _ in range(new - have):
+                    starting[i].append(now + params.cold_start_s)
+                for _ in range(have - new):
+                    if starting[i]:
+                        starting[i].pop()  # cancel the newest cold start first
+                    else:
+                        ready[i] -= 1
+                target[i] = new
+            next_decision = now + policy.interval_s
+        p, d = ready
+        held = (p + len(starting[0])) * tp, (d + len(starting[1])) * tp
+        # Power: serving has priority, so training and clocks are planned against serving at full
+        # activity (no lag behind a burst); the brake engages only if that alone exceeds the cap.
+        idle_w = (len(starting[0]) + len(starting[1])) * tp * pw.idle_w
+        full = float(pw.serving_w(p * tp, 1.0, d * tp, 1.0)) + idle_w
+        capped = float(pw.serving_w(p * tp, 1.0, d * tp, 1.0, freq_capped=True)) + idle_w
+        plan = plan_power(pw, params.power_cap_w, full, capped, max(0, params.gpus - held[0] - held[1]))
+        slow = plan.prefill_slowdown / plan.serving_scale
+        # Prefill: fluid backlog drained at the replicas' profiled rate.
+        a_tok, a_req, a_out = trace.prompt_tokens[t], trace.n_requests[t], trace.output_tokens[t]
+        rate = p * prefill_rate / slow
+        cap_tok = rate * dt
+        q0 = q_tok
+        total = q_tok + a_tok
+        served = min(total, cap_tok)
+        frac = served / total if total > 0 else 0.0
+        q_tok = total - served
+        util += (min(1.0, a_tok / cap_tok if cap_tok > 0 else 1.0) - util) * smooth
+        done_req, done_out = (q_req + a_req) * frac, (q_out + a_out) * frac
+        q_req, q_out = q_req + a_req - done_req, q_out + a_out - done_out
+        if a_req > 0:
+            if rate <= 0:
+                wait = math.inf
+            else:
+                # Random arrivals queue even below capacity: M/D/1 wait at the smoothed utilisation
+                # (the fluid backlog already carries overload across ticks).
+                rho = min(util, 0.95)
+                mdl = rho * float(cap.prefill_time_s(mean_prompt_all[t])) * slow / (2 * (1 - rho))
+                wait = (q0 + q_tok) / 2 / rate + mdl
+        else:
+            wait = 0.0
+        # Decode: continuous batching up to the profiled batch; extra sequences wait for a slot.
+        active += done_req
+        remaining += done_out
+        admitted = min(active, d * decode_batch_cap)
+        ctx = mean_prompt_all[t] + (remaining / active / 2 if active > 0 else 0.0)
+        if admitted > 0:
+            tpot = float(cap.tpot_s(admitted / d, ctx)) / plan.serving_scale
+            produced = min(remaining, admitted * dt / tpot)
+            finished = active * produced / remaining if remaining > 0 else active
+            queued = active - admitted
+            dwait = queued / (finished / dt) if finished > 0 else (math.inf if queued > 0 else 0.0)
+            active, remaining = active - finished, remaining - produced
+        else:
+            tpot = float(cap.tpot_s(1, ctx))
+            dwait = math.inf if active > 0 else 0.0
+        busy = (served / (p * prefill_rate * dt) if p else 0.0, min(1.0, admitted / d) if d else 0.0)
+        power = float(pw.serving_w(p * tp, busy[0], d * tp, busy[1], freq_capped=plan.freq_capped))
+        power = power * plan.serving_scale + idle_w + plan.training_gpus * pw.training_w
+        viol = plan.violated
+        for key, value in (("p", p), ("d", d), ("pg", held[0]), ("dg", held[1]), ("power", power),
+                           ("train", plan.training_gpus), ("capped", plan.freq_capped), ("viol", viol),
+                           ("wait", wait), ("slow", slow), ("tpot", tpot), ("dwait", dwait),
+                           ("serving_w", power - plan.training_gpus * pw.training_w)):
+            rec[key][t] = value
+        if a_req > 0:
+            recent_prompts.append(a_tok / a_req)
+        if progress is not None and (t % report_every == 0 or t == n - 1):
+            progress(t + 1, n)
+    wall = time.perf_counter() - start_wall
+    g = trace.groups
+    ttft = rec["wait"][g.tick] + cap.prefill_time_s(g.prompt_tokens) * rec["slow"][g.tick]
+    tpot = rec["tpot"][g.tick] + rec["dwait"][g.tick] / np.maximum(g.output_tokens - 1, 1)
+    ok = (ttft <= params.ttft_slo_s) & (tpot <= params.tpot_slo_s)
+    tick_ok = np.bincount(g.tick, ok * g.weight, n) / np.maximum(np.bincount(g.tick, g.weight, n), 1e-12)
+    tick_ok[trace.n_requests == 0] = 1.0
+    indicators = _indicators(trace, rec, ttft, tpot, g, dt)
+    result = SimResult(
+        policy=policy.name, trace=trace.name, step_s=dt, prefill_replicas=rec["p"], decode_replicas=rec["d"],
+        prefill_gpus_held=rec["pg"], decode_gpus_held=rec["dg"], power_w=rec["power"], training_gpus=rec["train"],
+        freq_capped=rec["capped"].astype(bool), violated=rec["viol"].astype(bool), demand=rates, forecast_bands=bands,
+        ttft_s=ttft, tpot_s=tpot, weight=g.weight, ok=ok, tick_attainment=tick_ok, scaling_actions=actions,
+        decision_latency_s=np.asarray(latencies), wall_s=wall, power_cap_w=params.power_cap_w,
+        ttft_slo_s=params.ttft_slo_s, tpot_slo_s=params.tpot_slo_s, indicators=indicators, explanations=explanations)
+    return result
+
+
+def _indicators(trace: TickTrace, rec: dict[str, np.ndarray], ttft: np.ndarray, tpot: np.ndarray, g, dt: float
+                ) -> ClusterIndicators:
+    """Per-pool indicator series of the run (latency columns: the worst request shape of each tick)."""
+    n = trace.n_ticks
+    worst_ttft = np.zeros(n)
+    worst_tpot = np.zeros(n)
+    np.maximum.at(worst_ttft, g.tick, np.where(np.isfinite(ttft), ttft, 1e9))
+    np.maximum.at(worst_tpot, g.tick, np.where(np.isfinite(tpot), tpot, 1e9))
+    rates = trace.rates()
+    names = ("arrival_rps", "input_tokens_per_s", "output_tokens_per_s", "ttft_p99_s", "tpot_p99_s", "power_w")
+    share = rec["pg"] / np.maximum(rec["pg"] + rec["dg"], 1e-9)
+    prefill = np.column_stack([rates, worst_ttft, np.zeros(n), rec["serving_w"] * share])
+    decode = np.column_stack([rates, np.zeros(n), worst_tpot, rec["serving_w"] * (1 - share)])
+    return ClusterIndicators({"prefill": IndicatorSeries("prefill", dt, 0.0, names, prefill),
+                              "decode": IndicatorSeries("decode", dt, 0.0, names, decode)})

@@ -1,0 +1,272 @@
+"""Trace loaders: Azure LLM 2023 per-request CSVs and ServeGen per-client window files.
+
+Both become a :class:`TickTrace`: per-tick arrivals and token sums (what the simulator and the
+forecasters see) plus weighted request groups (what per-request SLO attainment is scored on).
+ServeGen gives arrival processes only; request-level arrivals are synthesised from each
+window's Gamma/Weibull inter-arrival law (seeded) and token lengths are drawn from
+:data:`SERVEGEN_LENGTHS`, a log-normal fit to the Azure 2023 conversation trace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
+SERVEGEN_WINDOW_S = 600.0
+SERVEGEN_COLUMNS = ("ts", "rate", "cv", "dist", "shape", "scale")
+
+
+class TraceError(ValueError):
+    """A trace file or folder is missing or malformed; the message names the file."""
+
+
+@dataclass(frozen=True)
+class LengthModel:
+    """Independent log-normal prompt and output lengths (log-space mean and std), clipped."""
+
+    prompt_log_mean: float
+    prompt_log_std: float
+    output_log_mean: float
+    output_log_std: float
+    max_prompt_tokens: int = 8192
+    max_output_tokens: int = 2048
+
+    def draw(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        prompt = np.clip(np.rint(rng.lognormal(self.prompt_log_mean, self.prompt_log_std, n)), 1,
+                         self.max_prompt_tokens)
+        output = np.clip(np.rint(rng.lognormal(self.output_log_mean, self.output_log_std, n)), 1,
+                         self.max_output_tokens)
+        return prompt, output
+
+
+# Fitted to AzureLLMInferenceTrace_conv.csv (19,366 requests): log-mean/std of ContextTokens and
+# GeneratedTokens (their log-correlation is 0.09, so they are drawn independently).
+SERVEGEN_LENGTHS = LengthModel(6.633, 0.985, 5.019, 0.859)
+
+
+@dataclass(frozen=True)
+class RequestGroups:
+    """Requests scored for SLO attainment: each group is ``weight`` requests of one shape in one tick."""
+
+    tick: np.ndarray
+    prompt_tokens: np.ndarray
+    output_tokens: np.ndarray
+    weight: np.ndarray
+
+
+@dataclass(frozen=True)
+class TickTrace:
+    """Demand per tick of ``step_s`` seconds: requests, prompt tokens and output tokens arriving."""
+
+    name: str
+    step_s: float
+    n_requests: np.ndarray
+    prompt_tokens: np.ndarray
+    output_tokens: np.ndarray
+    groups: RequestGroups
+
+    @property
+    def n_ticks(self) -> int:
+        return int(self.n_requests.size)
+
+    @property
+    def duration_s(self) -> float:
+        return self.n_ticks * self.step_s
+
+    def rates(self) -> np.ndarray:
+        """``[T, 3]`` arrival rate (req/s), input tokens/s, output tokens/s: the forecast target."""
+        return np.column_stack([self.n_requests, self.prompt_tokens, self.output_tokens]) / self.step_s
+
+
+@dataclass(frozen=True)
+class RequestTrace:
+    """Request-level trace: arrival seconds from the first request, prompt and output tokens."""
+
+    name: str
+    arrival_s: np.ndarray
+    prompt_tokens: np.ndarray
+    output_tokens: np.ndarray
+
+    def to_ticks(self, step_s: float) -> TickTrace:
+        if step_s <= 0:
+            raise TraceError(f"step_s must be positive, got {step_s}")
+        tick = (self.arrival_s // step_s).astype(np.int64)
+        n_ticks = int(tick[-1]) + 1 if tick.size else 0
+        count = np.bincount(tick, minlength=n_ticks).astype(float)
+        groups = RequestGroups(tick, self.prompt_tokens.astype(float), self.output_tokens.astype(float),
+                               np.ones(tick.size))
+        return TickTrace(self.name, float(step_s), count,
+                         np.bincount(tick, self.prompt_tokens, n_ticks), np.bincount(tick, self.output_tokens, n_ticks),
+                         groups)
+
+
+def load_azure_csv(path: str | Path) -> RequestTrace:
+    """Load an Azure LLM inference trace (``TIMESTAMP, ContextTokens, GeneratedTokens``).
+
+    Raises:
+        TraceError: the file is missing, unreadable, lacks the columns, or holds no valid rows.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TraceError(f"trace file {path} does not exist")
+    try:
+        frame = pd.read_csv(path, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise TraceError(f"trace file {path} is not a readable CSV: {exc}") from exc
+    frame.columns = [str(c).strip() for c in frame.columns]
+    missing = [c for c in AZURE_COLUMNS if c not in frame.columns]
+    if missing:
+        raise TraceError(f"trace file {path} lacks columns {missing}; expected {AZURE_COLUMNS}")
+    stamps = pd.to_datetime(frame["TIMESTAMP"], errors="coerce", format="mixed")
+    context = pd.to_numeric(frame["ContextTokens"], errors="coerce")
+    generated = pd.to_numeric(frame["GeneratedTokens"], errors="coerce")
+    bad = stamps.isna() | context.isna() | generated.isna() | (context < 0) | (generated < 0)
+    if bad.any():
+        first = int(np.flatnonzero(bad.to_numpy())[0])
+        raise TraceError(f"trace file {path}: {int(bad.sum())} malformed rows (first at data row {first + 1})")
+    if frame.empty:
+        raise TraceError(f"trace file {path} holds no requests")
+    order = np.argsort(stamps.to_numpy(), kind="stable")
+    t = stamps.to_numpy()[order]
+    arrival = (t - t[0]) / np.timedelta64(1, "s")
+    return RequestTrace(path.stem, arrival.astype(float), context.to_numpy(float)[order].clip(min=1),
+                        generated.to_numpy(float)[order].clip(min=1))
+
+
+def _read_servegen_client(path: Path) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path, header=None, names=list(SERVEGEN_COLUMNS))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise TraceError(f"ServeGen file {path} is not a readable CSV: {exc}") from exc
+    numeric = frame[["ts", "rate", "cv", "shape", "scale"]].apply(pd.to_numeric, errors="coerce")
+    if numeric.isna().any().any() or (numeric < 0).any().any():
+        raise TraceError(f"ServeGen file {path}: ts, rate, cv, shape, scale must be non-negative numbers")
+    dist = frame["dist"].fillna("").astype(str).str.strip()
+    active = numeric["rate"] > 0
+    unknown = active & ~dist.isin(["Gamma", "Weibull"])
+    if unknown.any():
+        raise TraceError(f"ServeGen file {path}: unknown distribution {dist[unknown].iloc[0]!r} (Gamma or Weibull)")
+    if (active & (numeric["shape"] <= 0)).any():
+        raise TraceError(f"ServeGen file {path}: a window with arrivals has a non-positive shape")
+    out = numeric.assign(dist=dist)
+    return out[active]
+
+
+def _window_arrivals(rng: np.random.Generator, windows: pd.DataFrame) -> np.ndarray:
+    """Arrival times (s from trace start) of a renewal process restarted in each window.
+
+    The inter-arrival law keeps each window's fitted shape (hence its burstiness) and its scale
+    is set so the mean gap is ``1 / rate``: the window's measured request rate is honoured.
+    """
+    rate = windows["rate"].to_numpy()
+    shape = windows["shape"].to_numpy()
+    gamma = (windows["dist"] == "Gamma").to_numpy()
+    unit_mean = np.where(gamma, shape, np.exp([math.lgamma(1.0 + 1.0 / k) for k in shape]))
+    scale = 1.0 / (rate * unit_mean)
+    start = windows["ts"].to_numpy()
+    expected = rate * SERVEGEN_WINDOW_S
+    need = np.ceil(1.1 * expected + 4.0 * np.sqrt(expected) * np.maximum(windows["cv"].to_numpy(), 1.0) + 20)
+    need = need.astype(np.int64)
+    out = []
+    pending = np.arange(rate.size)
+    while pending.size:
+        counts = need[pending]
+        g = np.repeat(gamma[pending], counts)
+        k = np.repeat(shape[pending].astype(np.float32), counts)
+        gaps = np.empty(counts.sum())
+        gaps[g] = rng.standard_gamma(k[g], dtype=np.float32)
+        gaps[~g] = rng.standard_exponential(int((~g).sum()), dtype=np.float32) ** (1.0 / k[~g])
+        gaps *= np.repeat(scale[pending], counts)
+        ends = np.cumsum(counts)
+        csum = np.cumsum(gaps)
+        base = np.concatenate([[0.0], csum[ends[:-1] - 1]])
+        within = csum - np.repeat(base, counts)
+        covered = within[ends - 1] >= SERVEGEN_WINDOW_S
+        keep = (within < SERVEGEN_WINDOW_S) & np.repeat(covered, counts)
+        out.append((within + np.repeat(start[pending], counts))[keep])
+        need[pending[~covered]] *= 2
+        pending = pending[~covered]
+    return np.concatenate(out) if out else np.empty(0)
+
+
+def load_servegen(folder: str | Path, step_s: float = 10.0, seed: int = 0, lengths: LengthModel = SERVEGEN_LENGTHS,
+                  groups_per_tick: int = 8, cache_dir: str | Path | None = None) -> TickTrace:
+    """Synthesise request-level arrivals from a ServeGen folder (``chunk-*-trace.csv``, one per client).
+
+    Deterministic for a seed: clients are read in file-name order, each with its own child seed.
+    Token sums per tick are those of i.i.d. draws from ``lengths`` (see :func:`_summed_lengths`);
+    ``groups_per_tick`` drawn shapes per tick, weighted, carry per-request scoring. Synthesis
+    draws ~3e8 inter-arrival gaps (tens of seconds); with ``cache_dir`` the result is kept in an
+    ``.npz`` keyed by the files' names, sizes and mtimes and every parameter.
+
+    Raises:
+        TraceError: the folder is missing or holds no client files, or a file is malformed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise TraceError(f"ServeGen folder {folder} does not exist")
+    files = sorted(folder.glob("chunk-*-trace.csv"), key=lambda p: p.name)
+    if not files:
+        raise TraceError(f"ServeGen folder {folder} holds no chunk-*-trace.csv client files")
+    if step_s <= 0 or SERVEGEN_WINDOW_S % step_s:
+        raise TraceError(f"step_s must divide the {SERVEGEN_WINDOW_S:.0f} s ServeGen window, got {step_s}")
+    key = hashlib.sha256(repr(([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files], step_s, seed,
+                                asdict(lengths), groups_per_tick)).encode()).hexdigest()[:16]
+    cached = Path(cache_dir) / f"servegen-{folder.name}-{key}.npz" if cache_dir is not None else None
+    if cached is not None and cached.is_file():
+        with np.load(cached) as z:
+            groups = RequestGroups(z["g_tick"], z["g_prompt"], z["g_output"], z["g_weight"])
+            return TickTrace(folder.name, float(step_s), z["count"], z["prompt"], z["output"], groups)
+    clients = [_read_servegen_client(p) for p in files]
+    horizon = max((c["ts"].max() for c in clients if not c.empty), default=0.0) + SERVEGEN_WINDOW_S
+    n_ticks = int(round(horizon / step_s))
+    seeds = np.random.SeedSequence(seed).spawn(len(clients) + 1)
+    count = np.zeros(n_ticks)
+    for client, ss in zip(clients, seeds[:-1]):
+        if client.empty:
+            continue
+        arrivals = _window_arrivals(np.random.default_rng(ss), client)
+        count += np.bincount((arrivals // step_s).astype(np.int64), minlength=n_ticks)[:n_ticks]
+    rng = np.random.default_rng(seeds[-1])
+    prompt_sum, output_sum = _summed_lengths(rng, count.astype(np.int64), lengths)
+    g_prompt, g_output = lengths.draw(rng, n_ticks * groups_per_tick)
+    g_tick = np.repeat(np.arange(n_ticks), groups_per_tick)
+    groups = RequestGroups(g_tick, g_prompt, g_output, np.repeat(count / groups_per_tick, groups_per_tick))
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cached, count=count, prompt=prompt_sum, output=output_sum, g_tick=g_tick, g_prompt=g_prompt,
+                 g_output=g_output, g_weight=groups.weight)
+    return TickTrace(folder.name, float(step_s), count, prompt_sum, output_sum, groups)
+
+
+def _summed_lengths(rng: np.random.Generator, count: np.ndarray, lengths: LengthModel,
+                    n_moments: int = 1 << 21) -> tuple[np.ndarray, np.ndarray]:
+    """Per-tick sums of ``count`` i.i.d. drawn lengths, drawn from their central-limit normal.
+
+    Drawing each of ~2.4e8 lengths costs minutes; a tick's sum of n i.i.d. lengths is normal with
+    mean n*mu and variance n*var to well under 1% for the hundreds of requests a tick holds, so
+    the sum is drawn directly (mu, var from ``n_moments`` draws of the clipped model).
+    """
+    p, o = lengths.draw(rng, n_moments)
+    sums = []
+    for x in (p, o):
+        mean = count * x.mean()
+        sd = np.sqrt(count * x.var())
+        sums.append(np.maximum(rng.normal(mean, sd), count))
+    return sums[0], sums[1]
+
+
+def load_trace(path: str | Path, step_s: float, seed: int = 0, cache_dir: str | Path | None = None) -> TickTrace:
+    """A per-request CSV in the Azure format (a file) or a ServeGen folder (a directory)."""
+    path = Path(path)
+    if path.is_dir():
+        return load_servegen(path, step_s=step_s, seed=seed, cache_dir=cache_dir)
+    if path.is_file():
+        return load_azure_csv(path).to_ticks(step_s)
+    raise TraceError(f"trace {path} does not exist (give an Azure-format CSV file or a ServeGen folder)")

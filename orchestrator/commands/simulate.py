@@ -1,0 +1,105 @@
+"""``flowtide simulate``: replay a trace through the two-pool simulator under one policy.
+
+Prints the defaults it used and a result table, writes plots, and with ``--json`` the summary
+other tools read (slo_attainment, gpu_hours, energy_kwh, power_violations, scaling_actions,
+ttft_p99_s, tpot_p99_s, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+DEFAULT_PROFILE = Path("../shared/data/splitwise-perf/perf_model.csv")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from autoscaler.policies import POLICIES
+
+    p = subparsers.add_parser("simulate", help="replay a trace under a scaling policy", description=__doc__,
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--trace", required=True, help="Azure-format per-request CSV (TIMESTAMP, ContextTokens, "
+                   "GeneratedTokens) or a ServeGen folder of chunk-*-trace.csv files")
+    p.add_argument("--policy", required=True, choices=POLICIES)
+    p.add_argument("--json", type=Path, default=None, help="write the summary here")
+    p.add_argument("--plots", type=Path, default=None, help="plot folder (default results/simulate/<trace>)")
+    p.add_argument("--no-plots", action="store_true", help="skip the plots")
+    p.add_argument("--profile", type=Path, default=DEFAULT_PROFILE, help="perf_model.csv-schema profile")
+    p.add_argument("--model", default="llama2-70b")
+    p.add_argument("--hardware", default="h100-80gb")
+    p.add_argument("--tp", type=int, default=4, help="tensor parallel GPUs per replica")
+    p.add_argument("--tick-s", type=float, default=None, help="simulation tick (default 1 s for a CSV, 10 s for ServeGen)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ttft-slo-s", type=float, default=None, help="default: config autoscaler.slo.ttft_s")
+    p.add_argument("--tpot-slo-s", type=float, default=None, help="default: config autoscaler.slo.tpot_s")
+    p.add_argument("--power-cap-w", type=float, default=None,
+                   help="cluster cap; default: config autoscaler.power_cap_w, else 80%% of the cluster's TDP")
+    p.add_argument("--cold-start-s", type=float, default=60.0)
+    p.add_argument("--forecaster", default="flow", help="forecaster of the flowtide policy")
+    p.add_argument("--forecast-step-s", type=float, default=None,
+                   help="flowtide's forecast step (default 600 s for multi-day traces, 30 s for short ones)")
+    p.add_argument("--cache-dir", type=Path, default=Path("results/cache"), help="synthesised ServeGen arrivals")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.table import Table
+
+    from autoscaler.capacity import ProfileError, load_capacity
+    from autoscaler.plots import plot_run
+    from autoscaler.policies import make_policy
+    from autoscaler.power import PowerModel
+    from autoscaler.scenario import default_cluster
+    from autoscaler.simulator import simulate
+    from autoscaler.traces import TraceError, load_trace
+    from orchestrator.config import load_config
+
+    console = Console(stderr=True)
+    config = load_config()
+    ttft = args.ttft_slo_s or config.autoscaler.slo.ttft_s
+    tpot = args.tpot_slo_s or config.autoscaler.slo.tpot_s
+    cap_w = args.power_cap_w or config.autoscaler.power_cap_w
+    trace_path = Path(args.trace)
+    tick = args.tick_s or (10.0 if trace_path.is_dir() else 1.0)
+    try:
+        capacity = load_capacity(args.profile, args.model, args.hardware, args.tp)
+        with console.status(f"loading {trace_path} ..."):
+            trace = load_trace(trace_path, tick, seed=args.seed, cache_dir=args.cache_dir)
+    except (TraceError, ProfileError) as exc:
+        console.print(f"[red]flowtide simulate: {exc}[/red]")
+        return 2
+    power = PowerModel.for_hardware(args.hardware)
+    cluster = default_cluster(trace, capacity, power, ttft, tpot, args.cold_start_s, power_cap_w=cap_w)
+    policy = make_policy(args.policy, trace, cluster, forecaster=args.forecaster,
+                         forecast_step_s=args.forecast_step_s, seed=args.seed)
+    console.print(
+        f"profile {args.model}/{args.hardware}/TP{args.tp} ({args.profile}); SLO TTFT<={ttft}s TPOT<={tpot}s; "
+        f"tick {tick}s; cold start {args.cold_start_s}s; replicas prefill<={cluster.max_replicas[0]} "
+        f"decode<={cluster.max_replicas[1]}; power cap {cluster.power_cap_w:.0f} W; "
+        + (f"forecaster {args.forecaster}, step {policy.step_s:.0f}s; " if args.policy == "flowtide" else "")
+        + f"seed {args.seed}")
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
+        task = bar.add_task(f"{args.policy} on {trace.name}", total=trace.n_ticks)
+        result = simulate(trace, policy, cluster, progress=lambda done, total: bar.update(task, completed=done))
+    summary = result.summary()
+    summary.update(tick_s=tick, ttft_slo_s=ttft, tpot_slo_s=tpot, profile=f"{args.model}/{args.hardware}/TP{args.tp}",
+                   cold_start_s=args.cold_start_s, seed=args.seed,
+                   forecaster=args.forecaster if args.policy == "flowtide" else None)
+    table = Table(title=f"flowtide simulate: {args.policy} on {trace.name}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in summary.items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    Console().print(table)
+    if not args.no_plots:
+        path = plot_run(result, capacity.prefill_tokens_per_s(), args.plots or Path("results/simulate") / trace.name)
+        console.print(f"plots: {path}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2))
+        console.print(f"summary: {args.json}")
+    return 0
