@@ -106,6 +106,7 @@ class ElasticPeer:
         """Train until the job's last step (returns the final digest) or a release (returns None)."""
         reason = "start"
         while True:
+            self._drop_group()
             current = self.digest() if self.has_state else None
             self._reform.clear()
             plan: Plan = ray.get(
@@ -122,14 +123,13 @@ class ElasticPeer:
             except PeerLost as exc:
                 log.warning("%s: epoch %d abandoned at step %d: %s", self.peer_id, plan.epoch, self.step, exc)
                 self.failures += 1
-                self._drop_group()
                 reason = "failure"
                 continue
             except Exception:
+                self._drop_group()
                 ray.get(self.coordinator.peer_failed.remote(self.peer_id, traceback.format_exc()))
                 raise
             if finished:
-                self._drop_group()
                 if self._checkpointer is not None:
                     self._checkpointer.flush(timeout_s=60.0)
                 final = self.digest()

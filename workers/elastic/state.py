@@ -34,7 +34,7 @@ def _feed(h: "hashlib._Hash", obj: Any) -> None:
     if isinstance(obj, torch.Tensor):
         t = obj.detach().contiguous().cpu()
         h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     elif isinstance(obj, dict):
         h.update(b"{")
         for key in sorted(obj, key=repr):

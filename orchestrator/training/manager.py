@@ -1,0 +1,120 @@
+"""Runs training jobs on a Ray cluster and is the controller's seam for preemption.
+
+``submit`` starts one coordinator actor per job on the head node (it must outlive
+train nodes); the coordinator spawns and re-forms the peers. ``release_nodes`` /
+``reclaim_nodes`` let serving borrow train nodes: peers leave at a step boundary
+within the notice period, and come back when the nodes are returned.
+"""
+
+from __future__ import annotations
+
+import time
+
+import ray
+
+from orchestrator.cluster import HEAD_POOL, POOL_LABEL
+from orchestrator.config import TrainingConfig
+from orchestrator.training.spec import JobSpecError, TrainingJobSpec
+from workers.elastic.coordinator import ElasticCoordinator
+
+ACTOR_PREFIX = "flowtide-train-"
+FINISH_GRACE_S = 5.0
+
+
+class TrainingJobFailed(RuntimeError):
+    """The job stopped with an error (the message is the failing peer's)."""
+
+
+class TrainingJobManager:
+    """Driver-side handle on the cluster's training jobs (connect to Ray first).
+
+    Jobs live as long as the driver that submitted them (non-detached actors).
+    """
+
+    def __init__(self, config: TrainingConfig, namespace: str = "flowtide") -> None:
+        self.config = config
+        self.namespace = namespace
+        self._jobs: dict[str, ray.actor.ActorHandle] = {}
+
+    def submit(self, spec: TrainingJobSpec) -> str:
+        """Start ``spec``; returns the job id.
+
+        Raises:
+            JobSpecError: a job with this name is already running.
+        """
+        if spec.name in self._jobs:
+            raise JobSpecError(f"name: job {spec.name!r} is already running")
+        task = spec.to_task(self.config)
+        coordinator = (
+            ray.remote(ElasticCoordinator)
+            .options(
+                name=ACTOR_PREFIX + spec.name,
+                namespace=self.namespace,
+                num_cpus=0,
+                label_selector={POOL_LABEL: HEAD_POOL},
+                max_concurrency=1000,
+            )
+            .remote(task, self.config.metrics_port)
+        )
+        ray.get(coordinator.start.remote())
+        self._jobs[spec.name] = coordinator
+        return spec.name
+
+    def _job(self, job_id: str) -> ray.actor.ActorHandle:
+        if job_id not in self._jobs:
+            raise KeyError(f"no training job {job_id!r}")
+        return self._jobs[job_id]
+
+    def status(self, job_id: str) -> dict:
+        return ray.get(self._job(job_id).status.remote())
+
+    def metrics_text(self, job_id: str) -> str:
+        """The job's Prometheus exposition (``flowtide_train_*``)."""
+        return ray.get(self._job(job_id).metrics_text.remote())
+
+    def peer_digests(self, job_id: str) -> dict[str, tuple[int, str]]:
+        return ray.get(self._job(job_id).peer_digests.remote())
+
+    def final_state(self, job_id: str) -> bytes:
+        return ray.get(self._job(job_id).final_state.remote())
+
+    def wait(self, job_id: str, timeout_s: float, poll_s: float = 0.5, on_status=None) -> dict:
+        """Block until the job finishes; returns its final status.
+
+        Raises:
+            TrainingJobFailed: the job failed.
+            TimeoutError: still running after ``timeout_s``.
+        """
+        deadline = time.monotonic() + timeout_s
+        finished_at = None
+        while True:
+            status = self.status(job_id)
+            if on_status is not None:
+                on_status(status)
+            if status["phase"] == "failed":
+                raise TrainingJobFailed(f"training job {job_id} failed: {status['error']}")
+            if status["phase"] == "finished":
+                finished_at = finished_at or time.monotonic()
+                # Every member reports its final digest; one lost at the very end is not waited for.
+                if set(status["members"]) <= set(status["final_digests"]) or time.monotonic() - finished_at > FINISH_GRACE_S:
+                    return status
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"training job {job_id} still {status['phase']} at step {status['last_commit_step']}")
+            time.sleep(poll_s)
+
+    def release_nodes(self, job_id: str, n: int, notice_s: float) -> list[str]:
+        """Ask the job to give back ``n`` nodes within ``notice_s``; returns the freed node ids.
+
+        Fewer come back when the job would drop below its ``min_peers``.
+        """
+        return ray.get(self._job(job_id).release_nodes.remote(n, notice_s), timeout=notice_s + 30.0)
+
+    def reclaim_nodes(self, job_id: str) -> list[str]:
+        """Return every node lent by the job; it grows back onto them (up to ``max_peers``)."""
+        return ray.get(self._job(job_id).reclaim_nodes.remote())
+
+    def stop(self, job_id: str) -> None:
+        """Kill the job's peers and coordinator."""
+        coordinator = self._jobs.pop(job_id)
+        ray.get(coordinator.shutdown.remote())
+        ray.kill(coordinator, no_restart=True)

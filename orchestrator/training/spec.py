@@ -1,0 +1,125 @@
+"""The training job spec (``flowtide train JOB.yaml``): validated whole at submit, never mid-run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from orchestrator.config import Pool, TrainingConfig
+from workers.elastic.task import TaskError, TrainTask, resolve
+
+
+class JobSpecError(ValueError):
+    """A job spec is invalid; the message names the field(s)."""
+
+
+class TrainingJobSpec(BaseModel):
+    """A data-parallel job: the user's callables by import path, sizes and elasticity bounds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="Job id (lowercase, digits, dashes).")
+    model: str = Field(..., description="'module:function' returning the torch model (seeded by the trainer).")
+    optimizer: str = Field(..., description="'module:function' taking the parameters, returning the optimizer.")
+    data: str = Field(..., description="'module:function' taking the seed, returning tensors of equal length.")
+    step: str = Field(..., description="'module:function' (model, batch) -> mean loss of one micro-batch.")
+    steps: int = Field(..., ge=1, description="Committed steps to train.")
+    global_batch_size: int = Field(..., ge=1, description="Samples per committed step, whatever the world size.")
+    micro_batch_size: int = Field(..., ge=1, description="Samples per micro-batch; the unit of work a peer computes.")
+    seed: int = Field(0, ge=0, description="Seeds the model, the data order and every micro-batch's RNG.")
+    min_peers: int = Field(1, ge=1, description="Fewer live peers than this: the job waits.")
+    max_peers: int = Field(2, ge=1, description="At most this many peers (one per node).")
+    pool: str = Field(Pool.TRAIN.value, description="Pool whose nodes run the peers.")
+    num_cpus_per_peer: float = Field(1.0, gt=0, description="Logical CPUs reserved per peer.")
+    checkpoint_every_steps: int = Field(50, ge=1, description="Asynchronous checkpoint period.")
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on storage.")
+    step_delay_s: float = Field(0.0, ge=0, description="Pause after each step (throttles demos and tests).")
+
+    @field_validator("model", "optimizer", "data", "step")
+    @classmethod
+    def _importable(cls, value: str, info: Any) -> str:
+        try:
+            resolve(value, info.field_name)
+        except TaskError as exc:
+            raise ValueError(str(exc)) from exc
+        return value
+
+    @field_validator("pool")
+    @classmethod
+    def _known_pool(cls, value: str) -> str:
+        known = [p.value for p in Pool]
+        if value not in known:
+            raise ValueError(f"unknown pool {value!r} (known: {', '.join(known)})")
+        return value
+
+    @model_validator(mode="after")
+    def _sizes(self) -> TrainingJobSpec:
+        if self.min_peers > self.max_peers:
+            raise ValueError(f"min_peers ({self.min_peers}) must not exceed max_peers ({self.max_peers})")
+        if self.global_batch_size % self.micro_batch_size:
+            raise ValueError("global_batch_size must be a multiple of micro_batch_size")
+        if self.max_peers > self.global_batch_size // self.micro_batch_size:
+            raise ValueError("max_peers must not exceed global_batch_size / micro_batch_size (micro-batches per step)")
+        return self
+
+    def to_task(self, training: TrainingConfig) -> TrainTask:
+        return TrainTask(
+            job_id=self.name,
+            model_fn=self.model,
+            optimizer_fn=self.optimizer,
+            dataset_fn=self.data,
+            step_fn=self.step,
+            total_steps=self.steps,
+            global_batch_size=self.global_batch_size,
+            micro_batch_size=self.micro_batch_size,
+            seed=self.seed,
+            min_peers=self.min_peers,
+            max_peers=self.max_peers,
+            checkpoint_dir=str(Path(training.checkpoint_dir).resolve()),
+            checkpoint_every_steps=self.checkpoint_every_steps,
+            keep_checkpoints=self.keep_checkpoints,
+            collective_timeout_s=training.collective_timeout_s,
+            liveness_timeout_s=training.liveness_timeout_s,
+            node_poll_s=training.node_poll_s,
+            peer_num_cpus=self.num_cpus_per_peer,
+            peer_label_selector={"pool": self.pool},
+            step_delay_s=self.step_delay_s,
+        ).validate()
+
+
+def parse_job_spec(data: dict[str, Any], source: str = "job spec") -> TrainingJobSpec:
+    """Validate a mapping; every problem is reported with its field name.
+
+    Raises:
+        JobSpecError: listing each invalid field.
+    """
+    try:
+        return TrainingJobSpec(**data)
+    except ValidationError as exc:
+        lines = [f"invalid training job ({source}):"]
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "<root>"
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"  {field}: {msg}")
+        raise JobSpecError("\n".join(lines)) from exc
+
+
+def load_job_spec(path: str | Path) -> TrainingJobSpec:
+    """Read and validate a YAML job file.
+
+    Raises:
+        JobSpecError: missing file, bad YAML, or invalid fields.
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise JobSpecError(f"job file {path} does not exist") from exc
+    except yaml.YAMLError as exc:
+        raise JobSpecError(f"job file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise JobSpecError(f"job file {path} must hold a mapping")
+    return parse_job_spec(data, str(path))

@@ -1,0 +1,467 @@
+"""The job's coordinator: one async actor that owns membership epochs, peers and the store.
+
+It spawns one peer per eligible node (label selector + node id), hosts the TCPStore
+that every epoch's gloo group rendezvouses on (a fresh key prefix per epoch), forms
+epochs with :func:`workers.elastic.membership.form`, and carries out releases and
+reclaims for the serving side. It never touches tensors; peers hold all training state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime
+import itertools
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+
+import ray
+from prometheus_client import generate_latest, start_http_server
+from torch.distributed import TCPStore
+
+from workers.elastic import checkpoint as ckpt
+from workers.elastic.membership import Arrival, Formation, Plan, Restore, form
+from workers.elastic.metrics import TrainMetrics
+from workers.elastic.peer import ElasticPeer, job_checkpoint_dir
+from workers.elastic.state import StateDigest
+from workers.elastic.task import TrainTask
+
+log = logging.getLogger(__name__)
+
+NODE_ID_LABEL = "ray.io/node-id"
+RATE_WINDOW_S = 10.0
+# Peers answer coordinator calls on extra threads while run() trains.
+PEER_MAX_CONCURRENCY = 4
+START_GRACE_S = 15.0
+
+
+@dataclass
+class PeerRecord:
+    handle: ray.actor.ActorHandle
+    node_id: str
+    run_ref: ray.ObjectRef | None = None
+
+
+@dataclass
+class Reformation:
+    """One re-formation, for status and the benchmark: why, when detected, formed, first commit."""
+
+    epoch: int
+    reason: str
+    world_size: int
+    t_detect: float
+    t_formed: float
+    start_step: int
+    restore: str
+    t_first_commit: float | None = None
+
+
+@dataclass
+class JobStatus:
+    job_id: str
+    phase: str  # starting | running | reforming | waiting_for_peers | finished | failed
+    epoch: int
+    world_size: int
+    members: dict[str, str]  # peer id -> node id, rank order
+    last_commit_step: int
+    last_commit_time: float | None
+    total_steps: int
+    steps_per_second: float
+    recoveries: int
+    joins: int
+    releases: int
+    churn_lost_s: float
+    lent_nodes: list[str]
+    losses: list[tuple[int, float]]
+    commits: list[tuple[int, float, int, int]]  # (step, time, epoch, world size)
+    reformations: list[dict]
+    final_digests: dict[str, tuple[int, str]]
+    error: str | None = None
+
+
+class ElasticCoordinator:
+    """Async Ray actor; create it with ``options(num_cpus=0, ...)`` on a node that outlives peers."""
+
+    def __init__(self, task: TrainTask, metrics_port: int | None = None) -> None:
+        self.task = task.validate()
+        self.host = ray.util.get_node_ip_address()
+        self.store = TCPStore(
+            self.host, 0, is_master=True, wait_for_workers=False, timeout=datetime.timedelta(seconds=30)
+        )
+        self.metrics = TrainMetrics(task.job_id)
+        if metrics_port is not None:
+            start_http_server(metrics_port, addr=self.host, registry=self.metrics.registry)
+        self.peers: dict[str, PeerRecord] = {}
+        self.members: list[str] = []
+        self.epoch = 0
+        self.phase = "starting"
+        self.error: str | None = None
+        self.arrivals: dict[str, tuple[Arrival, asyncio.Future]] = {}
+        self.releasing: set[str] = set()
+        self.lent_nodes: set[str] = set()
+        self.final_digests: dict[str, tuple[int, str]] = {}
+        self.commits: list[tuple[int, float, int, int]] = []
+        self.losses: list[tuple[int, float]] = []
+        self.reformations: list[Reformation] = []
+        self.counts = collections.Counter()
+        self.churn_lost_s = 0.0
+        self._order = itertools.count()
+        self._peer_ids = itertools.count()
+        self._wake: asyncio.Event | None = None
+        self._failure_at: float | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        """Start the node watcher and the formation loop (idempotent)."""
+        if self._tasks:
+            return
+        self._wake = asyncio.Event()
+        self._self = ray.get_runtime_context().current_actor
+        self._tasks = [asyncio.create_task(self._watch_nodes()), asyncio.create_task(self._form_loop())]
+
+    # --- peers call these ----------------------------------------------------------------
+    async def join_epoch(
+        self, peer_id: str, step: int, sha256: str | None, prev_rank: int | None, reason: str
+    ) -> Plan:
+        """Wait at a step boundary until the next epoch is formed; returns this peer's plan."""
+        if peer_id not in self.peers or self.phase in ("finished", "failed"):
+            return Plan(stop=True)
+        if reason == "failure" and self._failure_at is None:
+            self._failure_at = time.time()
+        future = asyncio.get_running_loop().create_future()
+        self.arrivals[peer_id] = (Arrival(peer_id, step, sha256, prev_rank, next(self._order)), future)
+        self._wake.set()
+        return await future
+
+    def report_commit(self, epoch: int, step: int, loss: float, t: float, world_size: int) -> None:
+        if epoch != self.epoch:
+            return  # a late report from an epoch already replaced
+        self.commits.append((step, t, epoch, world_size))
+        self.losses.append((step, loss))
+        if self.reformations and self.reformations[-1].t_first_commit is None:
+            ref = self.reformations[-1]
+            ref.t_first_commit = t
+            previous = [c for c in self.commits if c[2] < epoch]
+            if previous:
+                gap = t - previous[-1][1]
+                lost = max(0.0, gap - self._typical_step_s(epoch))
+                self.churn_lost_s += lost
+                self.metrics.churn_lost.inc(lost)
+        self.metrics.steps.inc()
+        self.metrics.last_commit_step.set(step)
+        self.metrics.last_commit_time.set(t)
+        self.metrics.loss.set(loss)
+        self.metrics.steps_per_second.set(self._rate(t))
+
+    def peer_finished(self, peer_id: str, digest: StateDigest) -> None:
+        self.final_digests[peer_id] = (digest.step, digest.sha256)
+        if self.phase != "failed":
+            self.phase = "finished"
+        self._wake.set()
+
+    def peer_failed(self, peer_id: str, error: str) -> None:
+        """A peer hit a non-recoverable error (user code, divergence): the job fails, visibly."""
+        self.phase = "failed"
+        self.error = f"{peer_id}: {error}"
+        log.error("job %s failed: %s", self.task.job_id, self.error)
+        self._wake.set()
+
+    # --- the controller calls these (through orchestrator.training) -------------------------
+    async def release_nodes(self, n: int, notice_s: float) -> list[str]:
+        """Give back up to ``n`` nodes, never going below ``min_peers``; returns their node ids.
+
+        The released peers stop at the next step boundary; any still running when
+        ``notice_s`` runs out is killed, and the others recover from that as from a failure.
+        """
+        if n < 0 or notice_s < 0:
+            raise ValueError("n and notice_s must be non-negative")
+        spare = max(0, len(self.members) - len(self.releasing) - self.task.min_peers)
+        # Peers spawned but not yet training go first (nothing to stop), then the newest ranks.
+        pending = [p for p in self.peers if p not in self.members and p not in self.releasing]
+        members = [p for p in reversed(self.members) if p not in self.releasing][:spare]
+        chosen = (pending + members)[:n]
+        nodes = [self.peers[p].node_id for p in chosen]
+        self.releasing.update(chosen)
+        self.lent_nodes.update(nodes)
+        for p in chosen:
+            if p not in self.members:
+                self._drop_peer(p, "released before joining")
+        for p in self.members:
+            self._request_reform(p)
+        deadline = time.time() + notice_s
+        while any(p in self.peers for p in chosen) and time.time() < deadline:
+            await asyncio.sleep(0.05)
+        for p in chosen:
+            if p in self.peers:
+                self._drop_peer(p, "notice period expired")
+        return nodes
+
+    def reclaim_nodes(self) -> list[str]:
+        """Take lent nodes back: peers are spawned on them again (up to ``max_peers``)."""
+        nodes = sorted(self.lent_nodes)
+        self.lent_nodes.clear()
+        return nodes
+
+    def status(self) -> dict:
+        return asdict(
+            JobStatus(
+                job_id=self.task.job_id,
+                phase=self.phase,
+                epoch=self.epoch,
+                world_size=len(self.members),
+                members={p: self.peers[p].node_id for p in self.members if p in self.peers},
+                last_commit_step=self.commits[-1][0] if self.commits else 0,
+                last_commit_time=self.commits[-1][1] if self.commits else None,
+                total_steps=self.task.total_steps,
+                steps_per_second=self._rate(time.time()),
+                recoveries=self.counts["recoveries"],
+                joins=self.counts["joins"],
+                releases=self.counts["releases"],
+                churn_lost_s=self.churn_lost_s,
+                lent_nodes=sorted(self.lent_nodes),
+                losses=list(self.losses),
+                commits=list(self.commits),
+                reformations=[asdict(r) for r in self.reformations],
+                final_digests=dict(self.final_digests),
+                error=self.error,
+            )
+        )
+
+    def metrics_text(self) -> str:
+        return generate_latest(self.metrics.registry).decode()
+
+    async def peer_digests(self) -> dict[str, tuple[int, str]]:
+        """Every live member's current (step, sha256), read from the peers themselves."""
+        out = {}
+        for p in list(self.members):
+            if p in self.peers:
+                d = await self.peers[p].handle.digest.remote()
+                out[p] = (d.step, d.sha256)
+        return out
+
+    async def final_state(self) -> bytes:
+        """The serialized final state, from a finished peer."""
+        for p in self.final_digests:
+            if p in self.peers:
+                return await self.peers[p].handle.export_state.remote(self.final_digests[p][0])
+        raise RuntimeError("no finished peer is alive")
+
+    def shutdown(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for p in list(self.peers):
+            self._drop_peer(p, "job shut down")
+
+    # --- internals ----------------------------------------------------------------------
+    def _rate(self, now: float) -> float:
+        recent = [c for c in self.commits if c[1] >= now - RATE_WINDOW_S]
+        if len(recent) < 2:
+            return 0.0
+        return (len(recent) - 1) / max(recent[-1][1] - recent[0][1], 1e-9)
+
+    def _typical_step_s(self, before_epoch: int) -> float:
+        times = [c[1] for c in self.commits if c[2] < before_epoch][-20:]
+        if len(times) < 2:
+            return 0.0
+        return (times[-1] - times[0]) / (len(times) - 1)
+
+    def _request_reform(self, peer_id: str) -> None:
+        record = self.peers.get(peer_id)
+        if record is not None:
+            record.handle.request_reform.remote()
+
+    def _drop_peer(self, peer_id: str, why: str) -> None:
+        record = self.peers.pop(peer_id, None)
+        if record is None:
+            return
+        log.info("dropping %s on %s: %s", peer_id, record.node_id[:8], why)
+        if peer_id in self.members:
+            self.members.remove(peer_id)
+        entry = self.arrivals.pop(peer_id, None)
+        if entry is not None and not entry[1].done():
+            entry[1].set_result(Plan(stop=True))
+        ray.kill(record.handle, no_restart=True)
+
+    def _spawn(self, node_id: str) -> None:
+        peer_id = f"{self.task.job_id}-peer-{next(self._peer_ids)}"
+        selector = {**self.task.peer_label_selector, NODE_ID_LABEL: node_id}
+        handle = (
+            ray.remote(ElasticPeer)
+            .options(
+                num_cpus=self.task.peer_num_cpus,
+                label_selector=selector,
+                max_concurrency=PEER_MAX_CONCURRENCY,
+                max_restarts=0,
+            )
+            .remote(self.task, peer_id, self._self)
+        )
+        self.peers[peer_id] = PeerRecord(handle=handle, node_id=node_id, run_ref=handle.run.remote())
+        log.info("spawned %s on node %s", peer_id, node_id[:8])
+
+    async def _watch_nodes(self) -> None:
+        """Spawn a peer on every eligible node without one; forget peers whose node is gone."""
+        selector = self.task.peer_label_selector
+        while self.phase not in ("finished", "failed"):
+            alive = {
+                n["NodeID"]
+                for n in ray.nodes()
+                if n["Alive"] and all(n.get("Labels", {}).get(k) == v for k, v in selector.items())
+            }
+            for peer_id, record in list(self.peers.items()):
+                if record.node_id not in alive:
+                    self._drop_peer(peer_id, "node left the cluster")
+                    self._wake.set()
+            used = {r.node_id for r in self.peers.values()}
+            free = sorted(alive - used - self.lent_nodes)
+            for node_id in free[: max(0, self.task.max_peers - len(self.peers))]:
+                self._spawn(node_id)
+            await asyncio.sleep(self.task.node_poll_s)
+
+    async def _alive(self, peer_id: str) -> bool:
+        record = self.peers.get(peer_id)
+        if record is None:
+            return False
+        try:
+            await asyncio.wait_for(record.handle.ping.remote(), self.task.liveness_timeout_s)
+            return True
+        except (ray.exceptions.RayError, asyncio.TimeoutError):
+            return False
+
+    async def _wait_for_members(self) -> None:
+        """Wait until every live member is at the boundary; unresponsive ones are dropped."""
+        while True:
+            missing = [p for p in self.members if p not in self.arrivals]
+            if not missing:
+                return
+            for p in missing:
+                self._request_reform(p)
+            alive = await asyncio.gather(*(self._alive(p) for p in missing))
+            for p, ok in zip(missing, alive):
+                if not ok:
+                    self._drop_peer(p, "unresponsive at re-formation")
+            if all(not ok for ok in alive):
+                return
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=0.25)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _form_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self.phase in ("finished", "failed"):
+                for peer_id, (_, future) in list(self.arrivals.items()):
+                    if not future.done():
+                        future.set_result(Plan(stop=True))
+                self.arrivals.clear()
+                if self.phase == "finished":
+                    continue
+                return
+            if not self.arrivals:
+                continue
+            if self.epoch == 0:
+                # The first epoch waits briefly for every spawned peer, so the job does not start
+                # on one peer and re-form at once when the next finishes importing torch.
+                deadline = time.time() + START_GRACE_S
+                while any(p not in self.arrivals for p in self.peers) and time.time() < deadline:
+                    await asyncio.sleep(0.1)
+            t_detect = self._failure_at or time.time()
+            if self.phase == "running":
+                self.phase = "reforming"
+            new_joiner = any(p not in self.members for p in self.arrivals)
+            if new_joiner:
+                for p in self.members:
+                    self._request_reform(p)
+            await self._wait_for_members()
+            # An arrival that died while waiting would stall the new group until its timeout.
+            arrived = list(self.arrivals)
+            alive = await asyncio.gather(*(self._alive(p) for p in arrived))
+            for p, ok in zip(arrived, alive):
+                if not ok:
+                    self._drop_peer(p, "died at the boundary")
+            if self.phase in ("finished", "failed"):
+                self._wake.set()
+                continue
+            self._form(t_detect)
+
+    def _checkpoint_info(self) -> tuple[int, str] | None:
+        if not self.task.checkpoint_dir:
+            return None
+        found = ckpt.latest_valid(job_checkpoint_dir(self.task))
+        if found is None:
+            return None
+        self._restore_ckpt = found[0]
+        return found[0].step, found[0].state_sha256
+
+    def _form(self, t_detect: float) -> None:
+        arrivals = [a for a, _ in self.arrivals.values()]
+        has_live = any(a.sha256 is not None for a in arrivals)
+        formation: Formation = form(
+            arrivals,
+            self.releasing,
+            self.task.min_peers,
+            self.task.max_peers,
+            None if has_live else self._checkpoint_info(),
+        )
+        for p in formation.released:
+            _, future = self.arrivals.pop(p)
+            future.set_result(Plan(stop=True))
+            self.counts["releases"] += 1
+            self.metrics.releases.inc()
+            self.releasing.discard(p)
+            self._drop_peer(p, "released")
+        if formation.diverged:
+            self.peer_failed(",".join(formation.diverged), "state differs from the source's at the same step")
+            self._wake.set()
+            return
+        if not formation.assignments:
+            self.phase = "waiting_for_peers"
+            self.members = [p for p in self.members if p in self.arrivals]
+            return
+        was_failure = self._failure_at is not None
+        self.epoch += 1
+        previous = set(self.members)
+        self.members = sorted(formation.assignments, key=lambda p: formation.assignments[p].rank)
+        first = formation.assignments[self.members[0]]
+        restore = "peer" if any(a.restore is Restore.PEER for a in formation.assignments.values()) else first.restore.value
+        for peer_id, a in formation.assignments.items():
+            _, future = self.arrivals.pop(peer_id)
+            future.set_result(
+                Plan(
+                    stop=False,
+                    epoch=self.epoch,
+                    rank=a.rank,
+                    world_size=formation.world_size,
+                    store_host=self.host,
+                    store_port=self.store.port,
+                    restore=a.restore,
+                    source=self.peers[a.source_peer].handle if a.source_peer else None,
+                    start_step=a.start_step,
+                    expected_sha256=a.expected_sha256,
+                    checkpoint_path=str(self._restore_ckpt.path) if a.restore is Restore.CHECKPOINT else None,
+                )
+            )
+        joined = [p for p in self.members if p not in previous and formation.assignments[p].restore is Restore.PEER]
+        self.counts["joins"] += len(joined)
+        self.metrics.joins.inc(len(joined))
+        if was_failure and self.epoch > 1:
+            self.counts["recoveries"] += 1
+            self.metrics.recoveries.inc()
+        self.reformations.append(
+            Reformation(
+                epoch=self.epoch,
+                reason="failure" if was_failure else ("start" if self.epoch == 1 else "membership"),
+                world_size=formation.world_size,
+                t_detect=t_detect,
+                t_formed=time.time(),
+                start_step=first.start_step,
+                restore=restore,
+            )
+        )
+        self._failure_at = None
+        self.phase = "running"
+        self.metrics.world_size.set(formation.world_size)
+        self.metrics.epoch.set(self.epoch)
