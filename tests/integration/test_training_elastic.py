@@ -1,0 +1,200 @@
+"""Elastic training on a real local multi-node Ray cluster (CPU, gloo): death, join, preemption, churn.
+
+Every finished job is compared bit for bit with ``reference_run`` of the same task:
+the determinism contract (docs/training.md) says churn may change who computes a
+micro-batch, never which samples a committed step sees or the order they are added.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import numpy as np
+import pytest
+
+from orchestrator.config import Pool, load_config
+from orchestrator.training.spec import parse_job_spec
+from workers.elastic.reference import reference_run
+
+JOB = dict(
+    model="workers.elastic.mlp:build_model",
+    optimizer="workers.elastic.mlp:build_optimizer",
+    data="workers.elastic.mlp:build_dataset",
+    step="workers.elastic.mlp:mse_step",
+    global_batch_size=64,
+    micro_batch_size=8,
+    max_peers=2,
+)
+
+
+class Harness:
+    def __init__(self, cluster, manager, config):
+        self.cluster, self.manager, self.config = cluster, manager, config
+        self._n = 0
+
+    def ensure_train_nodes(self, n: int) -> None:
+        while len(self.cluster.nodes(Pool.TRAIN)) < n:
+            self.cluster.add_node(Pool.TRAIN)
+        while len(self.cluster.nodes(Pool.TRAIN)) > n:
+            self.cluster.remove_node(self.cluster.nodes(Pool.TRAIN)[-1])
+
+    def node(self, node_id: str):
+        return next(n for n in self.cluster.nodes(Pool.TRAIN) if n.node_id == node_id)
+
+    def submit(self, **overrides):
+        self._n += 1
+        spec = parse_job_spec({**JOB, "name": f"it-{self._n}-{int(time.time()) % 100000}", **overrides})
+        return spec, self.manager.submit(spec)
+
+    def wait_for(self, job_id, predicate, timeout_s: float, what: str) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status = self.manager.status(job_id)
+            assert status["phase"] != "failed", status["error"]
+            if predicate(status):
+                return status
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting for {what}: {self.manager.status(job_id)}")
+
+    def finish(self, spec, job_id, timeout_s: float = 240.0) -> dict:
+        status = self.manager.wait(job_id, timeout_s=timeout_s)
+        reference, _ = reference_run(spec.to_task(self.config.training))
+        digests = {sha for _, sha in status["final_digests"].values()}
+        assert status["last_commit_step"] == spec.steps
+        assert digests == {reference.sha256}, "final state differs from the reference run"
+        self.manager.stop(job_id)
+        return status
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    import ray
+
+    from orchestrator.cluster import LocalCluster, connect
+    from orchestrator.training.manager import TrainingJobManager
+
+    config = load_config()
+    for pool in (Pool.PREFILL, Pool.DECODE):
+        config.cluster.pools[pool].nodes = 0
+    config.cluster.pools[Pool.TRAIN].nodes = 2
+    config.cluster.pools[Pool.TRAIN].num_cpus_per_node = 1  # one peer per node
+    config.training.checkpoint_dir = str(tmp_path_factory.mktemp("checkpoints"))
+    previous = ray.get_runtime_context().gcs_address if ray.is_initialized() else None
+    if previous:
+        ray.shutdown()  # another module's cluster; reconnected below
+    cluster = LocalCluster(config.cluster).start()
+    try:
+        connect(cluster.address)
+        yield Harness(cluster, TrainingJobManager(config.training), config)
+    finally:
+        cluster.shutdown()
+        if previous:
+            connect(previous)
+
+
+def _commits_before(status: dict, t: float) -> int:
+    return max((step for step, when, _, _ in status["commits"] if when <= t), default=0)
+
+
+def test_peer_node_death_survivors_continue_without_restart_losing_at_most_one_step(harness):
+    harness.ensure_train_nodes(2)
+    spec, job = harness.submit(steps=220)
+    status = harness.wait_for(job, lambda s: s["world_size"] == 2 and s["last_commit_step"] >= 40, 120, "2 peers")
+    ranks = list(status["members"])
+    victim, survivor = ranks[0], ranks[1]  # rank 0 writes checkpoints and reports commits: the harder case
+    t_kill = time.time()
+    harness.cluster.remove_node(harness.node(status["members"][victim]))
+    after = harness.wait_for(job, lambda s: s["recoveries"] >= 1 and s["world_size"] == 1, 60, "recovery")
+    assert list(after["members"]) == [survivor], "the survivor must go on as the same actor (no restart)"
+    recovery = next(r for r in after["reformations"] if r["reason"] == "failure")
+    assert recovery["restore"] == "keep", "survivors continue from memory, not from disk or a peer"
+    assert recovery["start_step"] >= _commits_before(after, t_kill), "a committed step was rolled back"
+    final = harness.finish(spec, job)
+    losses = [loss for _, loss in final["losses"]]
+    assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:20]), "loss must keep decreasing"
+    assert final["recoveries"] == 1
+
+
+def test_joining_peer_receives_live_state_with_verified_hash_and_world_grows(harness):
+    harness.ensure_train_nodes(1)
+    spec, job = harness.submit(steps=260, step_delay_s=0.02)
+    harness.wait_for(job, lambda s: s["world_size"] == 1 and s["last_commit_step"] >= 10, 120, "1 peer")
+    harness.cluster.add_node(Pool.TRAIN)
+    grown = harness.wait_for(job, lambda s: s["world_size"] == 2, 120, "the joiner")
+    join = grown["reformations"][-1]
+    assert join["restore"] == "peer" and join["start_step"] > 0, "the joiner must copy live state, not restart"
+    assert grown["joins"] == 1
+    # Every live peer holds the same state, hash for hash, right after the join.
+    digests = harness.manager.peer_digests(job)
+    assert len(digests) == 2
+    final = harness.finish(spec, job)
+    assert len(final["final_digests"]) == 2
+
+
+def test_release_gives_nodes_back_at_a_step_boundary_and_reclaim_regrows(harness):
+    harness.ensure_train_nodes(2)
+    spec, job = harness.submit(steps=300, step_delay_s=0.02)
+    harness.wait_for(job, lambda s: s["world_size"] == 2 and s["last_commit_step"] >= 10, 120, "2 peers")
+    t0 = time.monotonic()
+    released = harness.manager.release_nodes(job, 1, notice_s=10.0)
+    assert len(released) == 1 and time.monotonic() - t0 < 10.0
+    status = harness.manager.status(job)
+    assert status["world_size"] == 1 and status["lent_nodes"] == released
+    assert status["recoveries"] == 0, "a release is planned: no failure path"
+    assert harness.manager.release_nodes(job, 1, notice_s=1.0) == [], "never below min_peers"
+    assert harness.manager.reclaim_nodes(job) == released
+    harness.wait_for(job, lambda s: s["world_size"] == 2, 120, "regrowth")
+    metrics = harness.manager.metrics_text(job)
+    for name in (
+        "flowtide_train_steps_per_second",
+        "flowtide_train_world_size",
+        "flowtide_train_last_commit_step",
+        "flowtide_train_recoveries_total",
+        "flowtide_train_churn_lost_seconds_total",
+        "flowtide_train_releases_total",
+    ):
+        assert name in metrics
+    final = harness.finish(spec, job)
+    assert final["releases"] == 1 and final["joins"] >= 1
+
+
+@pytest.mark.slow
+def test_random_churn_final_model_equals_reference_bit_for_bit(harness):
+    harness.ensure_train_nodes(2)
+    spec, job = harness.submit(steps=600, step_delay_s=0.03, checkpoint_every_steps=25)
+    harness.wait_for(job, lambda s: s["world_size"] >= 1 and s["last_commit_step"] >= 10, 120, "start")
+    rng = random.Random(7)
+    deadline = time.monotonic() + 40.0
+    events = []
+    while time.monotonic() < deadline and harness.manager.status(job)["phase"] == "running":
+        nodes = harness.cluster.nodes(Pool.TRAIN)
+        if len(nodes) >= 2 and rng.random() < 0.6:
+            harness.cluster.remove_node(rng.choice(nodes))
+            events.append("kill")
+        elif len(nodes) < 3:
+            harness.cluster.add_node(Pool.TRAIN)
+            events.append("add")
+        time.sleep(rng.uniform(2.0, 5.0))
+    harness.ensure_train_nodes(max(1, len(harness.cluster.nodes(Pool.TRAIN))))
+    final = harness.finish(spec, job, timeout_s=400)
+    assert "kill" in events and "add" in events
+    assert final["recoveries"] >= 1
+
+
+@pytest.mark.slow
+def test_all_peers_lost_restarts_from_last_checkpoint_on_fewer_peers(harness):
+    harness.ensure_train_nodes(2)
+    spec, job = harness.submit(steps=200, checkpoint_every_steps=20, step_delay_s=0.02)
+    status = harness.wait_for(job, lambda s: s["world_size"] == 2 and s["last_commit_step"] >= 70, 120, "progress")
+    for node in harness.cluster.nodes(Pool.TRAIN):
+        harness.cluster.remove_node(node)
+    lost_at = harness.manager.status(job)["last_commit_step"]
+    harness.cluster.add_node(Pool.TRAIN)
+    restarted = harness.wait_for(
+        job, lambda s: any(r["restore"] == "checkpoint" for r in s["reformations"]), 180, "checkpoint restart"
+    )
+    restart = next(r for r in restarted["reformations"] if r["restore"] == "checkpoint")
+    assert restart["world_size"] == 1
+    assert restart["start_step"] % 20 == 0 and lost_at - 20 <= restart["start_step"] <= lost_at
+    harness.finish(spec, job)
