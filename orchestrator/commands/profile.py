@@ -1,0 +1,96 @@
+"""`flowtide profile`: measure the engine in use and write a capacity profile (perf_model.csv schema)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+
+from orchestrator.config import ConfigError, FlowtideConfig, load_config
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return sizes
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from workers.profiling import ProfilePlan
+
+    default = ProfilePlan()
+    p = subparsers.add_parser(
+        "profile",
+        help="profile prefill time vs prompt length and decode step time vs batch size; write a perf_model.csv",
+    )
+    p.add_argument("--config", help="YAML config file (default: $FLOWTIDE_CONFIG or built-in defaults)")
+    p.add_argument("--engine", choices=["transformers", "vllm"], help="engine to profile (default: engine.kind)")
+    p.add_argument("--model", help="local Hugging Face checkpoint directory (default: the embedded tiny model)")
+    p.add_argument("--out", required=True, help="CSV to write (Splitwise perf_model.csv columns)")
+    p.add_argument("--prompt-sizes", type=_sizes, default=default.prompt_sizes, help="prompt sweep at batch 1, e.g. 32,64,128")
+    p.add_argument("--batch-sizes", type=_sizes, default=default.batch_sizes, help="batch sweep, e.g. 1,2,4,8")
+    p.add_argument("--batch-prompt-size", type=int, default=default.batch_prompt_size, help="prompt length in the batch sweep")
+    p.add_argument("--token-size", type=int, default=default.token_size, help="tokens generated per request")
+    p.add_argument("--repeats", type=int, default=default.repeats, help="runs per (prompt, batch) point")
+    p.add_argument("--hardware", help="hardware column (default: the GPU name, else cpu-<arch>-<cores>c)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = {"engine.kind": args.engine, "model.path": args.model}
+    config = load_config(args.config, **{k: v for k, v in overrides.items() if v is not None})
+    from workers.profiling import ProfileError, ProfilePlan
+
+    plan = ProfilePlan(
+        prompt_sizes=args.prompt_sizes,
+        batch_sizes=args.batch_sizes,
+        batch_prompt_size=args.batch_prompt_size,
+        token_size=args.token_size,
+        repeats=args.repeats,
+    )
+    try:
+        out = asyncio.run(_profile(config, plan, Path(args.out), args.hardware))
+    except ProfileError as exc:
+        raise ConfigError(f"profile: {exc}") from exc
+    print(f"wrote {out}")
+    return 0
+
+
+async def _profile(config: FlowtideConfig, plan, out: Path, hardware: str | None) -> Path:
+    from rich.progress import Progress
+
+    from orchestrator.app import engine_options, resolve_model_path
+    from workers.engines import build_engine
+    from workers.profiling import ProfileError, hardware_name, profile_engine, write_perf_csv
+
+    if max(plan.batch_sizes) > config.serving.max_batch_size:
+        raise ProfileError(
+            f"batch size {max(plan.batch_sizes)} exceeds serving.max_batch_size={config.serving.max_batch_size}"
+        )
+    model_path = resolve_model_path(config)
+    vocab_size = json.loads((Path(model_path) / "config.json").read_text())["vocab_size"]
+    kind = config.engine.kind
+    tensor_parallel = config.engine.vllm.tensor_parallel_size if kind == "vllm" else 1
+    model = config.model.served_name if config.model.path is None else Path(model_path).name
+    with Progress() as progress:
+        task = progress.add_task(f"profiling {model} on the {kind} engine", total=len(plan.runs()))
+        engine = build_engine(kind, "colocated", model_path, **engine_options(config, "colocated"))
+        try:
+            rows = await profile_engine(
+                engine,
+                plan,
+                model=model,
+                hardware=hardware or hardware_name(),
+                tensor_parallel=tensor_parallel,
+                vocab_size=vocab_size,
+                max_model_len=config.model.max_model_len,
+                on_row=lambda row: progress.advance(task),
+            )
+        finally:
+            await engine.shutdown()
+    return write_perf_csv(rows, out)

@@ -1,0 +1,205 @@
+"""Capacity profile of the engine in use: prefill time vs prompt length, step time vs batch size.
+
+Rows follow the column schema of Splitwise's ``perf_model.csv`` (``../shared/data/splitwise-perf``,
+Mutinifni/splitwise-sim, MIT) so the autoscaler's capacity model reads a local profile and the
+published GPU profiles alike. Written against the engine protocol, so any engine can be profiled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import math
+import os
+import platform
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import astuple, dataclass, fields
+from pathlib import Path
+
+from workers.engines.base import Engine, SamplingParams
+
+# Splitwise's columns, in its order. Times in milliseconds; power as a fraction of TDP (0: not measured).
+PERF_COLUMNS = (
+    "model",
+    "hardware",
+    "prompt_size",
+    "batch_size",
+    "token_size",
+    "peak_power",
+    "average_power",
+    "prompt_time",
+    "token_time",
+    "e2e_time",
+    "tensor_parallel",
+)
+
+
+class ProfileError(ValueError):
+    """A profile plan that cannot run on this engine, or an engine that misbehaved while profiled."""
+
+
+@dataclass(frozen=True)
+class PerfRow:
+    """One measured run, a row of ``perf_model.csv``.
+
+    ``prompt_time``: ms from submitting the batch until every request has its first token
+    (the batch's prefill). ``token_time``: ms per decode step after that (all sequences
+    step together). ``e2e_time``: ms until the last token of the batch.
+    """
+
+    model: str
+    hardware: str
+    prompt_size: int
+    batch_size: int
+    token_size: int
+    peak_power: float
+    average_power: float
+    prompt_time: float
+    token_time: float
+    e2e_time: float
+    tensor_parallel: int
+
+
+@dataclass(frozen=True)
+class ProfilePlan:
+    """Which runs to measure: Splitwise's two sweeps that a capacity model needs.
+
+    A prompt sweep at batch 1 (prefill time vs prompt length) and a batch sweep at
+    ``batch_prompt_size`` (decode step time vs batch size), each run ``repeats`` times.
+    """
+
+    prompt_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16)
+    batch_prompt_size: int = 64
+    token_size: int = 32
+    repeats: int = 3
+    warmup_runs: int = 1
+
+    def runs(self) -> list[tuple[int, int]]:
+        """(prompt_size, batch_size) of every measured run, in order."""
+        sweep = [(p, 1) for p in self.prompt_sizes] + [(self.batch_prompt_size, b) for b in self.batch_sizes]
+        return [run for run in sweep for _ in range(self.repeats)]
+
+    def check(self, max_model_len: int) -> None:
+        """Raises ProfileError if a run cannot fit the engine."""
+        if self.token_size < 2:
+            raise ProfileError(f"token_size must be at least 2 to time a decode step, got {self.token_size}")
+        if self.repeats < 1:
+            raise ProfileError(f"repeats must be at least 1, got {self.repeats}")
+        sizes = [*self.prompt_sizes, *self.batch_sizes, self.batch_prompt_size]
+        if not self.prompt_sizes or not self.batch_sizes or min(sizes) < 1:
+            raise ProfileError("prompt_sizes and batch_sizes must be non-empty and positive")
+        longest = max(*self.prompt_sizes, self.batch_prompt_size) + self.token_size
+        if longest > max_model_len:
+            raise ProfileError(
+                f"longest run needs {longest} tokens (prompt + token_size) but max_model_len is {max_model_len}"
+            )
+
+
+def hardware_name() -> str:
+    """A Splitwise-style hardware slug: the GPU if torch sees one, else ``cpu-<arch>-<cores>c``."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            name = torch.cuda.get_device_name(0).lower().replace("nvidia", "").strip()
+            memory_gb = round(torch.cuda.get_device_properties(0).total_memory / 1e9)
+            return f"{'-'.join(name.split())}-{memory_gb}gb"
+    except ImportError:
+        pass
+    return f"cpu-{platform.machine().lower()}-{len(os.sched_getaffinity(0))}c"
+
+
+async def _one_request(engine: Engine, request_id: str, prompt: list[int], sampling: SamplingParams) -> tuple[float, float, int]:
+    first = last = math.nan
+    count = 0
+    async for _ in engine.generate(request_id, prompt, sampling):
+        last = time.perf_counter()
+        if count == 0:
+            first = last
+        count += 1
+    return first, last, count
+
+
+async def measure_run(
+    engine: Engine, prompt_size: int, batch_size: int, token_size: int, *, vocab_size: int, rng: random.Random, tag: str
+) -> tuple[float, float, float]:
+    """Run one batch of ``batch_size`` random prompts; return (prompt_time, token_time, e2e_time) in ms.
+
+    Raises:
+        ProfileError: the engine stopped before ``token_size`` tokens despite ``ignore_eos``.
+    """
+    sampling = SamplingParams(max_tokens=token_size, temperature=0.0, ignore_eos=True)
+    # Distinct prompts, so no prefix cache can serve one request from another.
+    prompts = [[rng.randrange(vocab_size) for _ in range(prompt_size)] for _ in range(batch_size)]
+    start = time.perf_counter()
+    results = await asyncio.gather(
+        *(_one_request(engine, f"{tag}-{i}", prompt, sampling) for i, prompt in enumerate(prompts))
+    )
+    short = [count for _, _, count in results if count != token_size]
+    if short:
+        raise ProfileError(f"engine produced {short[0]} tokens, not {token_size}, with ignore_eos set")
+    all_first = max(first for first, _, _ in results)
+    all_last = max(last for _, last, _ in results)
+    prompt_ms = (all_first - start) * 1e3
+    token_ms = (all_last - all_first) * 1e3 / (token_size - 1)
+    return prompt_ms, token_ms, (all_last - start) * 1e3
+
+
+async def profile_engine(
+    engine: Engine,
+    plan: ProfilePlan,
+    *,
+    model: str,
+    hardware: str,
+    tensor_parallel: int,
+    vocab_size: int,
+    max_model_len: int,
+    seed: int = 0,
+    on_row: Callable[[PerfRow], None] | None = None,
+) -> list[PerfRow]:
+    """Measure every run of ``plan`` on a colocated ``engine`` (its ``generate``), after warm-up runs.
+
+    Power columns are 0.0 (not measured), as in Splitwise's rows without power data.
+    """
+    plan.check(max_model_len)
+    rng = random.Random(seed)
+    for i in range(plan.warmup_runs):
+        await measure_run(engine, plan.batch_prompt_size, max(plan.batch_sizes), plan.token_size, vocab_size=vocab_size, rng=rng, tag=f"warmup{i}")
+    rows = []
+    for i, (prompt_size, batch_size) in enumerate(plan.runs()):
+        prompt_ms, token_ms, e2e_ms = await measure_run(
+            engine, prompt_size, batch_size, plan.token_size, vocab_size=vocab_size, rng=rng, tag=f"run{i}"
+        )
+        row = PerfRow(
+            model=model,
+            hardware=hardware,
+            prompt_size=prompt_size,
+            batch_size=batch_size,
+            token_size=plan.token_size,
+            peak_power=0.0,
+            average_power=0.0,
+            prompt_time=prompt_ms,
+            token_time=token_ms,
+            e2e_time=e2e_ms,
+            tensor_parallel=tensor_parallel,
+        )
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+    return rows
+
+
+def write_perf_csv(rows: Sequence[PerfRow], path: str | os.PathLike[str]) -> Path:
+    """Write ``rows`` with exactly Splitwise's header; returns the path."""
+    if tuple(f.name for f in fields(PerfRow)) != PERF_COLUMNS:
+        raise ProfileError("PerfRow fields drifted from PERF_COLUMNS")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(PERF_COLUMNS)
+        writer.writerows(astuple(row) for row in rows)
+    return out
