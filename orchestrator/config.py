@@ -92,6 +92,14 @@ class VLLMConfig(_Strict):
     kv_connector: str | None = Field(
         None, description="vLLM KV connector for disaggregated mode; None picks NixlConnector on GPU and the CPU one on CPU."
     )
+    kv_storage_path: str | None = Field(
+        None,
+        description="Directory the CPU shared-storage KV connector (ExampleConnector) writes and reads; prefill and "
+        "decode nodes must share it. None: <tmp>/flowtide-kv, enough when both pools run on one machine.",
+    )
+    block_size: int | None = Field(
+        None, gt=0, description="KV cache block size in tokens (the KV hand-off moves whole blocks); None: vLLM's default."
+    )
 
 
 class EngineConfig(_Strict):
