@@ -181,6 +181,8 @@ class ElasticCoordinator:
         pending = [p for p in self.peers if p not in self.members and p not in self.releasing]
         members = [p for p in reversed(self.members) if p not in self.releasing][:spare]
         chosen = (pending + members)[:n]
+        if not chosen:
+            return []
         nodes = [self.peers[p].node_id for p in chosen]
         self.releasing.update(chosen)
         self.lent_nodes.update(nodes)
