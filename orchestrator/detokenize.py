@@ -38,7 +38,9 @@ class IncrementalDetokenizer:
         return self._release(len(self._text) - self._hold)
 
     def flush(self) -> str:
-        """The rest of the text at the end of the request."""
+        """The rest of the text at the end of the request (an unfinished character decodes as U+FFFD)."""
+        if not self.stopped:
+            self._text = self._tokenizer.decode(self.token_ids, skip_special_tokens=True)
         return self._release(len(self._text))
 
     def _stop_at(self) -> int | None:

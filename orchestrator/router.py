@@ -180,6 +180,7 @@ class Router:
         eos = self.tokenizer.eos_token_id
         stream = self.decode.options(stream=True).generate.remote(request)
         status = "error"
+        tail = ""
         self.metrics.inflight.inc()
         try:
             async for tokens in stream:
@@ -193,10 +194,11 @@ class Router:
                 detok.stopped |= hit_eos
                 if detok.stopped:
                     stream.cancel()
+                    tail = text
                     break
                 yield text, None, len(detok.token_ids)
             finish = "stop" if detok.stopped else "length"
-            yield detok.flush(), finish, len(detok.token_ids)
+            yield tail + detok.flush(), finish, len(detok.token_ids)
             status = "ok"
         except (asyncio.CancelledError, GeneratorExit):
             status = "cancelled"

@@ -18,8 +18,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import ray
 from prometheus_client import CollectorRegistry
 
 from workers.engines import build_engine
@@ -86,7 +84,11 @@ class LLMServer:
         return dataclasses.asdict(self.engine.stats())
 
     async def prefill(self, request: GenerateRequest) -> Prefilled:
-        """Prefill role: run the prompt; numpy KV goes into the object store and travels by reference."""
+        """Prefill role: run the prompt. The reply, KV array included, travels through the object store.
+
+        (A ``ray.put`` ref inside the reply would not do: Serve pickles replies, so the ref's
+        owner would free the KV before the decode replica fetched it.)
+        """
         self._start_publisher()
         try:
             result = await self.engine.prefill(request.request_id, list(request.prompt_ids), request.sampling)
@@ -98,9 +100,7 @@ class LLMServer:
             raise
         self.metrics.prefill_seconds.observe(result.prefill_s)
         self.metrics.requests.labels(self.role, "ok").inc()
-        if isinstance(result.kv, np.ndarray):
-            result = dataclasses.replace(result, kv=ray.put(result.kv))
-        return result
+        return dataclasses.replace(result, sent_at=time.time())
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[list[int]]:
         """Decode or colocated role: stream the generated token ids, several per message when available."""
@@ -122,11 +122,10 @@ class LLMServer:
                 yield token
             return
         prefilled = await self._prefill.prefill.remote(request)
+        # The reply (KV included) came through the object store; wall clocks agree on one machine
+        # and, NTP-synced, closely enough across nodes.
+        self.metrics.kv_seconds.observe(max(0.0, time.time() - prefilled.sent_at))
         yield prefilled.first_token
-        if isinstance(prefilled.kv, ray.ObjectRef):
-            start = time.perf_counter()
-            prefilled = dataclasses.replace(prefilled, kv=await prefilled.kv)
-            self.metrics.kv_seconds.observe(time.perf_counter() - start)
         self.metrics.kv_bytes.inc(prefilled.kv_bytes)
         self.metrics.kv_bytes_per_request.observe(prefilled.kv_bytes)
         async for token in self.engine.decode(prefilled, request.sampling):

@@ -34,9 +34,8 @@ class SamplingParams:
 class Prefilled:
     """The result of a prefill, handed to a decode replica.
 
-    ``kv`` is engine-specific and must pickle small: the built-in engine puts its KV
-    tensors in the Ray object store and passes the ``ObjectRef``; vLLM passes its
-    connector's ``kv_transfer_params``.
+    ``kv`` is engine-specific: the built-in engine's KV as one numpy array (it travels
+    in the reply, through the Ray object store); vLLM's connector ``kv_transfer_params``.
     """
 
     request_id: str
@@ -45,6 +44,7 @@ class Prefilled:
     kv: Any
     kv_bytes: int
     prefill_s: float
+    sent_at: float = 0.0  # wall clock when the prefill server replied (hand-off time = receipt - sent_at)
 
 
 @dataclass(frozen=True)

@@ -156,8 +156,10 @@ class TransformersEngine:
             yield token
 
     def _ensure_loop(self) -> None:
-        if self._loop_task is None or self._loop_task.done():
-            self._loop_task = asyncio.get_running_loop().create_task(self._batch_loop())
+        loop = asyncio.get_running_loop()
+        if self._loop_task is None or self._loop_task.done() or self._loop_task.get_loop() is not loop:
+            self._wake = asyncio.Event()  # bound to the running loop
+            self._loop_task = loop.create_task(self._batch_loop())
 
     async def _batch_loop(self) -> None:
         loop = asyncio.get_running_loop()

@@ -1,0 +1,192 @@
+"""How much latency Flowtide's control plane adds to a request, against the engine alone and a naive Serve app.
+
+In one run, on one local multi-pool cluster, with the tiny model so engine time is small:
+  (a) the engine called in-process (no Ray, no HTTP): the work itself;
+  (b) the full path: HTTP -> Router -> DecodeServer -> PrefillServer -> KV hand-off -> decode -> HTTP;
+  (c) a naive Serve composition: HTTP -> ingress -> prefill -> decode, plain handle calls, no engine work:
+      the floor a straightforward three-deployment Serve app sets.
+Added latency of (b) = its latency minus (a)'s median for the same request. Reports p50/p99 and
+sustained requests/s of short requests, as ratios against (c), and writes JSON.
+
+    python benchmarks/serving_overhead.py --requests 300 --json results/serving_overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from pathlib import Path
+
+import orchestrator  # noqa: F401  (loopback before ray)
+import httpx
+import numpy as np
+from fastapi import FastAPI
+from ray import serve
+from rich.console import Console
+from rich.progress import track
+from rich.table import Table
+
+from orchestrator.app import deploy
+from orchestrator.cluster import LocalCluster, connect
+from orchestrator.config import load_config
+from workers.engines.base import SamplingParams
+from workers.engines.transformers import TransformersEngine
+from workers.tiny_model import tiny_model_path
+
+console = Console()
+PROMPT = "hello world"
+MAX_TOKENS = 4
+
+naive_api = FastAPI()
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0, "label_selector": {"pool": "decode"}})
+class NaiveDecode:
+    async def __call__(self, x: dict) -> dict:
+        return x
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0, "label_selector": {"pool": "prefill"}})
+class NaivePrefill:
+    async def __call__(self, x: dict) -> dict:
+        return x
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0, "label_selector": {"pool": "head"}})
+@serve.ingress(naive_api)
+class NaiveIngress:
+    def __init__(self, prefill, decode) -> None:
+        self.prefill, self.decode = prefill, decode
+
+    @naive_api.post("/v1/completions")
+    async def complete(self, body: dict) -> dict:
+        return await self.decode.remote(await self.prefill.remote(body))
+
+
+def percentiles(xs: list[float]) -> dict[str, float]:
+    return {"p50_ms": float(np.percentile(xs, 50) * 1e3), "p99_ms": float(np.percentile(xs, 99) * 1e3),
+            "mean_ms": float(statistics.fmean(xs) * 1e3)}
+
+
+def engine_latencies(model_path: str, n: int) -> list[float]:
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(model_path)(PROMPT, add_special_tokens=False).input_ids
+    engine = TransformersEngine(model_path)
+    sampling = SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True)
+
+    async def run() -> list[float]:
+        out = []
+        for _ in track(range(n), description="(a) engine in-process", console=console):
+            start = time.perf_counter()
+            tokens = [t async for t in engine.generate("b", ids, sampling)]
+            out.append(time.perf_counter() - start)
+            assert len(tokens) == MAX_TOKENS
+        return out
+
+    return asyncio.run(run())
+
+
+def http_latencies(url: str, body: dict, n: int, label: str) -> list[float]:
+    out = []
+    with httpx.Client(timeout=60) as client:
+        for _ in range(5):  # warm the connection and the replicas
+            client.post(url, json=body).raise_for_status()
+        for _ in track(range(n), description=label, console=console):
+            start = time.perf_counter()
+            client.post(url, json=body).raise_for_status()
+            out.append(time.perf_counter() - start)
+    return out
+
+
+def throughput(url: str, body: dict, duration_s: float, concurrency: int) -> float:
+    async def worker(client: httpx.AsyncClient, deadline: float) -> int:
+        done = 0
+        while time.perf_counter() < deadline:
+            (await client.post(url, json=body)).raise_for_status()
+            done += 1
+        return done
+
+    async def main() -> float:
+        limits = httpx.Limits(max_connections=concurrency)
+        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+            start = time.perf_counter()
+            counts = await asyncio.gather(*[worker(client, start + duration_s) for _ in range(concurrency)])
+            return sum(counts) / (time.perf_counter() - start)
+
+    return asyncio.run(main())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--throughput-s", type=float, default=15.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--port", type=int, default=8311)
+    parser.add_argument("--json", default="results/serving_overhead.json")
+    args = parser.parse_args()
+
+    model_path = str(tiny_model_path())
+    engine = engine_latencies(model_path, args.requests)
+
+    config = load_config(**{"serving.http_port": args.port})
+    cluster = LocalCluster(config.cluster).start()
+    try:
+        connect(cluster.address)
+        with console.status("deploying Flowtide and the naive composition"):
+            base = deploy(config, model_path)
+            serve.run(NaiveIngress.bind(NaivePrefill.bind(), NaiveDecode.bind()), name="naive", route_prefix="/naive")
+        ours_body = {"model": config.model.served_name, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "ignore_eos": True}
+        ours = http_latencies(f"{base}/v1/completions", ours_body, args.requests, "(b) flowtide full path")
+        naive = http_latencies(f"{base}/naive/v1/completions", ours_body, args.requests, "(c) naive composition")
+        with console.status(f"throughput, {args.concurrency} concurrent clients"):
+            ours_rps = throughput(f"{base}/v1/completions", ours_body, args.throughput_s, args.concurrency)
+            naive_rps = throughput(f"{base}/naive/v1/completions", ours_body, args.throughput_s, args.concurrency)
+    finally:
+        serve.shutdown()
+        cluster.shutdown()
+
+    engine_p50 = float(np.median(engine))
+    added = [max(0.0, x - engine_p50) for x in ours]
+    result = {
+        "machine": "2 cores (shared), no GPU",
+        "model": "embedded tiny Llama", "prompt": PROMPT, "max_tokens": MAX_TOKENS, "requests": args.requests,
+        "engine_in_process": percentiles(engine),
+        "flowtide_full_path": percentiles(ours),
+        "flowtide_added": percentiles(added),
+        "naive_serve_composition": percentiles(naive),
+        "throughput_rps": {"flowtide": ours_rps, "naive": naive_rps, "concurrency": args.concurrency},
+    }
+    result["ratios"] = {
+        "added_p50_vs_naive_p50": result["flowtide_added"]["p50_ms"] / result["naive_serve_composition"]["p50_ms"],
+        "added_p99_vs_naive_p99": result["flowtide_added"]["p99_ms"] / result["naive_serve_composition"]["p99_ms"],
+        "throughput_vs_naive": ours_rps / naive_rps,
+    }
+    result["targets"] = {
+        "added_p50_le_0.8x_naive": result["ratios"]["added_p50_vs_naive_p50"] <= 0.8,
+        "added_p99_le_30ms": result["flowtide_added"]["p99_ms"] <= 30.0,
+        "throughput_ge_50rps": ours_rps >= 50.0,
+    }
+
+    table = Table(title="serving overhead (ms per request, sequential)")
+    for col in ("path", "p50", "p99", "mean"):
+        table.add_column(col)
+    for key in ("engine_in_process", "flowtide_full_path", "flowtide_added", "naive_serve_composition"):
+        r = result[key]
+        table.add_row(key, f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['mean_ms']:.1f}")
+    console.print(table)
+    console.print(f"throughput: flowtide {ours_rps:.1f} req/s, naive {naive_rps:.1f} req/s "
+                  f"({args.concurrency} clients)")
+    console.print(f"ratios: {json.dumps(result['ratios'], indent=None)}")
+    console.print(f"targets met: {result['targets']}")
+    for path in {Path(args.json), Path("results/serving_overhead.json")}:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2))
+    console.print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

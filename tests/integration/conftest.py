@@ -1,0 +1,43 @@
+"""One real local multi-pool Ray cluster per test session, with the disaggregated and colocated apps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from tests.conftest import free_port
+
+
+@dataclass
+class Service:
+    cluster: object
+    base_url: str  # disaggregated app
+    colocated_url: str
+    config: object
+
+
+@pytest.fixture(scope="session")
+def service(tiny_model_dir):
+    from ray import serve
+
+    from orchestrator.app import build_app, deploy
+    from orchestrator.cluster import LocalCluster, connect
+    from orchestrator.config import load_config
+
+    config = load_config(**{"serving.http_port": free_port(), "model.max_output_tokens": 2000})
+    cluster = LocalCluster(config.cluster).start()
+    try:
+        connect(cluster.address)
+        base = deploy(config, tiny_model_dir)
+        colocated = config.model_copy(deep=True)
+        colocated.serving.mode = "colocated"
+        colocated.serving.app_name = "colocated"
+        colocated.serving.route_prefix = "/colocated"
+        serve.run(build_app(colocated, tiny_model_dir), name="colocated", route_prefix="/colocated")
+        yield Service(cluster, base, f"{base}/colocated", config)
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            cluster.shutdown()
