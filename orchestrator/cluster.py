@@ -89,6 +89,23 @@ class LocalCluster:
                     nodes.remove(node)
         self._cluster.remove_node(node, allow_graceful=allow_graceful)
 
+    def kill_node(self, node) -> None:
+        """Fail ``node`` like a machine loss: SIGKILL its workers (children of its raylet), then the node.
+
+        ``remove_node`` alone kills the raylet but leaves its workers running until they
+        notice, seconds later; a lost machine takes them down at once.
+        """
+        import psutil
+        from ray._private import ray_constants
+
+        for info in node.all_processes.get(ray_constants.PROCESS_TYPE_RAYLET, []):
+            try:
+                for child in psutil.Process(info.process.pid).children(recursive=True):
+                    child.kill()
+            except psutil.NoSuchProcess:
+                pass  # the raylet is already gone; remove_node below reaps the rest
+        self.remove_node(node, allow_graceful=False)
+
     def nodes(self, pool: Pool) -> list:
         with self._lock:
             return list(self._nodes.get(pool.value, []))
