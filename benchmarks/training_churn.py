@@ -1,12 +1,13 @@
 """Peer death mid-run: Flowtide's elastic trainer vs Ray Train (FailureConfig + checkpoint restart).
 
 Same MLP, same data order, same checkpoint period and the same churn schedule in one
-run on one local cluster (head + 2 one-CPU train nodes): at step ``--kill-at`` the node
-hosting rank 0 is removed (its processes SIGKILLed), and a fresh train node is added
-right after. Reported per system: time to recover (kill -> first step of the re-formed
-group), steps lost (steps computed again, the in-flight one included), time to finish.
+run on one local cluster (head + 3 one-CPU train nodes, 2 workers each, so both have a
+spare node): at step ``--kill-at`` the node hosting rank 0 fails (its workers and raylet
+SIGKILLed), and a fresh train node is added right after. Reported per system: time to
+recover (kill -> first step of the re-formed group), steps lost (steps computed again,
+the in-flight one included), time to finish.
 
-    python benchmarks/training_churn.py --steps 300 --kill-at 100 --json results/training_churn.json
+    python benchmarks/training_churn.py --steps 300 --kill-at 140 --json results/training_churn.json
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import orchestrator  # noqa: F401  (loopback Ray: before importing ray)
 
 ROOT = Path(__file__).resolve().parents[1]
 B, MICRO, SEED = 64, 8, 0
+TRAIN_NODES = 3
 
 
 def _train_loop_per_worker(config: dict) -> None:
@@ -109,7 +111,7 @@ def run_ours(cluster, config, args, progress, bar) -> dict:
     from orchestrator.training.manager import TrainingJobManager
     from orchestrator.training.spec import parse_job_spec
 
-    _ensure_train_nodes(cluster, Pool.TRAIN, 2)
+    _ensure_train_nodes(cluster, Pool.TRAIN, TRAIN_NODES)
     manager = TrainingJobManager(config.training)
     spec = parse_job_spec(
         dict(
@@ -139,7 +141,7 @@ def run_ours(cluster, config, args, progress, bar) -> dict:
             victim = next(iter(s["members"].values()))  # rank 0's node
             node = next(n for n in cluster.nodes(Pool.TRAIN) if n.node_id == victim)
             t_kill = time.time()
-            cluster.remove_node(node)
+            cluster.kill_node(node)
             cluster.add_node(Pool.TRAIN)
         time.sleep(0.1)
     s = manager.wait(job, timeout_s=60)
@@ -161,7 +163,7 @@ def run_ours(cluster, config, args, progress, bar) -> dict:
 def run_raytrain(cluster, address: str, args, progress, bar, workdir: Path) -> dict:
     from orchestrator.config import Pool
 
-    _ensure_train_nodes(cluster, Pool.TRAIN, 2)
+    _ensure_train_nodes(cluster, Pool.TRAIN, TRAIN_NODES)
     log = workdir / "raytrain_progress.jsonl"
     log.unlink(missing_ok=True)
     cmd = [
@@ -180,7 +182,7 @@ def run_raytrain(cluster, address: str, args, progress, bar, workdir: Path) -> d
         if t_kill is None and rows and rows[-1]["step"] >= args.kill_at:
             node = next(n for n in cluster.nodes(Pool.TRAIN) if n.node_id == rows[-1]["node"])
             t_kill = time.time()
-            cluster.remove_node(node)
+            cluster.kill_node(node)
             cluster.add_node(Pool.TRAIN)
         time.sleep(0.1)
     if proc.poll() is None:
@@ -206,9 +208,9 @@ def run_raytrain(cluster, address: str, args, progress, bar, workdir: Path) -> d
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--kill-at", type=int, default=100, help="kill rank 0's node once this step is committed")
+    p.add_argument("--kill-at", type=int, default=140, help="kill rank 0's node once this step is committed")
     p.add_argument("--checkpoint-every", type=int, default=50)
-    p.add_argument("--step-delay-s", type=float, default=0.02, help="pause per step (both systems)")
+    p.add_argument("--step-delay-s", type=float, default=0.05, help="pause per step (both systems)")
     p.add_argument("--timeout-s", type=float, default=420.0)
     p.add_argument("--json", help="also write the result here")
     p.add_argument("--raytrain-driver", help=argparse.SUPPRESS)
@@ -229,11 +231,11 @@ def main() -> int:
     config = load_config()
     for pool in (Pool.PREFILL, Pool.DECODE):
         config.cluster.pools[pool].nodes = 0
-    config.cluster.pools[Pool.TRAIN].nodes = 2
+    config.cluster.pools[Pool.TRAIN].nodes = TRAIN_NODES
     config.cluster.pools[Pool.TRAIN].num_cpus_per_node = 1
     config.training.checkpoint_dir = str(workdir / "checkpoints")
     console = Console()
-    with console.status("starting a local cluster (head + 2 train nodes)"):
+    with console.status(f"starting a local cluster (head + {TRAIN_NODES} train nodes)"):
         cluster = LocalCluster(config.cluster).start()
     try:
         connect(cluster.address)

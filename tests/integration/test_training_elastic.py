@@ -104,7 +104,7 @@ def test_peer_node_death_survivors_continue_without_restart_losing_at_most_one_s
     ranks = list(status["members"])
     victim, survivor = ranks[0], ranks[1]  # rank 0 writes checkpoints and reports commits: the harder case
     t_kill = time.time()
-    harness.cluster.remove_node(harness.node(status["members"][victim]))
+    harness.cluster.kill_node(harness.node(status["members"][victim]))
     after = harness.wait_for(job, lambda s: s["recoveries"] >= 1 and s["world_size"] == 1, 60, "recovery")
     assert list(after["members"]) == [survivor], "the survivor must go on as the same actor (no restart)"
     recovery = next(r for r in after["reformations"] if r["reason"] == "failure")
@@ -170,7 +170,7 @@ def test_random_churn_final_model_equals_reference_bit_for_bit(harness):
     while time.monotonic() < deadline and harness.manager.status(job)["phase"] == "running":
         nodes = harness.cluster.nodes(Pool.TRAIN)
         if len(nodes) >= 2 and rng.random() < 0.6:
-            harness.cluster.remove_node(rng.choice(nodes))
+            harness.cluster.kill_node(rng.choice(nodes))
             events.append("kill")
         elif len(nodes) < 3:
             harness.cluster.add_node(Pool.TRAIN)
@@ -188,7 +188,7 @@ def test_all_peers_lost_restarts_from_last_checkpoint_on_fewer_peers(harness):
     spec, job = harness.submit(steps=200, checkpoint_every_steps=20, step_delay_s=0.02)
     status = harness.wait_for(job, lambda s: s["world_size"] == 2 and s["last_commit_step"] >= 70, 120, "progress")
     for node in harness.cluster.nodes(Pool.TRAIN):
-        harness.cluster.remove_node(node)
+        harness.cluster.kill_node(node)
     lost_at = harness.manager.status(job)["last_commit_step"]
     harness.cluster.add_node(Pool.TRAIN)
     restarted = harness.wait_for(
