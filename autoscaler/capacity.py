@@ -49,8 +49,8 @@ def load_profile_table(path: str | Path) -> pd.DataFrame:
 class CapacityModel:
     """Latency curves of one replica (``tensor_parallel`` GPUs) of one model on one hardware.
 
-    Prefill: ``prompt_time(n) = p0 + p1 n + p2 n^2`` seconds for a batch holding ``n`` prompt
-    tokens (non-negative least squares). Decode: ``tpot(b, ctx) = d0 + d1 b + d2 b^2 + d3 b ctx``
+    Prefill: ``prompt_time(n) = max(floor, p0 + p1 n + p2 n^2)`` seconds for a batch holding ``n`` prompt
+    tokens (non-negative least squares on relative error). Decode: ``tpot(b, ctx) = d0 + d1 b + d2 b^2 + d3 b ctx``
     seconds per token at batch ``b`` with mean context ``ctx`` tokens. ``max_batch`` is the
     largest profiled decode batch: we never plan beyond what was measured.
     """
@@ -59,6 +59,7 @@ class CapacityModel:
     hardware: str
     tensor_parallel: int
     prefill_coef: tuple[float, float, float]
+    prefill_floor_s: float
     decode_coef: tuple[float, float, float, float]
     max_batch: int
     max_prompt_tokens: int
@@ -71,7 +72,7 @@ class CapacityModel:
         """Seconds to prefill one batch of ``batch_tokens`` prompt tokens."""
         p0, p1, p2 = self.prefill_coef
         n = np.asarray(batch_tokens, dtype=float)
-        return p0 + p1 * n + p2 * n * n
+        return np.maximum(self.prefill_floor_s, p0 + p1 * n + p2 * n * n)
 
     def prefill_tokens_per_s(self, batch_tokens: float = 4096.0) -> float:
         """Sustained prefill throughput of one replica running batches of ``batch_tokens``."""
@@ -132,16 +133,28 @@ def fit_capacity(table: pd.DataFrame, model: str, hardware: str, tensor_parallel
     if rows[["prompt_size", "batch_size"]].drop_duplicates().shape[0] < 3:
         raise ProfileError(f"profile for {(model, hardware, tensor_parallel)} has fewer than 3 distinct shapes")
     n = (rows["prompt_size"] * rows["batch_size"]).to_numpy(float)
-    prefill, _ = nnls(np.column_stack([np.ones_like(n), n, n * n]), rows["prompt_time"].to_numpy(float) / 1e3)
+    prompt_s = rows["prompt_time"].to_numpy(float) / 1e3
+    # Small prompts hit a fixed floor (kernel launch, scheduling); the curve is fitted above it.
+    floor = float(rows.groupby(["prompt_size", "batch_size"])["prompt_time"].mean().min()) / 1e3
+    above = prompt_s > 1.5 * floor
+    if above.sum() < 3:
+        above = np.ones_like(above)
+    prefill = _relative_nnls(np.column_stack([np.ones_like(n), n, n * n])[above], prompt_s[above])
     b = rows["batch_size"].to_numpy(float)
     ctx = (rows["prompt_size"] + rows["token_size"] / 2.0).to_numpy(float)
-    decode, _ = nnls(np.column_stack([np.ones_like(b), b, b * b, b * ctx / 1000.0]),
-                     rows["token_time"].to_numpy(float) / 1e3)
+    decode = _relative_nnls(np.column_stack([np.ones_like(b), b, b * b, b * ctx / 1000.0]),
+                            rows["token_time"].to_numpy(float) / 1e3)
     return CapacityModel(model=model, hardware=hardware, tensor_parallel=int(tensor_parallel),
-                         prefill_coef=tuple(float(x) for x in prefill),
+                         prefill_coef=tuple(float(x) for x in prefill), prefill_floor_s=floor,
                          decode_coef=tuple(float(x) for x in decode),
                          max_batch=int(rows["batch_size"].max()),
                          max_prompt_tokens=int(rows["prompt_size"].max()))
+
+
+def _relative_nnls(features: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Non-negative least squares on relative error, so 50 ms and 3 s points count alike."""
+    coef, _ = nnls(features / target[:, None], np.ones_like(target))
+    return coef
 
 
 def _drop_inconsistent(rows: pd.DataFrame) -> pd.DataFrame:

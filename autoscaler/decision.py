@@ -44,8 +44,9 @@ class Snapshot:
     """Everything a policy may look at, at time ``now_s``: never anything later.
 
     ``history`` is ``[T, 3]`` demand (``DEMAND_INDICATORS``) per ``step_s`` tick up to now;
-    ``ongoing`` is requests in each pool (queued plus running); ``forecast`` is filled in by
-    forecasting policies before :func:`decide` is called.
+    ``ongoing`` is requests in each pool (queued plus running); ``prefill_backlog_tokens`` and
+    ``decode_queued_sequences`` are work already waiting for a replica; ``forecast`` is filled in by forecasting policies before
+    :func:`decide` is called.
     """
 
     now_s: float
@@ -58,6 +59,8 @@ class Snapshot:
     mean_prompt_tokens: float
     mean_output_tokens: float
     tail_prompt_tokens: float
+    prefill_backlog_tokens: float = 0.0
+    decode_queued_sequences: float = 0.0
     forecast: Forecast | None = None
 
 
@@ -186,6 +189,10 @@ def decide(snapshot: Snapshot, state: DecisionState, params: DecisionParams) -> 
     lead = int(math.ceil(params.cold_start_s / fc.step_s))
     window = fc.samples[:, : lead + max(1, int(math.ceil(params.interval_s / fc.step_s)))]
     samples = np.maximum(window, 0.0)
+    if snapshot.prefill_backlog_tokens > 0:
+        # Work already queued must drain too: spread it over the window as extra input tokens/s.
+        samples = samples.copy()
+        samples[..., 1] += snapshot.prefill_backlog_tokens / (samples.shape[1] * fc.step_s)
     rps = samples[..., 0]
     tp = params.capacity.gpus_per_replica
     step_h = fc.step_s / 3600.0
@@ -194,6 +201,11 @@ def decide(snapshot: Snapshot, state: DecisionState, params: DecisionParams) -> 
     args = (samples, params.capacity, params, snapshot.mean_prompt_tokens, snapshot.tail_prompt_tokens,
             snapshot.mean_output_tokens)
     need_p, need_d = pool_demand(*args)
+    ctx = snapshot.mean_prompt_tokens + snapshot.mean_output_tokens / 2.0
+    # Sequences waiting for a batch slot are admitted as soon as a replica has room.
+    queued_d = snapshot.decode_queued_sequences / max(1, params.capacity.max_batch_within(
+        params.tpot_slo_s, ctx, params.latency_margin))
+    need_d = need_d + queued_d
     weight = rps * fc.step_s
     chosen = [_choose(need, weight, lo, hi, gpu_h, k * step_h * samples.shape[1] / 1e3, params)
               for need, lo, hi, k in zip((need_p, need_d), params.min_replicas, params.max_replicas, kwh)]
@@ -206,6 +218,7 @@ def decide(snapshot: Snapshot, state: DecisionState, params: DecisionParams) -> 
             # POLCA: cap clocks before refusing serving; prefill then needs 1.3x the replicas.
             freq_capped = True
             need_p, need_d = pool_demand(*args, prefill_slowdown=params.power.prefill_slowdown_capped)
+            need_d = need_d + queued_d
             n_p, r_p = _choose(need_p, weight, params.min_replicas[0], params.max_replicas[0], gpu_h,
                                kwh[0] * step_h * samples.shape[1] / 1e3, params)
             p_ok = _p_power_ok(params, n_p, n_d, need_p, need_d, capped=True)

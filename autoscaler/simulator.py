@@ -88,6 +88,7 @@ class SimResult:
     prefill_gpus_held: np.ndarray
     decode_gpus_held: np.ndarray
     power_w: np.ndarray
+    serving_w: np.ndarray
     training_gpus: np.ndarray
     freq_capped: np.ndarray
     violated: np.ndarray
@@ -118,7 +119,8 @@ class SimResult:
             "ttft_attainment": float(((self.ttft_s <= self.ttft_slo_s) * w).sum() / w.sum()) if w.sum() else 1.0,
             "tpot_attainment": float(((self.tpot_s <= self.tpot_slo_s) * w).sum() / w.sum()) if w.sum() else 1.0,
             "gpu_hours": float((self.prefill_gpus_held + self.decode_gpus_held).sum() * hours),
-            "energy_kwh": float(self.power_w.sum() * self.step_s / 3.6e6),
+            "energy_kwh": float(self.serving_w.sum() * self.step_s / 3.6e6),
+            "cluster_energy_kwh": float(self.power_w.sum() * self.step_s / 3.6e6),
             "training_gpu_hours": float(self.training_gpus.sum() * hours),
             "power_violations": int(self.violated.sum()),
             "freq_capped_s": float(self.freq_capped.sum() * self.step_s),
@@ -158,6 +160,8 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
     n = trace.n_ticks
     tp = cap.gpus_per_replica
     rates = trace.rates()
+    cum_n, cum_prompt, cum_out = (np.concatenate([[0.0], np.cumsum(x)]) for x in
+                                  (trace.n_requests, trace.prompt_tokens, trace.output_tokens))
     mean_prompt_all = np.divide(trace.prompt_tokens, np.maximum(trace.n_requests, 1e-9))
     prefill_rate = cap.prefill_tokens_per_s()
     decode_batch_cap = cap.max_batch
@@ -166,7 +170,7 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
     target = list(params.initial_replicas)
     q_tok = q_req = q_out = 0.0  # prefill backlog: tokens, requests, and their output tokens
     active = remaining = 0.0  # decode: sequences and their remaining tokens
-    util = 0.0
+    util = in_service = 0.0
     smooth = 1.0 - math.exp(-dt / UTIL_SMOOTHING_S)
     rec = {k: np.zeros(n) for k in ("p", "d", "pg", "dg", "power", "train", "capped", "viol", "wait", "slow",
                                      "tpot", "dwait", "serving_w")}
@@ -187,15 +191,17 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
                 ready[i] += 1
         if now + 1e-9 >= next_decision:
             lo = max(0, t - window)
-            hist_n = trace.n_requests[lo:t].sum()
-            mean_prompt = trace.prompt_tokens[lo:t].sum() / hist_n if hist_n else 1024.0
-            mean_out = trace.output_tokens[lo:t].sum() / hist_n if hist_n else 256.0
+            hist_n = cum_n[t] - cum_n[lo]
+            mean_prompt = (cum_prompt[t] - cum_prompt[lo]) / hist_n if hist_n else 1024.0
+            mean_out = (cum_out[t] - cum_out[lo]) / hist_n if hist_n else 256.0
             tail = float(np.quantile(recent_prompts, 0.9)) if recent_prompts else mean_prompt
             snap = Snapshot(now_s=now, step_s=dt, history=rates[lo:t],
                             prefill=PoolView(ready[0], len(starting[0]), target[0]),
                             decode=PoolView(ready[1], len(starting[1]), target[1]),
-                            ongoing_prefill=q_req, ongoing_decode=active, mean_prompt_tokens=float(mean_prompt),
-                            mean_output_tokens=float(mean_out), tail_prompt_tokens=max(tail, float(mean_prompt)))
+                            ongoing_prefill=q_req + in_service, ongoing_decode=active,
+                            mean_prompt_tokens=float(mean_prompt), mean_output_tokens=float(mean_out),
+                            tail_prompt_tokens=max(tail, float(mean_prompt)), prefill_backlog_tokens=q_tok,
+                            decode_queued_sequences=max(0.0, active - ready[1] * decode_batch_cap))
             t0 = time.perf_counter()
             decision = policy.step(snap)
             latencies.append(time.perf_counter() - t0)
@@ -250,8 +256,11 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
                 rho = min(util, 0.95)
                 mdl = rho * float(cap.prefill_time_s(mean_prompt_all[t])) * slow / (2 * (1 - rho))
                 wait = (q0 + q_tok) / 2 / rate + mdl
+            # Requests waiting within the tick or being prefilled (Little's law): Serve counts them
+            # as ongoing, beside the backlog carried over.
+            in_service = a_req / dt * (mdl + float(cap.prefill_time_s(mean_prompt_all[t])) * slow)
         else:
-            wait = 0.0
+            wait = in_service = 0.0
         # Decode: continuous batching up to the profiled batch; extra sequences wait for a slot.
         active += done_req
         remaining += done_out
@@ -290,7 +299,7 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
     indicators = _indicators(trace, rec, ttft, tpot, g, dt)
     result = SimResult(
         policy=policy.name, trace=trace.name, step_s=dt, prefill_replicas=rec["p"], decode_replicas=rec["d"],
-        prefill_gpus_held=rec["pg"], decode_gpus_held=rec["dg"], power_w=rec["power"], training_gpus=rec["train"],
+        prefill_gpus_held=rec["pg"], decode_gpus_held=rec["dg"], power_w=rec["power"], serving_w=rec["serving_w"], training_gpus=rec["train"],
         freq_capped=rec["capped"].astype(bool), violated=rec["viol"].astype(bool), demand=rates, forecast_bands=bands,
         ttft_s=ttft, tpot_s=tpot, weight=g.weight, ok=ok, tick_attainment=tick_ok, scaling_actions=actions,
         decision_latency_s=np.asarray(latencies), wall_s=wall, power_cap_w=params.power_cap_w,

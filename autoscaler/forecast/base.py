@@ -43,3 +43,42 @@ class Forecaster(Protocol):
     def update(self, new_rows: np.ndarray) -> None: ...
 
     def predict(self, history: np.ndarray, horizon: int, n_samples: int, rng: np.random.Generator) -> Forecast: ...
+
+
+class ForecastInputError(ValueError):
+    """History, horizon or sample count a forecaster cannot use (wrong shape, negative, NaN, too short)."""
+
+
+def check_history(history: np.ndarray, n_indicators: int | None = None, min_rows: int = 1) -> np.ndarray:
+    """Return ``history`` as float64 ``[T, K]`` or raise ``ForecastInputError`` naming the problem."""
+    arr = np.asarray(history, dtype=np.float64)
+    if arr.ndim != 2:
+        raise ForecastInputError(f"history must be [T, n_indicators], got shape {arr.shape}")
+    if n_indicators is not None and arr.shape[1] != n_indicators:
+        raise ForecastInputError(f"history has {arr.shape[1]} indicators, the forecaster was fitted on {n_indicators}")
+    if arr.shape[0] < min_rows:
+        raise ForecastInputError(f"history has {arr.shape[0]} rows, needs at least {min_rows}")
+    if not np.all(np.isfinite(arr)):
+        raise ForecastInputError("history contains NaN or infinite values")
+    if np.any(arr < 0):
+        raise ForecastInputError("history contains negative rates")
+    return arr
+
+
+def check_request(horizon: int, n_samples: int, max_horizon: int | None = None) -> None:
+    """Raise ``ForecastInputError`` for a non-positive horizon/sample count or a horizon beyond what was trained."""
+    if horizon < 1:
+        raise ForecastInputError(f"horizon must be >= 1, got {horizon}")
+    if n_samples < 1:
+        raise ForecastInputError(f"n_samples must be >= 1, got {n_samples}")
+    if max_horizon is not None and horizon > max_horizon:
+        raise ForecastInputError(f"horizon {horizon} exceeds the {max_horizon} steps this forecaster was built for")
+
+
+def indicator_names(names: tuple[str, ...] | None, n_indicators: int) -> tuple[str, ...]:
+    """Names given at construction, checked against the fitted width, or ``x0..x{K-1}``."""
+    if names is None:
+        return tuple(f"x{i}" for i in range(n_indicators))
+    if len(names) != n_indicators:
+        raise ForecastInputError(f"{len(names)} indicator names for {n_indicators} indicators")
+    return tuple(names)

@@ -11,6 +11,7 @@ most recent rows.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -55,6 +56,8 @@ class FlowtidePolicy:
         self.cached: Forecast | None = None
         self.last_band: dict[int, np.ndarray] | None = None
         self.last_decision: Decision | None = None
+        self.decision_s: list[float] = []  # forecast sampling + optimisation, per fresh forecast
+        self._predict_started = 0.0
 
     def _observe(self, snapshot: Snapshot) -> int:
         """Aggregate completed steps into rows (mean) and burst ratios (peak tick / mean)."""
@@ -96,6 +99,7 @@ class FlowtidePolicy:
                 self.forecaster, self.fitted_rows, self.fit_error = candidate, n, None
         elif self.forecaster is not None and added:
             self.forecaster.update(hist[-added:])
+        self._predict_started = time.perf_counter()
         if self.forecaster is not None:
             base = self.forecaster.predict(hist, self.horizon, self.n_samples, self.rng).samples
         else:
@@ -111,11 +115,14 @@ class FlowtidePolicy:
             # No completed step yet: hold, and say so.
             self.last_decision = Decision(snapshot.prefill.target, snapshot.decode.target)
             return self.last_decision
-        if added or self.cached is None:
+        fresh = added or self.cached is None
+        if fresh:
             self.cached = self.forecast(added)
             q = np.percentile(self.cached.samples[:, 0, 1], [5, 50, 95])  # input tokens/s
             ticks = max(1, int(round(self.step_s / snapshot.step_s)))
             self.last_band = {k: np.full(ticks, v) for k, v in zip((5, 50, 95), q)}
         decision, self.state = decide(replace(snapshot, forecast=self.cached), self.state, self.params)
+        if fresh:
+            self.decision_s.append(time.perf_counter() - self._predict_started)
         self.last_decision = decision
         return decision

@@ -4,7 +4,7 @@ Mirrors ``ray.serve.autoscaling_policy`` 2.60: desired = ceil(mean ongoing over 
 / target_ongoing_requests), applied only after the wish has held for ``upscale_delay_s`` (30 s)
 up or ``downscale_delay_s`` (600 s) down, timed by elapsed seconds. Serve's default target (2)
 is for web requests; an LLM user sets it to what a replica sustains, so we give it the
-profile's: the SLO decode batch, and the requests a prefill replica clears within the TTFT SLO.
+profile's: the SLO decode batch, and a prefill replica's occupancy at its SLO load.
 """
 
 from __future__ import annotations
@@ -54,12 +54,14 @@ class RayServePolicy:
         self.states = (DelayState(), DelayState())
 
     def targets_per_replica(self, snapshot: Snapshot) -> tuple[float, float]:
-        """target_ongoing_requests per pool from the profile (Little's law at the SLO load)."""
+        """target_ongoing_requests per pool: a replica's occupancy at its SLO load (Little's law,
+        L = lambda * mean TTFT, from the profile); decode's is the SLO batch."""
         cap, p = self.cluster.capacity, self.params
         ctx = snapshot.mean_prompt_tokens + snapshot.mean_output_tokens / 2
         tokens_s = cap.prefill_tokens_per_s_within(p.ttft_slo_s, snapshot.mean_prompt_tokens,
                                                    snapshot.tail_prompt_tokens, p.latency_margin)
-        prefill = max(1.0, tokens_s / snapshot.mean_prompt_tokens * p.ttft_slo_s)
+        mean_ttft = float(cap.ttft_s(tokens_s, snapshot.mean_prompt_tokens, snapshot.mean_prompt_tokens))
+        prefill = max(1.0, tokens_s / snapshot.mean_prompt_tokens * mean_ttft)
         decode = max(1.0, float(cap.max_batch_within(p.tpot_slo_s, ctx, p.latency_margin)))
         return prefill, decode
 

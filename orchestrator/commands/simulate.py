@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 DEFAULT_PROFILE = Path("../shared/data/splitwise-perf/perf_model.csv")
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         with console.status(f"loading {trace_path} ..."):
             trace = load_trace(trace_path, tick, seed=args.seed, cache_dir=args.cache_dir)
     except (TraceError, ProfileError) as exc:
-        console.print(f"[red]flowtide simulate: {exc}[/red]")
+        print(f"flowtide simulate: {exc}", file=sys.stderr)
         return 2
     power = PowerModel.for_hardware(args.hardware)
     cluster = default_cluster(trace, capacity, power, ttft, tpot, args.cold_start_s, power_cap_w=cap_w)

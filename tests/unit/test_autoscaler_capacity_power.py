@@ -1,0 +1,92 @@
+"""Capacity model fitted from the Splitwise profile, and the POLCA power order."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autoscaler.capacity import ProfileError, fit_capacity, load_capacity, load_profile_table
+from autoscaler.power import PowerError, PowerModel, plan_power
+
+PERF = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "splitwise-perf" / "perf_model.csv"
+needs_data = pytest.mark.skipif(not PERF.is_file(), reason="needs ../shared/data/splitwise-perf")
+
+
+@needs_data
+def test_prefill_and_decode_curves_match_the_profile_within_15_percent():
+    table = load_profile_table(PERF)
+    cap = fit_capacity(table, "llama2-70b", "h100-80gb", 4)
+    rows = table[(table.model == "llama2-70b") & (table.hardware == "h100-80gb") & (table.tensor_parallel == 4)]
+    mean = rows.groupby(["prompt_size", "batch_size"])[["prompt_time", "token_time"]].mean().reset_index()
+    pred_prefill = cap.prefill_time_s(mean.prompt_size * mean.batch_size) * 1e3
+    pred_decode = cap.tpot_s(mean.batch_size, mean.prompt_size) * 1e3
+    assert np.all(np.abs(pred_prefill / mean.prompt_time - 1) < 0.15)
+    assert np.all(np.abs(pred_decode / mean.token_time - 1) < 0.15)
+
+
+@needs_data
+def test_power_capped_h100_prefill_is_1_3x_slower_and_decode_unchanged():
+    free = load_capacity(PERF, "llama2-70b", "h100-80gb", 4)
+    capped = load_capacity(PERF, "llama2-70b", "h100-80gb-pcap", 4)
+    assert free.prefill_tokens_per_s() / capped.prefill_tokens_per_s() == pytest.approx(1.3, rel=0.03)
+    assert float(capped.tpot_s(32)) == pytest.approx(float(free.tpot_s(32)), rel=0.03)
+
+
+@needs_data
+def test_ttft_grows_with_load_and_is_infinite_at_saturation():
+    cap = load_capacity(PERF)
+    loads = np.array([0.0, 0.5, 0.9, 1.0]) * cap.prefill_tokens_per_s()
+    ttft = cap.ttft_s(loads, 1024)
+    assert np.all(np.diff(ttft[:3]) > 0) and np.isinf(ttft[3])
+    budget = cap.prefill_tokens_per_s_within(2.0, 1024, 4096, margin=1.0)
+    assert float(cap.ttft_s(budget, 4096, 1024)) == pytest.approx(2.0, rel=1e-6)
+
+
+@needs_data
+def test_inconsistent_tp2_batch64_rows_are_dropped_from_the_fit():
+    cap = load_capacity(PERF, "llama2-70b", "h100-80gb", 2)
+    assert cap.max_batch == 32
+
+
+def test_profile_errors_name_the_problem(tmp_path):
+    with pytest.raises(ProfileError, match="does not exist"):
+        load_profile_table(tmp_path / "missing.csv")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("model,hardware\nx,y\n")
+    with pytest.raises(ProfileError, match="lacks columns"):
+        load_profile_table(bad)
+
+
+def test_own_engine_profile_in_the_same_schema_is_fitted(tmp_path):
+    rows = ["model,hardware,prompt_size,batch_size,token_size,prompt_time,token_time,tensor_parallel"]
+    for prompt in (64, 128, 256):
+        for batch in (1, 2, 4, 8):
+            rows.append(f"tiny,cpu,{prompt},{batch},16,{5 + 0.02 * prompt * batch},{3 + 0.5 * batch},1")
+    path = tmp_path / "engine.csv"
+    path.write_text("\n".join(rows))
+    cap = load_capacity(path, "tiny", "cpu", 1)
+    assert float(cap.prefill_time_s(512)) == pytest.approx((5 + 0.02 * 512) / 1e3, rel=1e-3)
+    assert float(cap.tpot_s(4, 100)) == pytest.approx((3 + 0.5 * 4) / 1e3, rel=1e-2)
+    with pytest.raises(ProfileError, match="no rows"):
+        load_capacity(path, "tiny", "gpu", 1)
+
+
+def test_polca_order_sheds_training_then_caps_clocks_then_brakes():
+    pw = PowerModel.for_hardware("h100-80gb")
+    # Room for serving and 2 of 10 training GPUs: training is shed, clocks untouched.
+    plan = plan_power(pw, 10_000.0, 8_000.0, 7_000.0, 10)
+    assert (plan.training_gpus, plan.freq_capped, plan.violated) == (int(2000 // pw.training_w), False, False)
+    # Serving alone exceeds the cap at full clocks but fits capped: no training, clocks capped, prefill 1.3x.
+    plan = plan_power(pw, 10_000.0, 11_000.0, 9_500.0, 10)
+    assert (plan.training_gpus, plan.freq_capped, plan.violated, plan.prefill_slowdown) == (0, True, False, 1.3)
+    # Even capped serving exceeds: the brake refuses serving capacity, and it is a violation.
+    plan = plan_power(pw, 10_000.0, 13_000.0, 12_500.0, 10)
+    assert plan.violated and plan.serving_scale == pytest.approx(10_000 / 12_500)
+
+
+def test_frequency_cap_lowers_prefill_watts_to_70_percent_of_tdp_and_leaves_decode():
+    pw = PowerModel.for_hardware("h100-80gb")
+    assert float(pw.serving_w(1, 1.0, 0, 0.0, freq_capped=True)) == pytest.approx(0.7 * 700)
+    assert float(pw.serving_w(0, 0.0, 1, 1.0, freq_capped=True)) == pytest.approx(380)
+    with pytest.raises(PowerError, match="no power constants"):
+        PowerModel.for_hardware("tpu-v5")

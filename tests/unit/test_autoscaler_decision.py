@@ -1,0 +1,125 @@
+"""The Bayesian decision: hand-built snapshots, a fake clock, and forecasts we choose."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autoscaler.capacity import load_capacity
+from autoscaler.decision import DecisionError, DecisionParams, DecisionState, PoolView, Snapshot, decide, pool_demand
+from autoscaler.forecast import Forecast
+from autoscaler.indicators import DEMAND_INDICATORS
+from autoscaler.power import PowerModel
+
+PERF = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "splitwise-perf" / "perf_model.csv"
+pytestmark = pytest.mark.skipif(not PERF.is_file(), reason="needs ../shared/data/splitwise-perf")
+
+
+@pytest.fixture(scope="module")
+def params():
+    return DecisionParams(capacity=load_capacity(PERF), power=PowerModel.for_hardware("h100-80gb"),
+                          max_replicas=(40, 40), cold_start_s=60, interval_s=60, scale_down_delay_s=300)
+
+
+def forecast(rps, step_s=60.0, prompt=1000.0, output=200.0):
+    """Samples [S, H] of request rate -> the three demand columns with fixed mean lengths."""
+    rps = np.asarray(rps, dtype=float)
+    return Forecast(np.stack([rps, rps * prompt, rps * output], axis=-1), DEMAND_INDICATORS, step_s)
+
+
+def snapshot(now, fc, prefill=1, decode=1):
+    return Snapshot(now_s=now, step_s=10.0, history=np.zeros((0, 3)), prefill=PoolView(prefill, 0, prefill),
+                    decode=PoolView(decode, 0, decode), ongoing_prefill=0, ongoing_decode=0, mean_prompt_tokens=1000,
+                    mean_output_tokens=200, tail_prompt_tokens=2000, forecast=fc)
+
+
+def test_wider_forecast_with_the_same_mean_gets_more_replicas(params):
+    rng = np.random.default_rng(0)
+    narrow = forecast(np.full((200, 3), 60.0))
+    wide = forecast(np.clip(60.0 * rng.lognormal(0, 0.5, (200, 3)) / np.exp(0.125), 0, None))
+    d_narrow, _ = decide(snapshot(0, narrow), DecisionState(), params)
+    d_wide, _ = decide(snapshot(0, wide), DecisionState(), params)
+    assert d_wide.prefill > d_narrow.prefill and d_wide.decode > d_narrow.decode
+
+
+def test_replicas_cover_the_demand_they_are_sized_for(params):
+    d, _ = decide(snapshot(0, forecast(np.full((8, 3), 60.0))), DecisionState(), params)
+    need_p, need_d = pool_demand(forecast(np.full((1, 1), 60.0)).samples, params.capacity, params, 1000, 2000, 200)
+    assert d.prefill == int(np.ceil(need_p.max())) and d.decode == int(np.ceil(need_d.max()))
+    assert d.reasons["prefill"].binding == "slo" and d.reasons["prefill"].expected_attainment >= 0.995
+    assert d.reasons["prefill"].quantile_used == 1.0
+
+
+def test_a_spike_after_the_cold_start_is_provisioned_now(params):
+    # Step 0 is quiet, step 1 (when a replica started now is ready) is busy: scale up now.
+    fc = forecast(np.tile([5.0, 80.0], (16, 1)))
+    d, _ = decide(snapshot(0, fc), DecisionState(), params)
+    quiet, _ = decide(snapshot(0, forecast(np.full((16, 2), 5.0))), DecisionState(), params)
+    assert d.prefill > quiet.prefill
+
+
+def test_scale_down_waits_out_the_hysteresis_and_does_not_flap(params):
+    high = decide(snapshot(0, forecast(np.full((8, 3), 80.0))), DecisionState(), params)[0]
+    state = DecisionState()
+    low_fc = forecast(np.full((8, 3), 10.0))
+    targets = []
+    for t in range(0, 600, 60):
+        d, state = decide(snapshot(t, low_fc, high.prefill, high.decode), state, params)
+        targets.append(d.prefill)
+        if d.prefill < high.prefill:
+            break
+    assert targets[:5] == [high.prefill] * 5  # 0..240 s: held, binding says so
+    assert targets[-1] < high.prefill and len(targets) == 6  # released at 300 s, in one step
+    held, _ = decide(snapshot(60, low_fc, high.prefill, high.decode), DecisionState((0.0, 0.0), (0, 0)), params)
+    assert held.reasons["prefill"].binding == "hysteresis"
+
+
+def test_a_bump_during_the_wait_keeps_the_larger_count(params):
+    state = DecisionState()
+    d, state = decide(snapshot(0, forecast(np.full((8, 3), 10.0)), 20, 20), state, params)
+    d, state = decide(snapshot(120, forecast(np.full((8, 3), 30.0)), 20, 20), state, params)
+    d, state = decide(snapshot(300, forecast(np.full((8, 3), 10.0)), 20, 20), state, params)
+    mid, _ = decide(snapshot(0, forecast(np.full((8, 3), 30.0))), DecisionState(), params)
+    assert d.prefill == mid.prefill
+
+
+def test_power_cap_caps_clocks_first_then_refuses_serving(params):
+    fc = forecast(np.full((8, 3), 100.0))
+    free, _ = decide(snapshot(0, fc), DecisionState(), params)
+    tp = params.capacity.gpus_per_replica
+    full_w = (free.prefill * 700 + free.decode * 380) * tp
+    # A cap under full-clock draw but above capped-clock draw: clocks capped, more prefill replicas.
+    capped_w = float(params.power.serving_w((free.prefill + 1) * tp * 1.3, 1.0, free.decode * tp, 1.0, True))
+    d, _ = decide(snapshot(0, fc), DecisionState(), replace(params, power_cap_w=min(full_w * 0.97, capped_w * 1.05)))
+    assert d.freq_cap_expected and d.prefill >= free.prefill and d.p_power_ok >= 0.99
+    # A cap far below: serving is refused down to what fits, and the reason names the cap.
+    tight = replace(params, power_cap_w=full_w * 0.3)
+    d, _ = decide(snapshot(0, fc), DecisionState(), tight)
+    assert d.reasons["prefill"].binding == "power_cap" and d.p_power_ok >= 0.99
+    watts = params.power.serving_w(d.prefill * tp, 1.0, d.decode * tp, 1.0, freq_capped=True)
+    assert watts <= tight.power_cap_w
+
+
+def test_bounds_hold_and_the_reason_says_which(params):
+    low = replace(params, min_replicas=(3, 2), max_replicas=(5, 5))
+    d, _ = decide(snapshot(0, forecast(np.zeros((4, 3)))), DecisionState(), low)
+    assert (d.prefill, d.decode) == (3, 2) and d.reasons["prefill"].binding == "min_replicas"
+    d, _ = decide(snapshot(0, forecast(np.full((4, 3), 500.0))), DecisionState(), low)
+    assert d.prefill == 5 and d.reasons["prefill"].binding == "max_replicas"
+    assert "prefill=5 (max_replicas" in d.explain()
+
+
+def test_decide_is_pure_and_its_state_round_trips(params):
+    fc = forecast(np.random.default_rng(1).uniform(10, 50, (32, 3)))
+    state = DecisionState((120.0, None), (4, 0))
+    a = decide(snapshot(200, fc, 9, 9), state, params)
+    b = decide(snapshot(200, fc, 9, 9), DecisionState.from_dict(state.to_dict()), params)
+    assert a == b
+
+
+def test_decide_refuses_a_snapshot_without_a_forecast(params):
+    with pytest.raises(DecisionError, match="needs snapshot.forecast"):
+        decide(snapshot(0, None), DecisionState(), params)
+    with pytest.raises(DecisionError, match="min_replicas <= max_replicas"):
+        replace(params, min_replicas=(5, 1), max_replicas=(2, 2))

@@ -1,0 +1,98 @@
+"""Trace loaders: Azure per-request CSVs and ServeGen per-client windows, with clear errors."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autoscaler.indicators import ClusterIndicators, IndicatorError, IndicatorSeries
+from autoscaler.traces import TraceError, load_azure_csv, load_servegen, load_trace
+
+DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+AZURE_CODE = DATA / "azure-llm-2023" / "AzureLLMInferenceTrace_code.csv"
+
+
+def _write_client(folder: Path, name: str, rows: list[str]) -> None:
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text("\n".join(rows) + "\n")
+
+
+@pytest.mark.skipif(not AZURE_CODE.is_file(), reason="needs ../shared/data/azure-llm-2023")
+def test_azure_code_trace_loads_every_request_in_arrival_order():
+    trace = load_azure_csv(AZURE_CODE)
+    assert trace.arrival_s.size == 8819 and trace.arrival_s[0] == 0.0
+    assert np.all(np.diff(trace.arrival_s) >= 0)
+    ticks = trace.to_ticks(1.0)
+    assert ticks.n_requests.sum() == 8819
+    assert ticks.prompt_tokens.sum() == pytest.approx(trace.prompt_tokens.sum())
+
+
+def test_azure_csv_with_extra_spaces_and_a_bad_row_is_refused_with_the_row(tmp_path):
+    good = tmp_path / "good.csv"
+    good.write_text("TIMESTAMP, ContextTokens, GeneratedTokens\n2023-11-16 18:17:03.98,100,10\n"
+                    "2023-11-16 18:17:05.48,50,5\n")
+    trace = load_azure_csv(good)
+    assert trace.arrival_s.tolist() == pytest.approx([0.0, 1.5])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.98,100,10\nnot-a-time,5,5\n")
+    with pytest.raises(TraceError, match="malformed rows"):
+        load_azure_csv(bad)
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("a,b\n1,2\n")
+    with pytest.raises(TraceError, match="lacks columns"):
+        load_azure_csv(wrong)
+    with pytest.raises(TraceError, match="does not exist"):
+        load_trace(tmp_path / "nope.csv", 1.0)
+
+
+def test_servegen_arrivals_honour_each_window_rate_and_are_seeded(tmp_path):
+    folder = tmp_path / "sg"
+    _write_client(folder, "chunk-0-trace.csv", ["0,2.0,1.5,Gamma,0.44,1.0", "600,0,0,,0,0", "1200,5.0,3,Weibull,0.4,1.0"])
+    _write_client(folder, "chunk-1-trace.csv", ["0,1.0,1.0,Gamma,1.0,1.0"])
+    a = load_servegen(folder, step_s=10, seed=3)
+    b = load_servegen(folder, step_s=10, seed=3)
+    c = load_servegen(folder, step_s=10, seed=4)
+    assert np.array_equal(a.n_requests, b.n_requests) and not np.array_equal(a.n_requests, c.n_requests)
+    per_window = a.n_requests.reshape(-1, 60).sum(axis=1) / 600
+    assert per_window[0] == pytest.approx(3.0, rel=0.25)
+    assert per_window[1] == 0
+    assert per_window[2] == pytest.approx(5.0, rel=0.35)
+    assert a.groups.weight.sum() == pytest.approx(a.n_requests.sum())
+
+
+def test_servegen_cache_returns_the_same_trace(tmp_path):
+    folder = tmp_path / "sg"
+    _write_client(folder, "chunk-0-trace.csv", ["0,2.0,1.5,Gamma,0.44,1.0"])
+    first = load_servegen(folder, seed=1, cache_dir=tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+    again = load_servegen(folder, seed=1, cache_dir=tmp_path / "cache")
+    assert np.array_equal(first.n_requests, again.n_requests)
+    assert np.array_equal(first.prompt_tokens, again.prompt_tokens)
+
+
+def test_servegen_errors_name_the_file(tmp_path):
+    with pytest.raises(TraceError, match="does not exist"):
+        load_servegen(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TraceError, match="no chunk"):
+        load_servegen(tmp_path / "empty")
+    folder = tmp_path / "bad"
+    _write_client(folder, "chunk-0-trace.csv", ["0,2.0,1.5,Pareto,0.44,1.0"])
+    with pytest.raises(TraceError, match="chunk-0-trace.csv.*unknown distribution"):
+        load_servegen(folder)
+    _write_client(folder, "chunk-0-trace.csv", ["0,abc,1.5,Gamma,0.44,1.0"])
+    with pytest.raises(TraceError, match="non-negative numbers"):
+        load_servegen(folder)
+
+
+def test_cluster_view_adds_rates_of_no_pool_twice_and_sums_power():
+    names = ("arrival_rps", "queue_requests", "ttft_p99_s", "power_w")
+    prefill = IndicatorSeries("prefill", 10.0, 0.0, names, np.array([[5.0, 2.0, 0.5, 1000.0]]))
+    decode = IndicatorSeries("decode", 10.0, 0.0, names, np.array([[5.0, 3.0, 0.9, 400.0]]))
+    cluster = ClusterIndicators({"prefill": prefill, "decode": decode}).cluster()
+    assert cluster.values.tolist() == [[5.0, 5.0, 0.9, 1400.0]]
+    assert prefill.window(1, 10).shape == (1, 4) and prefill.window(0, 10).shape == (0, 4)
+    with pytest.raises(IndicatorError, match="unknown indicators"):
+        IndicatorSeries("x", 1.0, 0.0, ("gpu_temp",), np.zeros((1, 1)))
+    with pytest.raises(IndicatorError, match="not aligned"):
+        ClusterIndicators({"a": prefill, "b": IndicatorSeries("b", 5.0, 0.0, names, np.zeros((1, 4)))})

@@ -1,0 +1,156 @@
+"""The two-pool simulator: accounting, cold starts, power order, causality and determinism."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autoscaler.capacity import load_capacity
+from autoscaler.decision import Decision, Snapshot
+from autoscaler.forecast import Forecast
+from autoscaler.policies import make_policy
+from autoscaler.policies.flowtide import FlowtidePolicy
+from autoscaler.policies.static import StaticPolicy
+from autoscaler.power import PowerModel
+from autoscaler.simulator import ClusterParams, simulate
+from autoscaler.traces import RequestGroups, TickTrace
+
+PERF = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "splitwise-perf" / "perf_model.csv"
+pytestmark = pytest.mark.skipif(not PERF.is_file(), reason="needs ../shared/data/splitwise-perf")
+
+
+def constant_trace(rps, ticks=360, step_s=10.0, prompt=1000.0, output=100.0, name="const"):
+    n = np.asarray(rps, dtype=float) * step_s * np.ones(ticks)
+    groups = RequestGroups(np.arange(ticks), np.full(ticks, prompt), np.full(ticks, output), n.copy())
+    return TickTrace(name, step_s, n, n * prompt, n * output, groups)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    return ClusterParams(capacity=load_capacity(PERF), power=PowerModel.for_hardware("h100-80gb"),
+                         max_replicas=(20, 20), cold_start_s=60.0, initial_replicas=(1, 1))
+
+
+def warm(cluster, prefill, decode, **kw):
+    """The cluster already running (prefill, decode) replicas, so no cold start at t=0."""
+    return ClusterParams(**{**cluster.__dict__, "initial_replicas": (prefill, decode), **kw})
+
+
+@dataclass
+class Scripted:
+    """A policy that asks for fixed targets from a given time and records what it was shown."""
+
+    targets: tuple[int, int]
+    from_s: float = 0.0
+    name: str = "scripted"
+    interval_s: float = 10.0
+    seen: list = field(default_factory=list)
+
+    def step(self, snapshot: Snapshot) -> Decision:
+        self.seen.append((snapshot.now_s, snapshot.history.shape[0], snapshot.history.copy()))
+        if snapshot.now_s >= self.from_s:
+            return Decision(*self.targets)
+        return Decision(snapshot.prefill.target, snapshot.decode.target)
+
+
+def test_enough_replicas_meet_the_slo_and_too_few_miss_it(cluster):
+    trace = constant_trace(20.0)
+    ok = simulate(trace, StaticPolicy(6, 6), warm(cluster, 6, 6)).summary()
+    short = simulate(trace, StaticPolicy(1, 6), warm(cluster, 1, 6)).summary()
+    assert ok["slo_attainment"] > 0.999 and ok["ttft_p99_s"] < 2.0
+    assert short["slo_attainment"] < 0.2 and short["ttft_p99_s"] > 2.0
+
+
+def test_gpu_hours_count_every_held_gpu_for_the_whole_run(cluster):
+    s = simulate(constant_trace(5.0, ticks=360), StaticPolicy(3, 2), cluster).summary()
+    assert s["gpu_hours"] == pytest.approx(5 * 4 * 1.0)  # cold-starting replicas are held too
+    assert s["scaling_actions"] == 2  # from the initial (1, 1) to (3, 2), once per pool
+    assert simulate(constant_trace(5.0, ticks=360), StaticPolicy(3, 2), warm(cluster, 3, 2)).summary()[
+        "scaling_actions"] == 0
+
+
+def test_new_replicas_serve_only_after_the_cold_start(cluster):
+    result = simulate(constant_trace(1.0, ticks=30), Scripted((4, 1), from_s=50.0), cluster)
+    ready = result.prefill_replicas
+    assert ready[:11].max() == 1  # asked at 50 s, cold until 110 s
+    assert ready[11] == 4
+    assert result.prefill_gpus_held[5] == 4 * 4  # held (and paid for) while starting
+
+
+def test_the_policy_sees_only_finished_ticks(cluster):
+    trace = constant_trace(1.0, ticks=20)
+    trace.n_requests[5:] += np.arange(15)  # a trend the policy must not see ahead of time
+    policy = Scripted((1, 1))
+    simulate(trace, policy, cluster)
+    for now, rows, history in policy.seen:
+        assert rows == int(now // trace.step_s)
+        assert np.array_equal(history[:, 0], trace.rates()[:rows, 0])
+
+
+def test_power_cap_sheds_training_before_touching_serving(cluster):
+    trace = constant_trace(20.0)
+    tp = cluster.capacity.gpus_per_replica
+    serving_full = (6 * 700 + 6 * 380) * tp
+    capped = warm(cluster, 6, 6, total_gpus=12 * tp + 10, power_cap_w=serving_full + 3000.0)
+    s = simulate(trace, StaticPolicy(6, 6), capped).summary()
+    free = simulate(trace, StaticPolicy(6, 6), warm(cluster, 6, 6)).summary()
+    assert s["power_violations"] == 0 and s["freq_capped_s"] == 0
+    assert s["training_gpu_hours"] == pytest.approx(int(3000 // PowerModel.for_hardware("h100-80gb").training_w) * 1.0)
+    assert s["slo_attainment"] == free["slo_attainment"]
+
+
+def test_a_cap_below_serving_caps_clocks_then_brakes_and_counts_violations(cluster):
+    trace = constant_trace(20.0)
+    tp = cluster.capacity.gpus_per_replica
+    clocks = warm(cluster, 6, 6, power_cap_w=(6 * 490 + 6 * 380) * tp + 1.0)
+    s = simulate(trace, StaticPolicy(6, 6), clocks).summary()
+    assert s["freq_capped_s"] == pytest.approx(3600.0) and s["power_violations"] == 0
+    brake = warm(cluster, 6, 6, power_cap_w=(6 * 490 + 6 * 380) * tp * 0.5)
+    s = simulate(trace, StaticPolicy(6, 6), brake).summary()
+    assert s["power_violations"] == 360
+
+
+class MeanForecaster:
+    """A tiny forecaster satisfying the protocol: a narrow lognormal spread around the last row."""
+
+    name = "mean"
+
+    def fit(self, history, step_s):
+        self.step_s = step_s
+
+    def update(self, new_rows):
+        pass
+
+    def predict(self, history, horizon, n_samples, rng):
+        level = history[-1]
+        noise = rng.lognormal(0.0, 0.05, (n_samples, horizon, 1))
+        return Forecast(level[None, None, :] * noise, ("arrival_rps", "input_tokens_per_s", "output_tokens_per_s"),
+                        self.step_s)
+
+
+def test_a_seeded_run_is_reproducible(cluster):
+    trace = constant_trace(10.0, ticks=720)
+    trace.n_requests[300:] *= 2.0
+    runs = [simulate(trace, FlowtidePolicy(cluster, forecaster=MeanForecaster(), forecast_step_s=60, min_fit_rows=4,
+                                           seed=7), cluster).summary() for _ in range(2)]
+    for key in ("slo_attainment", "gpu_hours", "energy_kwh", "scaling_actions", "ttft_p99_s"):
+        assert runs[0][key] == runs[1][key]
+
+
+def test_flowtide_follows_a_step_in_demand_without_missing_the_slo(cluster):
+    trace = constant_trace(10.0, ticks=1080)
+    for arr in (trace.n_requests, trace.prompt_tokens, trace.output_tokens, trace.groups.weight):
+        arr[540:] *= 2.0
+    policy = FlowtidePolicy(cluster, forecaster=MeanForecaster(), forecast_step_s=60, min_fit_rows=4)
+    result = simulate(trace, policy, cluster)
+    s = result.summary()
+    static = simulate(trace, StaticPolicy.for_peak(trace, cluster), cluster).summary()
+    assert result.prefill_replicas[-1] > result.prefill_replicas[500]
+    assert s["slo_attainment"] > 0.97
+    assert s["gpu_hours"] < static["gpu_hours"]
+
+
+def test_make_policy_names_the_choices(cluster):
+    with pytest.raises(ValueError, match="unknown policy"):
+        make_policy("k8s-hpa", constant_trace(1.0), cluster)
