@@ -21,7 +21,7 @@ def prompts() -> list[list[int]]:
     import random
 
     rng = random.Random(7)
-    return [[rng.randrange(3, 1000) for _ in range(n)] for n in PROMPT_LENGTHS]
+    return [[rng.randrange(3, 800) for _ in range(n)] for n in PROMPT_LENGTHS]  # the tiny vocabulary has 807 ids
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +154,11 @@ def test_closing_a_stream_early_frees_the_sequence(loop, colocated):
     # The aborted request must not hold a batch slot: a full request still runs to completion.
     tokens = loop.run_until_complete(_collect(colocated.generate("after-early", prompts()[0], GREEDY)))
     assert len(tokens) == GREEDY.max_tokens
+
+
+def test_out_of_vocabulary_prompt_is_an_engine_error(loop, colocated):
+    with pytest.raises(EngineError, match="out of vocabulary"):
+        loop.run_until_complete(_collect(colocated.generate("oov", [5, 10**6], GREEDY)))
 
 
 def test_calls_outside_the_engine_role_are_errors(loop, colocated, disaggregated):

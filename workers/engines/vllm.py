@@ -372,13 +372,21 @@ class VLLMEngine:
         )
 
     async def _run(self, request_id: str, prompt_ids: list[int], params: Any) -> AsyncIterator[Any]:
-        """vLLM's stream for one request; vLLM aborts the request if the caller stops iterating."""
+        """vLLM's stream for one request; vLLM aborts the request if the caller stops iterating.
+
+        Raises:
+            EngineError: vLLM refused the request (named cause in the message).
+        """
+        from vllm.exceptions import VLLMClientError
         from vllm.inputs import TokensPrompt
 
         if not prompt_ids:
             raise EngineError(f"request {request_id} has an empty prompt")
-        async for out in self._llm.generate(TokensPrompt(prompt_token_ids=list(prompt_ids)), params, request_id):
-            yield out
+        try:
+            async for out in self._llm.generate(TokensPrompt(prompt_token_ids=list(prompt_ids)), params, request_id):
+                yield out
+        except VLLMClientError as exc:  # bad input: token id out of vocabulary, too long for max_model_len
+            raise EngineError(f"vLLM refused request {request_id}: {exc}") from exc
 
 
 def _kv_bytes_per_token(vllm_config: Any) -> int:
