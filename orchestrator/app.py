@@ -39,14 +39,22 @@ def resolve_model_path(config: FlowtideConfig) -> str:
     return str(path)
 
 
-def _options(name: str, pool: str, deployment: DeploymentConfig) -> dict[str, Any]:
+# Serve runs user code and the handle router on event loops of their own by default; every
+# request then crosses threads several times. Our servers never block their loop (engine work
+# runs on a worker thread), so they take the single-loop fast path.
+FAST_PATH_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+
+
+def _options(name: str, pool: str, deployment: DeploymentConfig, access_log: bool) -> dict[str, Any]:
     return dict(
         name=name,
         ray_actor_options={
             "num_cpus": deployment.num_cpus,
             "num_gpus": deployment.num_gpus,
             "label_selector": {POOL_LABEL: pool},
+            "runtime_env": {"env_vars": FAST_PATH_ENV},
         },
+        logging_config={"enable_access_log": access_log},
         max_ongoing_requests=deployment.max_ongoing_requests,
         autoscaling_config={
             "min_replicas": deployment.min_replicas,
@@ -85,19 +93,23 @@ def build_app(config: FlowtideConfig, model_path: str | None = None) -> serve.Ap
     hub = serve.deployment(MetricsHub).options(
         name=HUB_DEPLOYMENT, num_replicas=1, ray_actor_options={"num_cpus": 0, "label_selector": {POOL_LABEL: HEAD_POOL}}
     ).bind()
-    common = dict(engine_kind=config.engine.kind, model_path=model_path, metrics_hub=hub,
-                  metrics_interval_s=serving.metrics_push_interval_s)
+
+    def server(name: str, pool: str, deployment: DeploymentConfig, role: str, **kwargs: Any) -> Any:
+        options = _options(name, pool, deployment, serving.access_log)
+        return serve.deployment(LLMServer).options(**options).bind(
+            role=role, engine_kind=config.engine.kind, model_path=model_path,
+            engine_options=engine_options(config, role), metrics_hub=hub,
+            metrics_interval_s=serving.metrics_push_interval_s, **kwargs,
+        )
+
     if serving.mode == "disaggregated":
-        prefill = serve.deployment(LLMServer).options(**_options(PREFILL_DEPLOYMENT, Pool.PREFILL.value, serving.prefill)
-                                                      ).bind(role="prefill", engine_options=engine_options(config, "prefill"), **common)
-        decode = serve.deployment(LLMServer).options(**_options(DECODE_DEPLOYMENT, Pool.DECODE.value, serving.decode)
-                                                     ).bind(role="decode", engine_options=engine_options(config, "decode"),
-                                                            prefill=prefill, **common)
+        prefill = server(PREFILL_DEPLOYMENT, Pool.PREFILL.value, serving.prefill, "prefill")
+        decode = server(DECODE_DEPLOYMENT, Pool.DECODE.value, serving.decode, "decode", prefill=prefill)
     else:
-        decode = serve.deployment(LLMServer).options(**_options(DECODE_DEPLOYMENT, Pool.DECODE.value, serving.decode)
-                                                     ).bind(role="colocated",
-                                                            engine_options=engine_options(config, "colocated"), **common)
-    router = serve.deployment(serve.ingress(api)(Router)).options(**_options(ROUTER_DEPLOYMENT, HEAD_POOL, serving.router))
+        decode = server(DECODE_DEPLOYMENT, Pool.DECODE.value, serving.decode, "colocated")
+    router = serve.deployment(serve.ingress(api)(Router)).options(
+        **_options(ROUTER_DEPLOYMENT, HEAD_POOL, serving.router, serving.access_log)
+    )
     return router.bind(config.model_dump(mode="json"), model_path, decode, hub)
 
 

@@ -158,7 +158,7 @@ class Router:
             raise
         request = GenerateRequest(new_id("cmpl"), tuple(prompt_ids), sampling)
         self.metrics.prompt_tokens.inc(len(prompt_ids))
-        events = self._run(request, body.stop, endpoint)
+        events = self._run(request, body.stop, endpoint, body.stream)
         if body.stream:
             return StreamingResponse(
                 self._sse(events, request, body, chat), media_type="text/event-stream",
@@ -171,19 +171,22 @@ class Router:
         response["usage"] = usage(len(prompt_ids), completion_tokens)
         return response
 
-    async def _run(self, request: GenerateRequest, stops: list[str], endpoint: str
+    async def _run(self, request: GenerateRequest, stops: list[str], endpoint: str, streaming: bool
                    ) -> AsyncIterator[tuple[str, str | None, int]]:
         """Yield ``(text, finish_reason or None, completion tokens so far)``; the last item has a finish reason."""
         start = time.perf_counter()
         first_at = None
         detok = IncrementalDetokenizer(self.tokenizer, stops)
         eos = self.tokenizer.eos_token_id
-        stream = self.decode.options(stream=True).generate.remote(request)
+        # Without stop strings, nothing can end a request early, so a non-streaming request takes
+        # one unary call: no per-chunk stream messages between the decode server and here.
+        unary = not streaming and not stops
+        stream = self.decode.complete.remote(request) if unary else self.decode.options(stream=True).generate.remote(request)
         status = "error"
         tail = ""
         self.metrics.inflight.inc()
         try:
-            async for tokens in stream:
+            async for tokens in _chunks(stream, unary):
                 if first_at is None:
                     first_at = time.perf_counter()
                     self.metrics.ttft.observe(first_at - start)
@@ -229,6 +232,15 @@ class Router:
             tail["usage"] = usage(len(request.prompt_ids), completion_tokens)
             yield _sse_line(tail)
         yield "data: [DONE]\n\n"
+
+
+async def _chunks(response, unary: bool) -> AsyncIterator[list[int]]:
+    """Token-id chunks from a decode reply: one chunk from a unary call, many from a stream."""
+    if unary:
+        yield await response
+    else:
+        async for chunk in response:
+            yield chunk
 
 
 def _sse_line(payload: dict[str, Any]) -> str:

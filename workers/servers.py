@@ -10,6 +10,7 @@ Colocated: router -> colocated server, which does both.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -111,6 +112,21 @@ class LLMServer:
                 yield tokens
             status = "ok"
         except (asyncio.CancelledError, GeneratorExit):
+            status = "cancelled"
+            raise
+        finally:
+            self.metrics.requests.labels(self.role, status).inc()
+
+    async def complete(self, request: GenerateRequest) -> list[int]:
+        """Decode or colocated role, unary: every generated token id in one reply (no stream messages)."""
+        self._start_publisher()
+        status = "error"
+        try:
+            async with contextlib.aclosing(self._tokens(request)) as stream:  # cancelled: leave the batch now
+                tokens = [token async for token in stream]
+            status = "ok"
+            return tokens
+        except asyncio.CancelledError:
             status = "cancelled"
             raise
         finally:

@@ -32,10 +32,11 @@ def test_up_serves_status_shows_placement_and_ctrl_c_leaves_no_raylet(tmp_path):
         while True:
             assert proc.poll() is None, proc.stdout.read()
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
+                healthy = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
             except httpx.HTTPError:
-                pass
+                healthy = False
+            if healthy and (tmp_path / "run.json").exists():  # `up` records its state once deployed
+                break
             assert time.monotonic() < deadline, "flowtide up did not come up"
             time.sleep(2)
         c = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-", max_retries=3)
