@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 from pathlib import Path
 
 from orchestrator.config import ConfigError, FlowtideConfig, load_config
@@ -53,10 +54,15 @@ def run(args: argparse.Namespace) -> int:
         token_size=args.token_size,
         repeats=args.repeats,
     )
+    from workers.engines.base import EngineUnavailableError
+
     try:
         out = asyncio.run(_profile(config, plan, Path(args.out), args.hardware))
     except ProfileError as exc:
         raise ConfigError(f"profile: {exc}") from exc
+    except EngineUnavailableError as exc:
+        print(f"flowtide: the {config.engine.kind} engine cannot start: {exc}", file=sys.stderr)
+        return 1
     print(f"wrote {out}")
     return 0
 

@@ -49,7 +49,7 @@ def test_profile_transformers_engine_writes_a_capacity_profile(tmp_path, tiny_mo
 def test_profile_refuses_a_sweep_longer_than_the_model(tmp_path, tiny_model_dir):
     cmd = [sys.executable, "-m", "orchestrator.cli", "profile", "--engine", "transformers", "--model", tiny_model_dir,
            "--out", str(tmp_path / "x.csv"), "--prompt-sizes", "4000", "--token-size", "200"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert "max_model_len is 2048" in done.stderr
     assert not (tmp_path / "x.csv").exists()
@@ -70,3 +70,11 @@ def test_profile_vllm_engine_writes_a_capacity_profile(tmp_path):
     }
     _profile("vllm", model_dir, out, env=env, timeout_s=800)
     _check_profile(out, "model")
+
+
+def test_profile_of_a_missing_model_names_the_path(tmp_path):
+    cmd = [sys.executable, "-m", "orchestrator.cli", "profile", "--engine", "transformers", "--model",
+           str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.csv")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert f"{tmp_path / 'nowhere'} is not a Hugging Face checkpoint directory" in done.stderr
