@@ -83,7 +83,11 @@ def harness(tmp_path_factory):
     previous = ray.get_runtime_context().gcs_address if ray.is_initialized() else None
     if previous:
         ray.shutdown()  # another module's cluster; reconnected below
-    cluster = LocalCluster(config.cluster).start()
+    # On 2 cores shared with other work the head raylet can miss GCS heartbeats and be
+    # declared dead; give this cluster's GCS (which reads the env at start) more slack.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_health_check_failure_threshold", "15")
+        cluster = LocalCluster(config.cluster).start()
     try:
         connect(cluster.address)
         yield Harness(cluster, TrainingJobManager(config.training), config)

@@ -40,7 +40,6 @@ START_GRACE_S = 15.0
 class PeerRecord:
     handle: ray.actor.ActorHandle
     node_id: str
-    run_ref: ray.ObjectRef | None = None
 
 
 @dataclass
@@ -110,6 +109,7 @@ class ElasticCoordinator:
         self._peer_ids = itertools.count()
         self._wake: asyncio.Event | None = None
         self._failure_at: float | None = None
+        self._restore_ckpt: ckpt.SavedCheckpoint | None = None
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -298,7 +298,8 @@ class ElasticCoordinator:
             )
             .remote(self.task, peer_id, self._self)
         )
-        self.peers[peer_id] = PeerRecord(handle=handle, node_id=node_id, run_ref=handle.run.remote())
+        handle.run.remote()  # the peer reports its end (finished / failed) to us itself
+        self.peers[peer_id] = PeerRecord(handle=handle, node_id=node_id)
         log.info("spawned %s on node %s", peer_id, node_id[:8])
 
     async def _watch_nodes(self) -> None:

@@ -60,7 +60,6 @@ class ElasticPeer:
         self.has_state = False
         self.prev_rank: int | None = None
         self.epoch = 0
-        self.failures = 0
         self._reform = threading.Event()
         self._lock = threading.Lock()
         self._pg: ProcessGroupGloo | None = None
@@ -80,9 +79,6 @@ class ElasticPeer:
     # --- called concurrently with run() -------------------------------------------------
     def ping(self) -> str:
         return self.peer_id
-
-    def node_id(self) -> str:
-        return ray.get_runtime_context().get_node_id()
 
     def request_reform(self) -> None:
         """Stop at the next step boundary (the flag travels in the gather so all stop together)."""
@@ -122,7 +118,6 @@ class ElasticPeer:
                 finished = self._train(plan)
             except PeerLost as exc:
                 log.warning("%s: epoch %d abandoned at step %d: %s", self.peer_id, plan.epoch, self.step, exc)
-                self.failures += 1
                 reason = "failure"
                 continue
             except Exception:
