@@ -5,7 +5,8 @@ In one run, on one local multi-pool cluster, with the tiny model so engine time 
   (b) the full path: HTTP -> Router -> DecodeServer -> PrefillServer -> KV hand-off -> decode -> HTTP;
   (c) a naive Serve composition: HTTP -> ingress -> prefill -> decode, plain handle calls, no engine work:
       the floor a straightforward three-deployment Serve app sets.
-Added latency of (b) = its latency minus (a)'s median for the same request. Reports p50/p99 and
+Requests go down the three paths in rotating order, round after round, so whatever else loads
+the machine loads all three alike; added latency of (b) = its latency minus (a)'s in the same round. Reports p50/p99 and
 sustained requests/s of short requests, as ratios against (c), and writes JSON.
 
     python benchmarks/serving_overhead.py --requests 300 --json results/serving_overhead.json
@@ -71,34 +72,35 @@ def percentiles(xs: list[float]) -> dict[str, float]:
             "mean_ms": float(statistics.fmean(xs) * 1e3)}
 
 
-def engine_latencies(model_path: str, n: int) -> list[float]:
+def interleaved_latencies(model_path: str, urls: dict[str, str], body: dict, n: int) -> dict[str, list[float]]:
+    """Per round, one request down each path in rotating order, so load on the machine hits all alike."""
     from transformers import AutoTokenizer
 
     ids = AutoTokenizer.from_pretrained(model_path)(PROMPT, add_special_tokens=False).input_ids
     engine = TransformersEngine(model_path)
     sampling = SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True)
+    loop = asyncio.new_event_loop()
 
-    async def run() -> list[float]:
-        out = []
-        for _ in track(range(n), description="(a) engine in-process", console=console):
-            start = time.perf_counter()
-            tokens = [t async for t in engine.generate("b", ids, sampling)]
-            out.append(time.perf_counter() - start)
-            assert len(tokens) == MAX_TOKENS
-        return out
+    def engine_call() -> None:
+        async def run() -> list[int]:
+            return [t async for t in engine.generate("b", ids, sampling)]
 
-    return asyncio.run(run())
+        assert len(loop.run_until_complete(run())) == MAX_TOKENS
 
-
-def http_latencies(url: str, body: dict, n: int, label: str) -> list[float]:
-    out = []
+    out: dict[str, list[float]] = {"engine": [], **{name: [] for name in urls}}
     with httpx.Client(timeout=60) as client:
-        for _ in range(5):  # warm the connection and the replicas
-            client.post(url, json=body).raise_for_status()
-        for _ in track(range(n), description=label, console=console):
-            start = time.perf_counter()
-            client.post(url, json=body).raise_for_status()
-            out.append(time.perf_counter() - start)
+        calls = {"engine": engine_call,
+                 **{name: (lambda url=url: client.post(url, json=body).raise_for_status()) for name, url in urls.items()}}
+        for call in calls.values():  # warm connections, replicas and the engine
+            for _ in range(5):
+                call()
+        names = list(calls)
+        for i in track(range(n), description="interleaved requests", console=console):
+            for name in names[i % len(names):] + names[: i % len(names)]:
+                start = time.perf_counter()
+                calls[name]()
+                out[name].append(time.perf_counter() - start)
+    loop.close()
     return out
 
 
@@ -130,8 +132,6 @@ def main() -> None:
     args = parser.parse_args()
 
     model_path = str(tiny_model_path())
-    engine = engine_latencies(model_path, args.requests)
-
     config = load_config(**{"serving.http_port": args.port})
     cluster = LocalCluster(config.cluster).start()
     try:
@@ -139,18 +139,18 @@ def main() -> None:
         with console.status("deploying Flowtide and the naive composition"):
             base = deploy(config, model_path)
             serve.run(NaiveIngress.bind(NaivePrefill.bind(), NaiveDecode.bind()), name="naive", route_prefix="/naive")
-        ours_body = {"model": config.model.served_name, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "ignore_eos": True}
-        ours = http_latencies(f"{base}/v1/completions", ours_body, args.requests, "(b) flowtide full path")
-        naive = http_latencies(f"{base}/naive/v1/completions", ours_body, args.requests, "(c) naive composition")
+        body = {"model": config.model.served_name, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "ignore_eos": True}
+        urls = {"flowtide": f"{base}/v1/completions", "naive": f"{base}/naive/v1/completions"}
+        lat = interleaved_latencies(model_path, urls, body, args.requests)
         with console.status(f"throughput, {args.concurrency} concurrent clients"):
-            ours_rps = throughput(f"{base}/v1/completions", ours_body, args.throughput_s, args.concurrency)
-            naive_rps = throughput(f"{base}/naive/v1/completions", ours_body, args.throughput_s, args.concurrency)
+            ours_rps = throughput(urls["flowtide"], body, args.throughput_s, args.concurrency)
+            naive_rps = throughput(urls["naive"], body, args.throughput_s, args.concurrency)
     finally:
         serve.shutdown()
         cluster.shutdown()
 
-    engine_p50 = float(np.median(engine))
-    added = [max(0.0, x - engine_p50) for x in ours]
+    engine, ours, naive = lat["engine"], lat["flowtide"], lat["naive"]
+    added = [max(0.0, b - a) for a, b in zip(engine, ours)]  # same round, same load
     result = {
         "machine": "2 cores (shared), no GPU",
         "model": "embedded tiny Llama", "prompt": PROMPT, "max_tokens": MAX_TOKENS, "requests": args.requests,
