@@ -14,7 +14,7 @@ import datetime
 import itertools
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import ray
 from prometheus_client import generate_latest, start_http_server
