@@ -4,8 +4,8 @@ Demand is aggregated into ``forecast_step_s`` rows as they complete; the forecas
 default) is fitted once ``min_fit_rows`` exist and updated online with every new row, so it
 learns only from the trace's past. Each sample is then scaled by a within-step burst factor
 (peak ``burst_window_s`` mean rate over the step mean) bootstrapped from the recent past, because replicas must
-carry the peak tick, not the mean. Before the first fit, the forecast is a bootstrap of the
-most recent rows.
+carry the peak tick, not the mean. Before the first fit, the step means of the last
+``burst_window_rows`` steps, bootstrapped, stand in for the forecaster's samples.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from autoscaler.decision import Decision, DecisionState, Snapshot, decide
+from autoscaler.decision import Decision, DecisionState, Reason, Snapshot, decide
 from autoscaler.forecast import Forecast, ForecastInputError, Forecaster, make_forecaster
 from autoscaler.indicators import DEMAND_INDICATORS
 from autoscaler.simulator import ClusterParams
@@ -100,11 +100,12 @@ class FlowtidePolicy:
         elif self.forecaster is not None and added:
             self.forecaster.update(hist[-added:])
         self._predict_started = time.perf_counter()
-        if self.forecaster is not None:
-            base = self.forecaster.predict(hist, self.horizon, self.n_samples, self.rng).samples
-        else:
-            recent = hist[-min(n, 12):]
+        if self.forecaster is None:
+            # Warm-up: the recent step means, bootstrapped, stand in for the forecast.
+            recent = hist[-self.burst_window_rows:]
             base = recent[self.rng.integers(0, recent.shape[0], (self.n_samples, self.horizon))]
+        else:
+            base = self.forecaster.predict(hist, self.horizon, self.n_samples, self.rng).samples
         bursts = np.asarray(self.bursts[-self.burst_window_rows:])
         factor = bursts[self.rng.integers(0, bursts.shape[0], base.shape[:2])]
         return Forecast(samples=base * factor, indicators=DEMAND_INDICATORS, step_s=self.step_s)
@@ -113,7 +114,9 @@ class FlowtidePolicy:
         added = self._observe(snapshot)
         if not self.rows:
             # No completed step yet: hold, and say so.
-            self.last_decision = Decision(snapshot.prefill.target, snapshot.decode.target)
+            hold = Reason("no_data", float("nan"), float("nan"))
+            self.last_decision = Decision(snapshot.prefill.target, snapshot.decode.target,
+                                          {"prefill": hold, "decode": hold})
             return self.last_decision
         fresh = added or self.cached is None
         if fresh:
