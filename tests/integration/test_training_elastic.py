@@ -164,6 +164,20 @@ def test_release_gives_nodes_back_at_a_step_boundary_and_reclaim_regrows(harness
 
 
 @pytest.mark.slow
+def test_release_past_its_notice_kills_the_peer_and_the_rest_recover(harness):
+    harness.ensure_train_nodes(2)
+    spec, job = harness.submit(steps=14, step_delay_s=1.5)  # a step boundary only every ~1.5 s
+    harness.wait_for(job, lambda s: s["world_size"] == 2 and s["last_commit_step"] >= 2, 120, "2 peers")
+    t0 = time.monotonic()
+    released = harness.manager.release_nodes(job, 1, notice_s=0.3)
+    assert len(released) == 1 and time.monotonic() - t0 < 5.0, "the notice period bounds the release"
+    after = harness.wait_for(job, lambda s: s["recoveries"] == 1 and s["world_size"] == 1, 60, "recovery")
+    assert after["lent_nodes"] == released
+    harness.manager.reclaim_nodes(job)
+    harness.finish(spec, job)
+
+
+@pytest.mark.slow
 def test_random_churn_final_model_equals_reference_bit_for_bit(harness):
     harness.ensure_train_nodes(2)
     spec, job = harness.submit(steps=600, step_delay_s=0.03, checkpoint_every_steps=25)
