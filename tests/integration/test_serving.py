@@ -230,3 +230,35 @@ def test_metrics_cover_every_hop_and_pass_promtool(service):
     promtool = require_tool("promtool")
     result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_real_prometheus_scrapes_the_endpoint(service, tmp_path):
+    from tests.conftest import free_port
+
+    prometheus = require_tool("prometheus")
+    client(service.base_url).completions.create(model=MODEL, prompt="scrape me", max_tokens=3)
+    target = service.base_url.removeprefix("http://")
+    (tmp_path / "prometheus.yml").write_text(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n"
+        f"  - job_name: flowtide\n    static_configs:\n      - targets: ['{target}']\n"
+    )
+    port = free_port()
+    proc = subprocess.Popen([prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def query():
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", timeout=5,
+                              params={"query": "sum(flowtide_router_requests_total{status='ok'})"})
+            except httpx.HTTPError:
+                return None
+            result = r.json()["data"]["result"]
+            return float(result[0]["value"][1]) if result else None
+
+        assert wait_for(query, timeout_s=60) >= 1
+        up = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": "up{job='flowtide'}"}).json()
+        assert up["data"]["result"][0]["value"][1] == "1"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
