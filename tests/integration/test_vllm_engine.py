@@ -12,8 +12,8 @@ from workers.engines.base import EngineError, EngineUnavailableError, SamplingPa
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1200)]
 
-# Lengths below one KV block (32), exactly on block edges and past several blocks.
-PROMPT_LENGTHS = (5, 32, 33, 34, 70, 130)
+# One token (vLLM's ExampleConnector crashed on it), below one KV block (32), on block edges, past several.
+PROMPT_LENGTHS = (1, 2, 5, 32, 33, 34, 70, 130)
 GREEDY = SamplingParams(max_tokens=12, ignore_eos=True)
 
 

