@@ -2,7 +2,8 @@
 
 In one run, on one local multi-pool cluster, with the tiny model so engine time is small:
   (a) the engine called in-process (no Ray, no HTTP): the work itself;
-  (b) the full path: HTTP -> Router -> DecodeServer -> PrefillServer -> KV hand-off -> decode -> HTTP;
+  (b) the full path: HTTP -> DecodeServer (router fused in) -> PrefillServer -> KV hand-off -> decode -> HTTP,
+      and the same with the router as its own deployment on the head (one more hop);
   (c) a naive Serve composition: HTTP -> ingress -> prefill -> decode, plain handle calls, no engine work:
       the floor a straightforward three-deployment Serve app sets.
 Requests go down the three paths in rotating order, round after round, so whatever else loads
@@ -30,7 +31,7 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from orchestrator.app import deploy
+from orchestrator.app import build_app, deploy
 from orchestrator.cluster import LocalCluster, connect
 from orchestrator.config import load_config
 from workers.engines.base import SamplingParams
@@ -138,9 +139,13 @@ def main() -> None:
         connect(cluster.address)
         with console.status("deploying Flowtide and the naive composition"):
             base = deploy(config, model_path)
+            on_head = config.model_copy(deep=True)
+            on_head.serving.ingress, on_head.serving.app_name = "head", "router_on_head"
+            serve.run(build_app(on_head, model_path), name="router_on_head", route_prefix="/router_on_head")
             serve.run(NaiveIngress.bind(NaivePrefill.bind(), NaiveDecode.bind()), name="naive", route_prefix="/naive")
         body = {"model": config.model.served_name, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "ignore_eos": True}
-        urls = {"flowtide": f"{base}/v1/completions", "naive": f"{base}/naive/v1/completions"}
+        urls = {"flowtide": f"{base}/v1/completions", "router_on_head": f"{base}/router_on_head/v1/completions",
+                "naive": f"{base}/naive/v1/completions"}
         lat = interleaved_latencies(model_path, urls, body, args.requests)
         with console.status(f"throughput, {args.concurrency} concurrent clients"):
             ours_rps = throughput(urls["flowtide"], body, args.throughput_s, args.concurrency)
@@ -151,18 +156,23 @@ def main() -> None:
 
     engine, ours, naive = lat["engine"], lat["flowtide"], lat["naive"]
     added = [max(0.0, b - a) for a, b in zip(engine, ours)]  # same round, same load
+    added_head = [max(0.0, b - a) for a, b in zip(engine, lat["router_on_head"])]
     result = {
         "machine": "2 cores (shared), no GPU",
         "model": "embedded tiny Llama", "prompt": PROMPT, "max_tokens": MAX_TOKENS, "requests": args.requests,
         "engine_in_process": percentiles(engine),
         "flowtide_full_path": percentiles(ours),
         "flowtide_added": percentiles(added),
+        "router_on_head_full_path": percentiles(lat["router_on_head"]),
+        "router_on_head_added": percentiles(added_head),
         "naive_serve_composition": percentiles(naive),
         "throughput_rps": {"flowtide": ours_rps, "naive": naive_rps, "concurrency": args.concurrency},
     }
     result["ratios"] = {
         "added_p50_vs_naive_p50": result["flowtide_added"]["p50_ms"] / result["naive_serve_composition"]["p50_ms"],
         "added_p99_vs_naive_p99": result["flowtide_added"]["p99_ms"] / result["naive_serve_composition"]["p99_ms"],
+        "router_on_head_added_p50_vs_naive_p50":
+            result["router_on_head_added"]["p50_ms"] / result["naive_serve_composition"]["p50_ms"],
         "throughput_vs_naive": ours_rps / naive_rps,
     }
     result["targets"] = {
@@ -174,7 +184,8 @@ def main() -> None:
     table = Table(title="serving overhead (ms per request, sequential)")
     for col in ("path", "p50", "p99", "mean"):
         table.add_column(col)
-    for key in ("engine_in_process", "flowtide_full_path", "flowtide_added", "naive_serve_composition"):
+    for key in ("engine_in_process", "flowtide_full_path", "flowtide_added", "router_on_head_full_path",
+                "router_on_head_added", "naive_serve_composition"):
         r = result[key]
         table.add_row(key, f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['mean_ms']:.1f}")
     console.print(table)

@@ -1,7 +1,8 @@
 """Builds and deploys the Serve application from one config: the P/D wiring lives here.
 
-Disaggregated: Router (head) -> DecodeServer (pool=decode) -> PrefillServer (pool=prefill).
-Colocated (the baseline): Router (head) -> DecodeServer in role "colocated" (pool=decode).
+Disaggregated, ``serving.ingress: decode`` (default): HTTP -> DecodeServer (pool=decode; the router
+runs in-process) -> PrefillServer (pool=prefill). ``ingress: head``: HTTP -> Router (head) ->
+DecodeServer -> PrefillServer. Colocated (the baseline): the decode-pool server does both phases.
 Each server selects its pool by Ray node label, never by host.
 """
 
@@ -94,23 +95,29 @@ def build_app(config: FlowtideConfig, model_path: str | None = None) -> serve.Ap
         name=HUB_DEPLOYMENT, num_replicas=1, ray_actor_options={"num_cpus": 0, "label_selector": {POOL_LABEL: HEAD_POOL}}
     ).bind()
 
-    def server(name: str, pool: str, deployment: DeploymentConfig, role: str, **kwargs: Any) -> Any:
-        options = _options(name, pool, deployment, serving.access_log)
-        return serve.deployment(LLMServer).options(**options).bind(
-            role=role, engine_kind=config.engine.kind, model_path=model_path,
-            engine_options=engine_options(config, role), metrics_hub=hub,
-            metrics_interval_s=serving.metrics_push_interval_s, **kwargs,
-        )
+    def server_args(role: str) -> dict[str, Any]:
+        return dict(role=role, engine_kind=config.engine.kind, model_path=model_path,
+                    engine_options=engine_options(config, role), metrics_interval_s=serving.metrics_push_interval_s)
 
+    prefill = None
     if serving.mode == "disaggregated":
-        prefill = server(PREFILL_DEPLOYMENT, Pool.PREFILL.value, serving.prefill, "prefill")
-        decode = server(DECODE_DEPLOYMENT, Pool.DECODE.value, serving.decode, "decode", prefill=prefill)
-    else:
-        decode = server(DECODE_DEPLOYMENT, Pool.DECODE.value, serving.decode, "colocated")
-    router = serve.deployment(serve.ingress(api)(Router)).options(
-        **_options(ROUTER_DEPLOYMENT, HEAD_POOL, serving.router, serving.access_log)
+        prefill = serve.deployment(LLMServer).options(
+            **_options(PREFILL_DEPLOYMENT, Pool.PREFILL.value, serving.prefill, serving.access_log)
+        ).bind(**server_args("prefill"), metrics_hub=hub)
+    role = "decode" if prefill is not None else "colocated"
+    router_cls = serve.deployment(serve.ingress(api)(Router))
+    decode_options = _options(DECODE_DEPLOYMENT, Pool.DECODE.value, serving.decode, serving.access_log)
+    if serving.ingress == "decode":
+        # The decode replica is the ingress: HTTP -> DecodeServer(router + engine) -> PrefillServer.
+        return router_cls.options(**decode_options).bind(
+            config.model_dump(mode="json"), model_path, metrics_hub=hub, fused_server=server_args(role),
+            prefill=prefill,
+        )
+    decode = serve.deployment(LLMServer).options(**decode_options).bind(**server_args(role), prefill=prefill,
+                                                                        metrics_hub=hub)
+    return router_cls.options(**_options(ROUTER_DEPLOYMENT, HEAD_POOL, serving.router, serving.access_log)).bind(
+        config.model_dump(mode="json"), model_path, decode=decode, metrics_hub=hub
     )
-    return router.bind(config.model_dump(mode="json"), model_path, decode, hub)
 
 
 def deploy(config: FlowtideConfig, model_path: str | None = None, blocking_timeout_s: float = 300.0) -> str:

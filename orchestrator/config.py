@@ -129,6 +129,11 @@ class ServingConfig(_Strict):
     mode: Literal["disaggregated", "colocated"] = Field(
         "disaggregated", description="Prefill and decode on separate pools, or both on the decode pool (the baseline)."
     )
+    ingress: Literal["decode", "head"] = Field(
+        "decode",
+        description="Where the OpenAI router runs: 'decode' fuses it into each decode (or colocated) replica, one "
+        "Serve hop fewer (as llm-d's decode-side sidecar); 'head' deploys it on its own on the head node.",
+    )
     app_name: str = Field("flowtide", min_length=1, description="Ray Serve application name.")
     http_host: str = Field("127.0.0.1", description="Address the Serve HTTP proxy binds.")
     http_port: int = Field(8000, ge=1, le=65535, description="Port of the OpenAI-compatible endpoint.")

@@ -9,6 +9,7 @@ request on the decode and prefill servers (Serve propagates the cancellation).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -33,7 +34,7 @@ from orchestrator.openai_api import (
     usage,
 )
 from workers.engines.base import SamplingParams
-from workers.servers import GenerateRequest
+from workers.servers import GenerateRequest, LLMServer
 from workers.telemetry import RouterMetrics, publish_forever
 
 log = logging.getLogger(__name__)
@@ -63,10 +64,18 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
 class Router:
     """The ingress deployment; ``decode`` is the DecodeServer (or colocated server) handle."""
 
-    def __init__(self, config: dict[str, Any], model_path: str, decode: Any, metrics_hub: Any = None) -> None:
+    def __init__(self, config: dict[str, Any], model_path: str, decode: Any = None, metrics_hub: Any = None,
+                 fused_server: dict[str, Any] | None = None, prefill: Any = None) -> None:
+        """``decode`` is the decode (or colocated) server's Serve handle; or, fused, ``fused_server`` holds
+        the :class:`LLMServer` arguments (``prefill``: the prefill handle) and the server runs in this
+        replica, one Serve hop fewer."""
+        if (decode is None) == (fused_server is None):
+            raise ValueError("give the Router either a decode handle or fused_server arguments")
         self.config = FlowtideConfig.model_validate(config)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.decode = decode
+        self._local = (LLMServer(**fused_server, prefill=prefill, metrics_hub=metrics_hub)
+                       if fused_server is not None else None)
         self._hub = metrics_hub
         self._registry = CollectorRegistry()
         self.metrics = RouterMetrics(self._registry)
@@ -82,6 +91,8 @@ class Router:
 
     async def check_health(self) -> None:
         self._start_publisher()
+        if self._local is not None:
+            await self._local.check_health()
 
     # -- endpoints (bound to ``api`` by the app builder through serve.ingress) --------
 
@@ -180,13 +191,12 @@ class Router:
         eos = self.tokenizer.eos_token_id
         # Without stop strings, nothing can end a request early, so a non-streaming request takes
         # one unary call: no per-chunk stream messages between the decode server and here.
-        unary = not streaming and not stops
-        stream = self.decode.complete.remote(request) if unary else self.decode.options(stream=True).generate.remote(request)
+        chunks = self._decode_chunks(request, unary=not streaming and not stops)
         status = "error"
         tail = ""
         self.metrics.inflight.inc()
         try:
-            async for tokens in _chunks(stream, unary):
+            async for tokens in chunks:
                 if first_at is None:
                     first_at = time.perf_counter()
                     self.metrics.ttft.observe(first_at - start)
@@ -196,7 +206,6 @@ class Router:
                 text = detok.push(tokens)
                 detok.stopped |= hit_eos
                 if detok.stopped:
-                    stream.cancel()
                     tail = text
                     break
                 yield text, None, len(detok.token_ids)
@@ -205,9 +214,9 @@ class Router:
             status = "ok"
         except (asyncio.CancelledError, GeneratorExit):
             status = "cancelled"
-            stream.cancel()
             raise
         finally:
+            await chunks.aclose()  # cancels the request on the decode (and prefill) server if still running
             self.metrics.inflight.dec()
             self.metrics.requests.labels(endpoint, status).inc()
             n = len(detok.token_ids)
@@ -217,6 +226,30 @@ class Router:
                 self.metrics.generation_tokens.inc(n)
                 if first_at is not None and n > 1:
                     self.metrics.tpot.observe((end - first_at) / (n - 1))
+
+    async def _decode_chunks(self, request: GenerateRequest, unary: bool) -> AsyncIterator[list[int]]:
+        """Token-id chunks from the decode server (in-process when fused); closing this cancels the request there."""
+        if self._local is not None:
+            if unary:
+                yield await self._local.complete(request)
+                return
+            async with contextlib.aclosing(self._local.generate(request)) as stream:
+                async for chunk in stream:
+                    yield chunk
+            return
+        response = (self.decode.complete.remote(request) if unary
+                    else self.decode.options(stream=True).generate.remote(request))
+        finished = False
+        try:
+            if unary:
+                yield await response
+            else:
+                async for chunk in response:
+                    yield chunk
+            finished = True
+        finally:
+            if not finished:
+                response.cancel()
 
     async def _sse(self, events, request: GenerateRequest, body, chat: bool) -> AsyncIterator[str]:
         completion_tokens = 0
@@ -232,15 +265,6 @@ class Router:
             tail["usage"] = usage(len(request.prompt_ids), completion_tokens)
             yield _sse_line(tail)
         yield "data: [DONE]\n\n"
-
-
-async def _chunks(response, unary: bool) -> AsyncIterator[list[int]]:
-    """Token-id chunks from a decode reply: one chunk from a unary call, many from a stream."""
-    if unary:
-        yield await response
-    else:
-        async for chunk in response:
-            yield chunk
 
 
 def _sse_line(payload: dict[str, Any]) -> str:

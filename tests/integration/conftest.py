@@ -12,8 +12,8 @@ from tests.conftest import free_port
 @dataclass
 class Service:
     cluster: object
-    base_url: str  # disaggregated app
-    colocated_url: str
+    base_url: str  # disaggregated, router fused into the decode replicas
+    colocated_url: str  # colocated, separate Router deployment on the head
     config: object
 
 
@@ -34,6 +34,7 @@ def service(tiny_model_dir):
         colocated.serving.mode = "colocated"
         colocated.serving.app_name = "colocated"
         colocated.serving.route_prefix = "/colocated"
+        colocated.serving.ingress = "head"  # the separate Router deployment, so both topologies are tested
         serve.run(build_app(colocated, tiny_model_dir), name="colocated", route_prefix="/colocated")
         yield Service(cluster, base, f"{base}/colocated", config)
     finally:

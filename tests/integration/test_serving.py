@@ -201,8 +201,9 @@ def test_replicas_run_on_their_pools(service):
     reps = [r for r in replicas() if r.state == "RUNNING"]
     expected = {
         ("flowtide", "PrefillServer"): "prefill",
-        ("flowtide", "DecodeServer"): "decode",
-        ("flowtide", "Router"): "head",
+        ("flowtide", "DecodeServer"): "decode",  # the ingress too (serving.ingress: decode)
+        ("flowtide", "MetricsHub"): "head",
+        ("colocated", "Router"): "head",
         ("colocated", "DecodeServer"): "decode",
     }
     for (app, dep), pool in expected.items():
