@@ -109,6 +109,10 @@ class TrainingJobManager:
         """
         return ray.get(self._job(job_id).release_nodes.remote(n, notice_s), timeout=notice_s + 30.0)
 
+    def offer_nodes(self, job_id: str, node_ids: list[str]) -> list[str]:
+        """Lend the job nodes of another pool (serving's idle capacity); returns all nodes on offer."""
+        return ray.get(self._job(job_id).offer_nodes.remote(list(node_ids)))
+
     def reclaim_nodes(self, job_id: str) -> list[str]:
         """Return every node lent by the job; it grows back onto them (up to ``max_peers``)."""
         return ray.get(self._job(job_id).reclaim_nodes.remote())

@@ -42,7 +42,25 @@ class Harness:
     def node(self, node_id: str):
         return next(n for n in self.cluster.nodes(Pool.TRAIN) if n.node_id == node_id)
 
+    def settle(self, timeout_s: float = 90.0) -> None:
+        """Wait until the GCS has noticed every node we removed (it takes a few health checks).
+
+        Until then Ray may still pick a removed node to forward a new actor's lease to,
+        and the actor dies with it before it runs.
+        """
+        import ray
+
+        ours = {n.node_id for pool in Pool for n in self.cluster.nodes(pool)}
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            alive = {n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Labels"].get("pool") != "head"}
+            if alive <= ours:
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"removed nodes still alive in the GCS after {timeout_s} s")
+
     def submit(self, **overrides):
+        self.settle()
         self._n += 1
         spec = parse_job_spec({**JOB, "name": f"it-{self._n}-{int(time.time()) % 100000}", **overrides})
         return spec, self.manager.submit(spec)
@@ -83,11 +101,7 @@ def harness(tmp_path_factory):
     previous = ray.get_runtime_context().gcs_address if ray.is_initialized() else None
     if previous:
         ray.shutdown()  # another module's cluster; reconnected below
-    # On 2 cores shared with other work the head raylet can miss GCS heartbeats and be
-    # declared dead; give this cluster's GCS (which reads the env at start) more slack.
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("RAY_health_check_failure_threshold", "15")
-        cluster = LocalCluster(config.cluster).start()
+    cluster = LocalCluster(config.cluster).start()
     try:
         connect(cluster.address)
         yield Harness(cluster, TrainingJobManager(config.training), config)
@@ -161,6 +175,24 @@ def test_release_gives_nodes_back_at_a_step_boundary_and_reclaim_regrows(harness
         assert name in metrics
     final = harness.finish(spec, job)
     assert final["releases"] == 1 and final["joins"] >= 1
+
+
+def test_offered_serving_node_hosts_a_peer_and_goes_back_first(harness):
+    harness.ensure_train_nodes(1)
+    decode = harness.cluster.add_node(Pool.DECODE, num_cpus=1)
+    try:
+        spec, job = harness.submit(steps=400, step_delay_s=0.02)
+        harness.wait_for(job, lambda s: s["world_size"] == 1 and s["last_commit_step"] >= 5, 120, "1 peer")
+        harness.manager.offer_nodes(job, [decode.node_id])
+        grown = harness.wait_for(job, lambda s: s["world_size"] == 2, 120, "a peer on the lent node")
+        assert decode.node_id in grown["members"].values()
+        assert harness.manager.release_nodes(job, 1, notice_s=10.0) == [decode.node_id], "lent nodes go back first"
+        status = harness.manager.status(job)
+        assert status["offered_nodes"] == [] and status["lent_nodes"] == []
+        assert decode.node_id not in status["members"].values()
+        harness.finish(spec, job)
+    finally:
+        harness.cluster.remove_node(decode)
 
 
 @pytest.mark.slow

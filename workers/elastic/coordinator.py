@@ -72,6 +72,7 @@ class JobStatus:
     releases: int
     churn_lost_s: float
     lent_nodes: list[str]
+    offered_nodes: list[str]
     losses: list[tuple[int, float]]
     commits: list[tuple[int, float, int, int]]  # (step, time, epoch, world size)
     reformations: list[dict]
@@ -98,7 +99,8 @@ class ElasticCoordinator:
         self.error: str | None = None
         self.arrivals: dict[str, tuple[Arrival, asyncio.Future]] = {}
         self.releasing: set[str] = set()
-        self.lent_nodes: set[str] = set()
+        self.lent_nodes: set[str] = set()  # our pool's nodes lent to serving
+        self.offered_nodes: set[str] = set()  # serving's nodes lent to us
         self.final_digests: dict[str, tuple[int, str]] = {}
         self.commits: list[tuple[int, float, int, int]] = []
         self.losses: list[tuple[int, float]] = []
@@ -177,15 +179,20 @@ class ElasticCoordinator:
         if n < 0 or notice_s < 0:
             raise ValueError("n and notice_s must be non-negative")
         spare = max(0, len(self.members) - len(self.releasing) - self.task.min_peers)
-        # Peers spawned but not yet training go first (nothing to stop), then the newest ranks.
+        # Peers spawned but not yet training go first (nothing to stop), then peers on nodes
+        # serving lent us (they go home), then the newest ranks.
         pending = [p for p in self.peers if p not in self.members and p not in self.releasing]
-        members = [p for p in reversed(self.members) if p not in self.releasing][:spare]
+        members = sorted(
+            (p for p in reversed(self.members) if p not in self.releasing),
+            key=lambda p: self.peers[p].node_id not in self.offered_nodes,
+        )[:spare]
         chosen = (pending + members)[:n]
         if not chosen:
             return []
         nodes = [self.peers[p].node_id for p in chosen]
         self.releasing.update(chosen)
-        self.lent_nodes.update(nodes)
+        self.lent_nodes.update(node for node in nodes if node not in self.offered_nodes)
+        self.offered_nodes.difference_update(nodes)
         for p in chosen:
             if p not in self.members:
                 self._drop_peer(p, "released before joining")
@@ -198,6 +205,14 @@ class ElasticCoordinator:
             if p in self.peers:
                 self._drop_peer(p, "notice period expired")
         return nodes
+
+    def offer_nodes(self, node_ids: list[str]) -> list[str]:
+        """Serving lends these nodes (any pool): peers are put on them, up to ``max_peers``.
+
+        ``release_nodes`` gives offered nodes back before the job's own.
+        """
+        self.offered_nodes.update(node_ids)
+        return sorted(self.offered_nodes)
 
     def reclaim_nodes(self) -> list[str]:
         """Take lent nodes back: peers are spawned on them again (up to ``max_peers``)."""
@@ -222,6 +237,7 @@ class ElasticCoordinator:
                 releases=self.counts["releases"],
                 churn_lost_s=self.churn_lost_s,
                 lent_nodes=sorted(self.lent_nodes),
+                offered_nodes=sorted(self.offered_nodes),
                 losses=list(self.losses),
                 commits=list(self.commits),
                 reformations=[asdict(r) for r in self.reformations],
@@ -287,7 +303,9 @@ class ElasticCoordinator:
 
     def _spawn(self, node_id: str) -> None:
         peer_id = f"{self.task.job_id}-peer-{next(self._peer_ids)}"
-        selector = {**self.task.peer_label_selector, NODE_ID_LABEL: node_id}
+        # An offered node belongs to another pool: pin it by id alone.
+        pool = {} if node_id in self.offered_nodes else self.task.peer_label_selector
+        selector = {**pool, NODE_ID_LABEL: node_id}
         handle = (
             ray.remote(ElasticPeer)
             .options(
@@ -306,10 +324,11 @@ class ElasticCoordinator:
         """Spawn a peer on every eligible node without one; forget peers whose node is gone."""
         selector = self.task.peer_label_selector
         while self.phase not in ("finished", "failed"):
+            nodes = [n for n in ray.nodes() if n["Alive"]]
             alive = {
                 n["NodeID"]
-                for n in ray.nodes()
-                if n["Alive"] and all(n.get("Labels", {}).get(k) == v for k, v in selector.items())
+                for n in nodes
+                if n["NodeID"] in self.offered_nodes or all(n.get("Labels", {}).get(k) == v for k, v in selector.items())
             }
             for peer_id, record in list(self.peers.items()):
                 if record.node_id not in alive:

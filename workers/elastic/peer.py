@@ -30,6 +30,8 @@ from workers.elastic.task import TrainTask, resolve
 
 log = logging.getLogger(__name__)
 
+FINAL_FLUSH_S = 60.0
+
 
 class PeerLost(RuntimeError):
     """A collective or a state transfer failed because another peer went away (recoverable)."""
@@ -111,7 +113,6 @@ class ElasticPeer:
                 )
             )
             if plan.stop:
-                self._drop_group()
                 return None
             try:
                 self._enter(plan)
@@ -125,8 +126,8 @@ class ElasticPeer:
                 ray.get(self.coordinator.peer_failed.remote(self.peer_id, traceback.format_exc()))
                 raise
             if finished:
-                if self._checkpointer is not None:
-                    self._checkpointer.flush(timeout_s=60.0)
+                if self._checkpointer is not None and not self._checkpointer.flush(timeout_s=FINAL_FLUSH_S):
+                    log.warning("%s: final checkpoint still being written after %.0f s", self.peer_id, FINAL_FLUSH_S)
                 final = self.digest()
                 ray.get(self.coordinator.peer_finished.remote(self.peer_id, final))
                 return final
