@@ -217,3 +217,25 @@ def test_head_size_unsupported_by_cpu_kernels_is_refused(model_dir, tmp_path):
     (narrow / "config.json").write_text(json.dumps(config))
     with pytest.raises(EngineUnavailableError, match="head size 16 is not supported"):
         VLLMEngine(narrow, **ENGINE_KWARGS)
+
+
+def test_vllm_example_connector_crash_is_an_engine_error_and_fails_health(loop, model_dir, tmp_path):
+    """vLLM's unfixed ExampleConnector kills its engine core on a one-token prompt (why ours exists).
+
+    The death must reach the caller as a named EngineError and fail the health check, so
+    Serve replaces the replica instead of sending it more requests.
+    """
+    storage = tmp_path / "kv"
+    prefill = _start(loop, model_dir, role="prefill", kv_storage_path=storage, kv_connector="ExampleConnector")
+    decode = _start(loop, model_dir, role="decode", kv_storage_path=storage, kv_connector="ExampleConnector")
+    try:
+        prefill.check_health()
+        loop.run_until_complete(_pd(prefill, decode, "two", [5, 6], GREEDY))  # stores a block-less prompt
+        # Even the producer looks stored KV up, finds the block-less entry and counts -32 tokens.
+        with pytest.raises(EngineError, match="engine core died"):
+            loop.run_until_complete(prefill.prefill("one", [7], GREEDY))
+        with pytest.raises(EngineError, match="engine core is dead"):
+            prefill.check_health()
+    finally:
+        loop.run_until_complete(prefill.shutdown())
+        loop.run_until_complete(decode.shutdown())

@@ -358,6 +358,15 @@ class VLLMEngine:
             },
         )
 
+    def check_health(self) -> None:
+        """For the server's health check, so Serve replaces a replica whose vLLM engine core died.
+
+        Raises:
+            EngineError: the engine core process is dead.
+        """
+        if self._llm.errored:
+            raise EngineError("vLLM's engine core is dead; its log names the cause")
+
     async def shutdown(self) -> None:
         """Stop vLLM's engine-core process (blocks a few seconds while it exits)."""
         self._llm.shutdown()
@@ -388,6 +397,7 @@ class VLLMEngine:
         """
         from vllm.exceptions import VLLMClientError
         from vllm.inputs import TokensPrompt
+        from vllm.v1.engine.exceptions import EngineDeadError
 
         if not prompt_ids:
             raise EngineError(f"request {request_id} has an empty prompt")
@@ -396,6 +406,10 @@ class VLLMEngine:
                 yield out
         except VLLMClientError as exc:  # bad input: token id out of vocabulary, too long for max_model_len
             raise EngineError(f"vLLM refused request {request_id}: {exc}") from exc
+        except EngineDeadError as exc:
+            raise EngineError(
+                f"vLLM's engine core died serving {request_id} (its log names the cause); this replica must restart"
+            ) from exc
 
 
 def _storage_key(model_dir: Path, dtype: str, block_size: int | None) -> str:
