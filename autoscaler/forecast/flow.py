@@ -29,19 +29,23 @@ from .naive import season_steps
 
 @dataclass
 class FlowConfig:
-    """Sizes and training budget; the defaults train in about a minute on 2 CPU cores for ~1,500 rows."""
+    """Sizes and training budget (chosen on ServeGen training days only; see docs/forecasting.md).
+
+    ``max_train_s`` caps ``fit``'s wall time; one torch thread trains faster than two on a
+    shared 2-core machine.
+    """
 
     horizon: int = 6
     context: int = 36
     patch: int = 6
     seasons: int = 2
     pre: int = 6
-    d_model: int = 32
+    d_model: int = 16
     heads: int = 2
     layers: int = 2
-    context_features: int = 64
+    context_features: int = 32
     transforms: int = 3
-    hidden_features: tuple[int, ...] = (64, 64)
+    hidden_features: tuple[int, ...] = (32, 32)
     bins: int = 8
     dropout: float = 0.0
     lr: float = 1e-3
@@ -50,7 +54,9 @@ class FlowConfig:
     max_epochs: int = 300
     patience: int = 30
     max_train_s: float = 240.0
+    max_steps_per_epoch: int = 50
     val_frac: float = 0.15
+    input_noise: float = 0.0
     update_every_s: float = 6 * 3600.0
     update_steps: int = 40
     update_lr: float = 3e-4
@@ -113,11 +119,17 @@ class FlowForecaster:
     def _origins(self, rows: int) -> np.ndarray:
         return np.arange(self.window.first_origin, rows - self.config.horizon)
 
-    def _inputs(self, z: np.ndarray, origins: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _inputs(self, z: np.ndarray, origins: np.ndarray, own_level: bool = False) -> tuple[torch.Tensor, ...]:
+        """Changes relative to the origin's value in units of the fitted 1-step std, and the level.
+
+        The level is standardised with the fitted history's log mean/std, or with the series'
+        own when ``own_level`` (extra training series of another scale).
+        """
         last = z[origins]  # [N, K]
         recent = (self.window.recent(z, origins) - last[:, None]) / self.d_std
         seasonal = (self.window.seasonal(z, origins) - last[:, None, None]) / self.d_std
-        level = (last - self.z_mean) / self.z_std
+        mean, std = (z.mean(axis=0), z.std(axis=0) + 1e-6) if own_level else (self.z_mean, self.z_std)
+        level = (last - mean) / std
         as_t = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
         return as_t(recent), as_t(seasonal), as_t(level)
 
@@ -126,10 +138,10 @@ class FlowForecaster:
         y = (dz - self.t_mean) / self.t_std
         return torch.as_tensor(y.reshape(len(origins), -1), dtype=torch.float32)
 
-    def _dataset(self, history: np.ndarray) -> tuple[torch.Tensor, ...]:
+    def _dataset(self, history: np.ndarray, own_level: bool = False) -> tuple[torch.Tensor, ...]:
         z = self.scale.to_log(history)
         origins = self._origins(z.shape[0])
-        return (*self._inputs(z, origins), self._targets(z, origins))
+        return (*self._inputs(z, origins, own_level), self._targets(z, origins))
 
     def _build_net(self) -> FlowNet:
         cfg = self.config
@@ -152,8 +164,15 @@ class FlowForecaster:
 
     # ---- training ---------------------------------------------------------------------------------
 
-    def fit(self, history: np.ndarray, step_s: float) -> None:
-        """Train from scratch on ``history [T, K]``; raises ``ForecastInputError`` if it is too short."""
+    def fit(self, history: np.ndarray, step_s: float, extra_histories: tuple[np.ndarray, ...] = ()) -> None:
+        """Train from scratch on ``history [T, K]``; raises ``ForecastInputError`` if it is too short.
+
+        ``extra_histories``: optional other series of the same indicators and step (other traces,
+        or sub-populations of this one, e.g. random client subsets) whose windows are added to the
+        training set (pre-training data); normalisation and validation come from ``history`` alone.
+        An "epoch" is at most ``max_steps_per_epoch`` optimiser steps, so early stopping
+        checks often when the extra data is large.
+        """
         cfg = self.config
         arr = check_history(history, min_rows=cfg.context + cfg.horizon + 64)
         torch.manual_seed(cfg.seed)
@@ -168,14 +187,24 @@ class FlowForecaster:
         val = tuple(d[n - n_val :] for d in data)
         if train[0].shape[0] < cfg.batch_size:
             raise ForecastInputError(f"flow: {train[0].shape[0]} training windows, need at least {cfg.batch_size}")
+        extra = [
+            self._dataset(check_history(h, arr.shape[1], min_rows=self.window.first_origin + cfg.horizon + 2), own_level=True)
+            for h in extra_histories
+        ]
+        if extra:
+            train = tuple(torch.cat([d, *e]) for d, *e in zip(train, *extra))
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         gen = torch.Generator().manual_seed(cfg.seed)
         best, best_state, stale, epochs = float("inf"), None, 0, 0
         start = time.perf_counter()
+        order = torch.empty(0, dtype=torch.long)
         with _threads(cfg.train_threads):
             for epochs in range(1, cfg.max_epochs + 1):
                 self.net.train()
-                for idx in torch.randperm(train[0].shape[0], generator=gen).split(cfg.batch_size):
+                for _ in range(min(cfg.max_steps_per_epoch, -(-train[0].shape[0] // cfg.batch_size))):
+                    if order.numel() < cfg.batch_size:
+                        order = torch.randperm(train[0].shape[0], generator=gen)
+                    idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
                     self._step(tuple(d[idx] for d in train))
                 val_nll = self._nll(val)
                 if val_nll < best - 1e-4:
@@ -201,6 +230,9 @@ class FlowForecaster:
 
     def _step(self, batch: tuple[torch.Tensor, ...]) -> None:
         *inputs, target = batch
+        if self.config.input_noise:
+            # Jitter the normalised history (not the target): a regulariser for a few thousand windows.
+            inputs = [x + self.config.input_noise * torch.randn_like(x) for x in inputs]
         loss = -self.net.log_prob(target, *inputs).mean()
         self.optimizer.zero_grad()
         loss.backward()

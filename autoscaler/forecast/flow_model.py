@@ -57,6 +57,10 @@ class IndicatorAttentionEncoder(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Sequential(nn.Linear(n_indicators * d_model, context_features), nn.GELU())
+        # A linear path from the raw last patch, earlier days and level: the strong linear
+        # predictors stay one layer away while the attention learns the interactions.
+        n_direct = n_indicators * (patch + seasons * season_len + 1)
+        self.direct = nn.Linear(n_direct, context_features)
 
     def forward(self, recent: torch.Tensor, seasonal: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         b, c, k = recent.shape
@@ -68,7 +72,8 @@ class IndicatorAttentionEncoder(nn.Module):
         x = torch.cat(tokens, dim=2) + self.slot + self.indicator[:, None, :]
         slots = x.shape[2]
         x = self.encoder(x.reshape(b, k * slots, -1)).reshape(b, k, slots, -1)
-        return self.head(self.norm(x.mean(dim=2)).reshape(b, -1))
+        raw = torch.cat([recent[:, -self.patch :].reshape(b, -1), seasonal.reshape(b, -1), level], dim=1)
+        return self.head(self.norm(x.mean(dim=2)).reshape(b, -1)) + self.direct(raw)
 
 
 class FlowNet(nn.Module):

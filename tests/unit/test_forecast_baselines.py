@@ -1,0 +1,140 @@
+"""Baseline forecasters: each does what its name promises, uses only the history it is given, rejects bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from autoscaler.forecast import FORECASTERS, Forecast, ForecastInputError, Forecaster, make_forecaster
+
+STEP_S = 3600.0  # 24 steps per day keeps the seasonal models small
+
+
+def daily_series(days: int = 6, k: int = 2, noise: float = 0.05, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(days * 24)
+    base = 100 + 40 * np.sin(2 * np.pi * t / 24)
+    cols = [base * (1 + i) * np.exp(noise * rng.standard_normal(t.size)) for i in range(k)]
+    return np.column_stack(cols)
+
+
+@pytest.mark.parametrize("name", ["last", "seasonal_naive", "ewma", "kalman", "quantile"])
+def test_every_baseline_meets_the_forecaster_protocol(name):
+    x = daily_series()
+    fc = make_forecaster(name, indicators=("a", "b"), **({"horizon": 3} if name == "quantile" else {}))
+    assert isinstance(fc, Forecaster)
+    fc.fit(x[:100], STEP_S)
+    fc.update(x[100:110])
+    out = fc.predict(x[:110], 3, 16, np.random.default_rng(0))
+    assert isinstance(out, Forecast)
+    assert out.samples.shape[1:] == (3, 2) and out.samples.shape[0] in (1, 16)
+    assert out.indicators == ("a", "b") and out.step_s == STEP_S
+    assert np.all(out.samples >= 0)
+
+
+def test_last_value_repeats_the_last_row():
+    x = daily_series()
+    fc = make_forecaster("last")
+    fc.fit(x, STEP_S)
+    np.testing.assert_array_equal(fc.predict(x, 4, 1, None).samples[0], np.repeat(x[-1:], 4, axis=0))
+
+
+def test_seasonal_naive_returns_the_value_one_day_earlier():
+    x = daily_series()
+    fc = make_forecaster("seasonal_naive")
+    fc.fit(x, STEP_S)
+    out = fc.predict(x[:100], 30, 1, None).samples[0]
+    np.testing.assert_array_equal(out[:24], x[100 - 24 : 100])
+    np.testing.assert_array_equal(out[24:], x[100 - 24 : 106 - 24])  # beyond a day: two days back
+
+
+def test_seasonal_naive_falls_back_to_last_value_before_a_full_day():
+    x = daily_series()
+    fc = make_forecaster("seasonal_naive")
+    fc.fit(x, STEP_S)
+    np.testing.assert_array_equal(fc.predict(x[:10], 2, 1, None).samples[0], np.repeat(x[9:10], 2, axis=0))
+
+
+def test_ewma_picks_a_high_alpha_for_a_random_walk_and_a_low_one_for_noise():
+    rng = np.random.default_rng(1)
+    walk = np.exp(np.cumsum(0.1 * rng.standard_normal(500)))[:, None] * 100
+    noise = (100 + 10 * rng.standard_normal(500))[:, None]
+    fast, slow = make_forecaster("ewma"), make_forecaster("ewma")
+    fast.fit(walk, 60.0)
+    slow.fit(noise, 60.0)
+    assert fast.alpha >= 0.7 and slow.alpha <= 0.1
+
+
+def test_kalman_follows_a_daily_cycle_better_than_last_value():
+    x = daily_series(days=8, k=1, noise=0.02)
+    kal, last = make_forecaster("kalman"), make_forecaster("last")
+    kal.fit(x[:150], STEP_S)
+    last.fit(x[:150], STEP_S)
+    truth = x[150:156, 0]
+    err_k = np.abs(kal.predict(x[:150], 6, 1, None).samples[0, :, 0] - truth).mean()
+    err_l = np.abs(last.predict(x[:150], 6, 1, None).samples[0, :, 0] - truth).mean()
+    assert err_k < 0.5 * err_l
+
+
+def test_quantile_regression_80pct_intervals_cover_about_80pct_of_lognormal_noise():
+    rng = np.random.default_rng(2)
+    x = (200 * np.exp(0.2 * rng.standard_normal(1200)))[:, None]
+    fc = make_forecaster("quantile", horizon=2, seasons=0)
+    fc.fit(x[:900], 60.0)
+    hits = []
+    for t in range(900, 1190, 2):
+        q = fc.quantiles(x[: t + 1], 2)
+        lo, hi = q[fc.levels.tolist().index(0.1)], q[fc.levels.tolist().index(0.9)]
+        hits.append((x[t + 1 : t + 3] >= lo) & (x[t + 1 : t + 3] <= hi))
+    assert 0.72 <= np.mean(hits) <= 0.88
+
+
+@pytest.mark.parametrize("name", ["last", "seasonal_naive", "ewma", "kalman", "quantile"])
+def test_prediction_depends_only_on_the_history_passed(name):
+    x = daily_series()
+    fc = make_forecaster(name, **({"horizon": 2} if name == "quantile" else {}))
+    fc.fit(x[:100], STEP_S)
+    before = fc.predict(x[:120], 2, 8, np.random.default_rng(0)).samples
+    fc.update(x[100:101])  # one row: below every refit period
+    after = fc.predict(x[:120], 2, 8, np.random.default_rng(0)).samples
+    np.testing.assert_allclose(before, after)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.full((50, 2), np.nan), "NaN"),
+        (-np.ones((50, 2)), "negative"),
+        (np.ones(50), "shape"),
+    ],
+)
+def test_bad_history_is_rejected_with_a_named_error(bad, message):
+    fc = make_forecaster("last")
+    with pytest.raises(ForecastInputError, match=message):
+        fc.fit(bad, STEP_S)
+
+
+def test_predict_rejects_a_history_of_another_width_and_a_zero_horizon():
+    x = daily_series()
+    fc = make_forecaster("seasonal_naive")
+    fc.fit(x, STEP_S)
+    with pytest.raises(ForecastInputError, match="indicators"):
+        fc.predict(x[:, :1], 2, 1, None)
+    with pytest.raises(ForecastInputError, match="horizon"):
+        fc.predict(x, 0, 1, None)
+
+
+def test_quantile_rejects_a_horizon_beyond_the_trained_one():
+    x = daily_series()
+    fc = make_forecaster("quantile", horizon=2)
+    fc.fit(x, STEP_S)
+    with pytest.raises(ForecastInputError, match="exceeds"):
+        fc.predict(x, 3, 4, np.random.default_rng(0))
+
+
+def test_registry_builds_every_name_and_names_the_known_ones_on_a_typo():
+    assert set(FORECASTERS) == {"last", "seasonal_naive", "ewma", "kalman", "quantile", "flow"}
+    for name in FORECASTERS:
+        assert make_forecaster(name).name == name
+    with pytest.raises(ForecastInputError, match="seasonal_naive"):
+        make_forecaster("seasonal-naive")

@@ -1,0 +1,67 @@
+"""Scores: CRPS, pinball and coverage agree with their definitions; rolling evaluation never shows the future."""
+
+from __future__ import annotations
+
+import numpy as np
+import scoringrules as sr
+
+from autoscaler.forecast import Forecast
+from autoscaler.forecast.evaluate import covered, crps, pinball, rolling_evaluation
+
+
+def test_crps_of_a_point_forecast_is_its_absolute_error():
+    truth = np.array([[3.0, 10.0]])
+    point = np.array([[[5.0, 7.0]]])
+    np.testing.assert_allclose(crps(point, truth), [[2.0, 3.0]])
+
+
+def test_crps_of_a_large_gaussian_ensemble_matches_the_closed_form():
+    rng = np.random.default_rng(0)
+    samples = rng.normal(1.0, 2.0, size=(20000, 1))
+    np.testing.assert_allclose(crps(samples, np.array([0.3])), sr.crps_normal(0.3, 1.0, 2.0), rtol=0.02)
+
+
+def test_pinball_of_an_exact_degenerate_forecast_is_zero_and_grows_with_error():
+    truth = np.array([4.0])
+    assert pinball(np.full((10, 1), 4.0), truth)[0] == 0.0
+    assert pinball(np.full((10, 1), 6.0), truth)[0] > pinball(np.full((10, 1), 5.0), truth)[0] > 0
+
+
+def test_a_calibrated_ensemble_covers_its_nominal_level():
+    rng = np.random.default_rng(1)
+    samples = rng.normal(size=(4000, 2000))
+    truth = rng.normal(size=2000)
+    assert abs(covered(samples, truth, 0.8).mean() - 0.8) < 0.03
+    assert abs(covered(samples, truth, 0.95).mean() - 0.95) < 0.02
+
+
+class _Spy:
+    """Records what it is shown; forecasts the last value."""
+
+    name = "spy"
+
+    def __init__(self):
+        self.updates, self.lengths = [], []
+
+    def fit(self, history, step_s):
+        self.seen = history.shape[0]
+
+    def update(self, new_rows):
+        self.updates.append(new_rows.copy())
+        self.seen += new_rows.shape[0]
+
+    def predict(self, history, horizon, n_samples, rng):
+        self.lengths.append(history.shape[0])
+        assert history.shape[0] == self.seen  # updated up to the origin, not beyond
+        return Forecast(np.repeat(history[-1:], horizon, axis=0)[None], ("x",), 1.0)
+
+
+def test_rolling_evaluation_shows_each_origin_only_its_past_and_updates_in_order():
+    series = np.arange(1.0, 41.0)[:, None]
+    spy = _Spy()
+    spy.fit(series[:20], 1.0)
+    ev = rolling_evaluation(spy, series, 20, 3, 1, np.random.default_rng(0), stride=2)
+    assert spy.lengths == [t + 1 for t in ev.origins]
+    np.testing.assert_array_equal(np.concatenate(spy.updates)[:, 0], np.arange(21.0, ev.origins[-1] + 2))
+    # last value forecast of a +1 ramp: error h at step h
+    np.testing.assert_allclose(ev.crps[:, :, 0].mean(axis=0), [1.0, 2.0, 3.0])
