@@ -150,6 +150,7 @@ def test_joining_peer_receives_live_state_with_verified_hash_and_world_grows(har
     assert len(final["final_digests"]) == 2
 
 
+@pytest.mark.slow
 def test_release_gives_nodes_back_at_a_step_boundary_and_reclaim_regrows(harness):
     harness.ensure_train_nodes(2)
     spec, job = harness.submit(steps=300, step_delay_s=0.02)
@@ -177,6 +178,7 @@ def test_release_gives_nodes_back_at_a_step_boundary_and_reclaim_regrows(harness
     assert final["releases"] == 1 and final["joins"] >= 1
 
 
+@pytest.mark.slow
 def test_offered_serving_node_hosts_a_peer_and_goes_back_first(harness):
     harness.ensure_train_nodes(1)
     decode = harness.cluster.add_node(Pool.DECODE, num_cpus=1)
