@@ -170,7 +170,7 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
     target = list(params.initial_replicas)
     q_tok = q_req = q_out = 0.0  # prefill backlog: tokens, requests, and their output tokens
     active = remaining = 0.0  # decode: sequences and their remaining tokens
-    util = in_service = 0.0
+    util = in_service = concurrency = 0.0
     smooth = 1.0 - math.exp(-dt / UTIL_SMOOTHING_S)
     rec = {k: np.zeros(n) for k in ("p", "d", "pg", "dg", "power", "train", "capped", "viol", "wait", "slow",
                                      "tpot", "dwait", "serving_w")}
@@ -198,10 +198,10 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
             snap = Snapshot(now_s=now, step_s=dt, history=rates[lo:t],
                             prefill=PoolView(ready[0], len(starting[0]), target[0]),
                             decode=PoolView(ready[1], len(starting[1]), target[1]),
-                            ongoing_prefill=q_req + in_service, ongoing_decode=active,
+                            ongoing_prefill=q_req + in_service, ongoing_decode=concurrency + active,
                             mean_prompt_tokens=float(mean_prompt), mean_output_tokens=float(mean_out),
                             tail_prompt_tokens=max(tail, float(mean_prompt)), prefill_backlog_tokens=q_tok,
-                            decode_queued_sequences=max(0.0, active - ready[1] * decode_batch_cap))
+                            decode_queued_sequences=active)
             t0 = time.perf_counter()
             decision = policy.step(snap)
             latencies.append(time.perf_counter() - t0)
@@ -261,22 +261,34 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
             in_service = a_req / dt * (mdl + float(cap.prefill_time_s(mean_prompt_all[t])) * slow)
         else:
             wait = in_service = 0.0
-        # Decode: continuous batching up to the profiled batch; extra sequences wait for a slot.
+        # Decode: continuous batching up to the profiled batch, as token work. The batch a replica
+        # runs is the tick's time-average concurrency, token-seconds of decoding over the tick
+        # (Little's law), solved with TPOT by fixed point; beyond the batch cap, work carries
+        # over and sequences wait for a slot.
         active += done_req
         remaining += done_out
-        admitted = min(active, d * decode_batch_cap)
         ctx = mean_prompt_all[t] + (remaining / active / 2 if active > 0 else 0.0)
-        if admitted > 0:
-            tpot = float(cap.tpot_s(admitted / d, ctx)) / plan.serving_scale
-            produced = min(remaining, admitted * dt / tpot)
-            finished = active * produced / remaining if remaining > 0 else active
-            queued = active - admitted
-            dwait = queued / (finished / dt) if finished > 0 else (math.inf if queued > 0 else 0.0)
+        if d > 0 and remaining > 0:
+            full_tpot = float(cap.tpot_s(decode_batch_cap, ctx)) / plan.serving_scale
+            max_tokens = d * decode_batch_cap * dt / full_tpot
+            if remaining <= max_tokens:
+                produced = remaining
+                tpot = float(cap.tpot_s(1, ctx)) / plan.serving_scale
+                for _ in range(4):
+                    concurrency = min(d * decode_batch_cap, produced * tpot / dt)
+                    tpot = float(cap.tpot_s(concurrency / d, ctx)) / plan.serving_scale
+                finished, dwait = active, 0.0
+            else:
+                produced, tpot, concurrency = max_tokens, full_tpot, d * decode_batch_cap
+                finished = active * produced / remaining
+                queued = max(0.0, active - concurrency)
+                dwait = queued / (finished / dt) if finished > 0 else math.inf
             active, remaining = active - finished, remaining - produced
         else:
             tpot = float(cap.tpot_s(1, ctx))
-            dwait = math.inf if active > 0 else 0.0
-        busy = (served / (p * prefill_rate * dt) if p else 0.0, min(1.0, admitted / d) if d else 0.0)
+            concurrency = 0.0
+            dwait = math.inf if remaining > 0 else 0.0
+        busy = (served / (p * prefill_rate * dt) if p else 0.0, min(1.0, concurrency / d) if d else 0.0)
         power = float(pw.serving_w(p * tp, busy[0], d * tp, busy[1], freq_capped=plan.freq_capped))
         power = power * plan.serving_scale + idle_w + plan.training_gpus * pw.training_w
         viol = plan.violated

@@ -44,7 +44,7 @@ TARGET_ATTAINMENT = 0.99
 
 
 def run_trace(name: str, path: Path, tick_s: float, policies: tuple[str, ...], forecaster: str, seed: int,
-              plots: Path, bar) -> dict:
+              plots: Path, bar, checkpoint) -> dict:
     from autoscaler.capacity import load_capacity
     from autoscaler.plots import plot_run
     from autoscaler.policies import make_policy
@@ -80,7 +80,8 @@ def run_trace(name: str, path: Path, tick_s: float, policies: tuple[str, ...], f
             summary["forecaster_fit_error"] = policy.fit_error
         summary["plot"] = str(plot_run(result, capacity.prefill_tokens_per_s(), plots / name).relative_to(ROOT))
         out["policies"][policy_name] = summary
-    out["ratios"] = ratios(out["policies"])
+        out["ratios"] = ratios(out["policies"])
+        checkpoint(name, out)
     return out
 
 
@@ -167,11 +168,19 @@ def main(argv: list[str] | None = None) -> int:
     plots = ROOT / "results" / "autoscaler"
     t0 = time.perf_counter()
     results: dict = {"traces": {}}
+    partial = ROOT / "results" / "autoscaler.partial.json"
+    partial.parent.mkdir(exist_ok=True)
+
+    def checkpoint(trace: str, res: dict) -> None:
+        """Keep what finished so far, so a long run that is cut short still leaves its numbers."""
+        results["traces"][trace] = res
+        partial.write_text(json.dumps(results, indent=2, default=float))
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
                   TimeElapsedColumn()) as bar:
         for trace in args.traces.split(","):
             path, tick = TRACES[trace]
-            results["traces"][trace] = run_trace(trace, path, tick, policies, args.forecaster, args.seed, plots, bar)
+            results["traces"][trace] = run_trace(trace, path, tick, policies, args.forecaster, args.seed, plots, bar,
+                                                 checkpoint)
     flowtide_p99 = [r["policies"]["flowtide"].get("decision_forecast_plus_optimise_p99_ms")
                     for r in results["traces"].values() if "flowtide" in r["policies"]]
     flowtide_p99 = [x for x in flowtide_p99 if x is not None]
