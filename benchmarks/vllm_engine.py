@@ -6,7 +6,7 @@ the same run: start-up, output tokens/s, mean TTFT, the gap from the first to th
 (in P/D: the KV hand-off) and TPOT after that. P/D output is checked equal to
 colocated vLLM output.
 
-    python benchmarks/vllm_engine.py --model PATH --json results/vllm_engine.json
+    python benchmarks/vllm_engine.py --json results/vllm_engine.json
 
 ``PATH`` must have a head size vLLM's CPU kernels support (32 or more; see docs/vllm.md).
 """
@@ -66,6 +66,10 @@ async def run(args: argparse.Namespace, progress) -> dict:
     from workers.engines.transformers import TransformersEngine
     from workers.engines.vllm import VLLMEngine
 
+    if args.model is None:
+        from workers.tiny_model import tiny_model_path
+
+        args.model = str(tiny_model_path())
     vocab = json.loads((Path(args.model) / "config.json").read_text())["vocab_size"]
     rng = random.Random(0)
     prompts = [[rng.randrange(3, vocab) for _ in range(args.prompt_tokens)] for _ in range(args.requests)]
@@ -118,7 +122,7 @@ async def run(args: argparse.Namespace, progress) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="local HF checkpoint (head size >= 32)")
+    parser.add_argument("--model", help="local HF checkpoint, head size >= 32 (default: the embedded tiny model)")
     parser.add_argument("--requests", type=int, default=8, help="concurrent requests in the burst")
     parser.add_argument("--prompt-tokens", type=int, default=96)
     parser.add_argument("--output-tokens", type=int, default=32)

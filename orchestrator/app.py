@@ -77,6 +77,8 @@ def engine_options(config: FlowtideConfig, role: str) -> dict[str, Any]:
             gpu_memory_utilization=vllm.gpu_memory_utilization,
             enforce_eager=vllm.enforce_eager,
             kv_connector=vllm.kv_connector,
+            kv_storage_path=vllm.kv_storage_path,
+            block_size=vllm.block_size,
             max_batch_size=config.serving.max_batch_size,
         )
     return dict(

@@ -77,7 +77,8 @@ class LLMServer:
             )
 
     async def check_health(self) -> None:
-        """Serve's periodic health check; also (re)starts the metrics publisher."""
+        """Serve's periodic health check: raises when the engine is broken; also (re)starts the metrics publisher."""
+        self.engine.check_health()
         self._start_publisher()
 
     async def stats(self) -> dict[str, Any]:

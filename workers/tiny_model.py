@@ -15,7 +15,7 @@ from pathlib import Path
 
 import fcntl
 
-TINY_MODEL_VERSION = "tiny-llama-v1"
+TINY_MODEL_VERSION = "tiny-llama-v2"
 CACHE_DIR_ENV = "FLOWTIDE_CACHE_DIR"
 SEED = 0
 SPECIAL_TOKENS = ("<|pad|>", "<|bos|>", "<|eos|>")
@@ -98,8 +98,9 @@ def build_tiny_model(out_dir: Path) -> Path:
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        # Head size 32: the smallest vLLM's CPU attention kernels accept (16 is refused).
+        num_attention_heads=2,
+        num_key_value_heads=1,
         max_position_embeddings=4096,
         # Peaked logits: greedy choices have wide margins, so batched and single-sequence
         # decoding agree despite float rounding.

@@ -58,10 +58,10 @@ def test_profile_refuses_a_sweep_longer_than_the_model(tmp_path, tiny_model_dir)
 @pytest.mark.vllm
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_profile_vllm_engine_writes_a_capacity_profile(tmp_path):
-    from tests.integration.vllm_support import FAST_START_ENV, build_vllm_tiny_model
+def test_profile_vllm_engine_writes_a_capacity_profile(tmp_path, tiny_model_dir):
+    from tests.integration.vllm_support import FAST_START_ENV
 
-    model_dir = str(build_vllm_tiny_model(tmp_path / "model"))
+    model_dir = tiny_model_dir
     out = tmp_path / "vllm.csv"
     env = {
         **FAST_START_ENV,

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.integration.vllm_support import ENGINE_KWARGS, build_vllm_tiny_model, use_fast_start_env
+from tests.integration.vllm_support import ENGINE_KWARGS, use_fast_start_env
 from workers.engines.base import EngineError, EngineUnavailableError, SamplingParams
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -33,8 +33,8 @@ def loop():
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return str(build_vllm_tiny_model(tmp_path_factory.mktemp("vllm-tiny") / "model"))
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 def _start(loop, model_dir, **kwargs):

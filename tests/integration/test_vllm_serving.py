@@ -10,7 +10,6 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.integration.test_serving import MODEL, PROMPTS, client, metric_value, wait_for
-from tests.integration.vllm_support import build_vllm_tiny_model
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -18,8 +17,8 @@ APPS = {"vllm-colocated": "colocated", "vllm-pd": "disaggregated"}
 
 
 @pytest.fixture(scope="module")
-def vllm_model_dir(tmp_path_factory):
-    return str(build_vllm_tiny_model(tmp_path_factory.mktemp("vllm-serve") / "model"))
+def vllm_model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")

@@ -88,5 +88,8 @@ class Engine(Protocol):
     def stats(self) -> EngineStats:
         """Current load."""
 
+    def check_health(self) -> None:
+        """Raise :class:`EngineError` if the engine can no longer serve (Serve then replaces the replica)."""
+
     async def shutdown(self) -> None:
         """Release the engine's resources."""

@@ -243,6 +243,11 @@ class TransformersEngine:
             kv_used_fraction=used / (self.max_batch_size * self.max_model_len),
         )
 
+    def check_health(self) -> None:
+        task = self._loop_task
+        if task is not None and task.done() and not task.cancelled() and task.exception() is not None:
+            raise EngineError(f"the decode batch loop died: {task.exception()!r}")
+
     async def shutdown(self) -> None:
         if self._loop_task is not None:
             self._loop_task.cancel()
