@@ -69,7 +69,7 @@ def test_profile_vllm_engine_writes_a_capacity_profile(tmp_path, tiny_model_dir)
         "FLOWTIDE_ENGINE__VLLM__KV_CACHE_BYTES": str(64 * 1024**2),
     }
     _profile("vllm", model_dir, out, env=env, timeout_s=800)
-    _check_profile(out, "model")
+    _check_profile(out, Path(model_dir).name)
 
 
 def test_profile_of_a_missing_model_names_the_path(tmp_path):
