@@ -76,6 +76,32 @@ class IndicatorAttentionEncoder(nn.Module):
         return self.head(self.norm(x.mean(dim=2)).reshape(b, -1)) + self.direct(raw)
 
 
+def coupling_orders(horizon: int, n_indicators: int) -> list[torch.Tensor]:
+    """Feature ranks for the coupling layers over the flattened ``[horizon, K]`` block (index ``h*K + k``).
+
+    A coupling with ``passes=2`` transforms the lower half of the ranks from the context alone
+    and the upper half conditioned on them. Splitting by indicator parity couples indicators at
+    the same step (a contiguous split would keep ``(h, 0)`` and ``(h, 1)`` on the same side in
+    every layer, leaving them independent); splitting by step parity couples steps. Each split
+    is used in both directions.
+    """
+    h, k = torch.meshgrid(torch.arange(horizon), torch.arange(n_indicators), indexing="ij")
+    h, k = h.reshape(-1), k.reshape(-1)
+    keys = []
+    if n_indicators > 1:
+        keys.append(k % 2 * horizon * n_indicators + h * n_indicators + k)
+    if horizon > 1:
+        keys.append(h % 2 * horizon * n_indicators + k * horizon + h)
+    if not keys:
+        keys.append(torch.zeros(1, dtype=torch.long))
+    orders = []
+    for key in keys:
+        rank = torch.empty_like(key)
+        rank[torch.argsort(key)] = torch.arange(key.numel())
+        orders += [rank, key.numel() - 1 - rank]
+    return orders
+
+
 class FlowNet(nn.Module):
     """Encoder + conditional flow over ``horizon * K`` standardised log-changes.
 
@@ -117,14 +143,13 @@ class FlowNet(nn.Module):
             shapes=[(bins,), (bins,), (bins - 1,)],
             hidden_features=hidden,
         )
-        gen = torch.Generator().manual_seed(0)
-        orders = [torch.arange(features), torch.arange(features).flip(0)]
+        orders = coupling_orders(horizon, n_indicators)
         couplings = [
             MaskedAutoregressiveTransform(
                 features,
                 context_features,
                 passes=min(2, features),
-                order=orders[i] if i < 2 else torch.randperm(features, generator=gen),
+                order=orders[i % len(orders)],
                 hidden_features=hidden,
             )
             for i in range(transforms)
