@@ -6,6 +6,7 @@ for demand, so peaks stay visible).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -22,7 +23,10 @@ def _blocks(x: np.ndarray, k: int, how: str = "mean") -> np.ndarray:
     if n == 0:
         return x
     b = x[:n].reshape(-1, k)
-    return np.nanmax(b, axis=1) if how == "max" else np.nanmean(b, axis=1)
+    with warnings.catch_warnings():
+        # Blocks with no forecast at all stay NaN (drawn as gaps); that is not worth a warning.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmax(b, axis=1) if how == "max" else np.nanmean(b, axis=1)
 
 
 def plot_run(result: SimResult, prefill_tokens_per_s: float, out_dir: str | Path, max_points: int = 4000) -> Path:
