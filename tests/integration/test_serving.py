@@ -254,6 +254,8 @@ def test_real_prometheus_scrapes_the_endpoint(service, tmp_path):
                               params={"query": "sum(flowtide_router_requests_total{status='ok'})"})
             except httpx.HTTPError:
                 return None
+            if r.status_code != 200:  # still starting ("Service Unavailable")
+                return None
             result = r.json()["data"]["result"]
             return float(result[0]["value"][1]) if result else None
 
