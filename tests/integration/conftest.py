@@ -42,3 +42,21 @@ def service(tiny_model_dir):
             serve.shutdown()
         finally:
             cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_model_dir):
+    """Greedy continuations of the tiny model from a direct transformers ``generate``: the ground truth."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+
+    def generate(prompt: str, n: int) -> str:
+        ids = tok(prompt, add_special_tokens=False).input_ids
+        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=tok.pad_token_id)
+        return tok.decode(out[0, len(ids):], skip_special_tokens=True)
+
+    return generate

@@ -9,9 +9,8 @@ import time
 
 import httpx
 import pytest
-import torch
 from openai import AsyncOpenAI, BadRequestError, NotFoundError, OpenAI
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from tests.conftest import require_tool
 
@@ -26,21 +25,6 @@ PROMPTS = [
 
 def client(url: str) -> OpenAI:
     return OpenAI(base_url=f"{url}/v1", api_key="-", max_retries=0, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_model_dir):
-    """Greedy continuations from a direct transformers ``generate``: the ground truth."""
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-
-    def generate(prompt: str, n: int) -> str:
-        ids = tok(prompt, add_special_tokens=False).input_ids
-        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                             max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=tok.pad_token_id)
-        return tok.decode(out[0, len(ids):], skip_special_tokens=True)
-
-    return generate
 
 
 def metric_value(url: str, name: str, **labels: str) -> float:

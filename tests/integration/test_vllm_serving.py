@@ -6,8 +6,6 @@ Deployed beside the built-in engine's apps on the session's multi-pool cluster.
 from __future__ import annotations
 
 import pytest
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.integration.test_serving import MODEL, PROMPTS, client, metric_value, wait_for
 
@@ -17,12 +15,7 @@ APPS = {"vllm-colocated": "colocated", "vllm-pd": "disaggregated"}
 
 
 @pytest.fixture(scope="module")
-def vllm_model_dir(tiny_model_dir):
-    return tiny_model_dir
-
-
-@pytest.fixture(scope="module")
-def vllm_apps(service, vllm_model_dir, tmp_path_factory):
+def vllm_apps(service, tiny_model_dir, tmp_path_factory):
     """Base URLs of the two vLLM apps; deleted afterwards so their engines free their memory."""
     from ray import serve
 
@@ -47,7 +40,7 @@ def vllm_apps(service, vllm_model_dir, tmp_path_factory):
             for deployment in (config.serving.prefill, config.serving.decode):
                 deployment.num_cpus = 0  # the built-in engine's replicas already hold the pool nodes' CPUs
                 deployment.max_replicas = 1
-            serve.run(build_app(config, vllm_model_dir), name=name, route_prefix=f"/{name}")
+            serve.run(build_app(config, tiny_model_dir), name=name, route_prefix=f"/{name}")
             urls[name] = f"{service.base_url}/{name}"
         yield urls
     finally:
@@ -55,21 +48,7 @@ def vllm_apps(service, vllm_model_dir, tmp_path_factory):
             serve.delete(name)
 
 
-@pytest.fixture(scope="module")
-def vllm_reference(vllm_model_dir):
-    tok = AutoTokenizer.from_pretrained(vllm_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(vllm_model_dir)
-
-    def generate(prompt: str, n: int) -> str:
-        ids = tok(prompt, add_special_tokens=False).input_ids
-        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                             max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=tok.pad_token_id)
-        return tok.decode(out[0, len(ids):], skip_special_tokens=True)
-
-    return generate
-
-
-def test_vllm_disaggregated_equals_colocated_equals_transformers(vllm_apps, vllm_reference):
+def test_vllm_disaggregated_equals_colocated_equals_transformers(vllm_apps, reference):
     long_prompt = " ".join(PROMPTS * 6)  # past two KV blocks, so whole blocks travel through the connector
     for prompt in [*PROMPTS, long_prompt]:
         texts = {
@@ -77,7 +56,7 @@ def test_vllm_disaggregated_equals_colocated_equals_transformers(vllm_apps, vllm
                                                  extra_body={"ignore_eos": True}).choices[0].text
             for name, url in vllm_apps.items()
         }
-        assert texts["vllm-pd"] == texts["vllm-colocated"] == vllm_reference(prompt, 20), prompt
+        assert texts["vllm-pd"] == texts["vllm-colocated"] == reference(prompt, 20), prompt
 
 
 def test_vllm_streaming_chat_matches_non_streaming(vllm_apps):
