@@ -202,17 +202,18 @@ class FlowtideConfig(BaseSettings):
         return env_settings, init_settings
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml_mapping(path: Path, what: str, error: type[ValueError], empty_ok: bool = True) -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping; ``error`` names ``what`` and ``path`` on any problem."""
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError as exc:
-        raise ConfigError(f"config file {path} does not exist") from exc
+        raise error(f"{what} {path} does not exist") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
-    if data is None:
+        raise error(f"{what} {path} is not valid YAML: {exc}") from exc
+    if data is None and empty_ok:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top, got {type(data).__name__}")
+        raise error(f"{what} {path} must hold a mapping at the top, got {type(data).__name__}")
     return data
 
 
@@ -231,7 +232,7 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
         ConfigError: the file is missing or malformed, or a field is invalid (named in the message).
     """
     path = path or os.environ.get(CONFIG_PATH_ENV)
-    data = _read_yaml(Path(path)) if path else {}
+    data = read_yaml_mapping(Path(path), "config file", ConfigError) if path else {}
     source = str(path) if path else "defaults + env"
     try:
         config = FlowtideConfig(**data)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from orchestrator.config import Pool, TrainingConfig
+from orchestrator.config import Pool, TrainingConfig, read_yaml_mapping
 from workers.elastic.task import TaskError, TrainTask, resolve
 
 
@@ -113,13 +112,5 @@ def load_job_spec(path: str | Path) -> TrainingJobSpec:
     Raises:
         JobSpecError: missing file, bad YAML, or invalid fields.
     """
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError as exc:
-        raise JobSpecError(f"job file {path} does not exist") from exc
-    except yaml.YAMLError as exc:
-        raise JobSpecError(f"job file {path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise JobSpecError(f"job file {path} must hold a mapping")
+    data = read_yaml_mapping(Path(path), "job file", JobSpecError, empty_ok=False)
     return parse_job_spec(data, str(path))
