@@ -35,7 +35,7 @@ from orchestrator.openai_api import (
 )
 from workers.engines.base import SamplingParams
 from workers.servers import GenerateRequest, LLMServer
-from workers.telemetry import RouterMetrics, publish_forever
+from workers.telemetry import MetricsPublisher, RouterMetrics
 
 log = logging.getLogger(__name__)
 
@@ -76,21 +76,13 @@ class Router:
         self.decode = decode
         self._local = (LLMServer(**fused_server, prefill=prefill, metrics_hub=metrics_hub)
                        if fused_server is not None else None)
-        self._hub = metrics_hub
         self._registry = CollectorRegistry()
         self.metrics = RouterMetrics(self._registry)
-        self._publisher: asyncio.Task | None = None
-
-    def _start_publisher(self) -> None:
-        if self._hub is not None and (self._publisher is None or self._publisher.done()):
-            self._publisher = asyncio.get_running_loop().create_task(
-                publish_forever(
-                    self._hub, f"router-{os.getpid()}", self._registry, self.config.serving.metrics_push_interval_s
-                )
-            )
+        self.publisher = MetricsPublisher(metrics_hub, f"router-{os.getpid()}", self._registry,
+                                          self.config.serving.metrics_push_interval_s)
 
     async def check_health(self) -> None:
-        self._start_publisher()
+        self.publisher.ensure_running()
         if self._local is not None:
             await self._local.check_health()
 
@@ -102,12 +94,11 @@ class Router:
 
     @api.get("/metrics")
     async def metrics_endpoint(self) -> PlainTextResponse:
-        if self._hub is None:
+        if self.publisher.hub is None:
             text = generate_latest(self._registry).decode()
         else:
-            # Push first so this scrape includes the router's latest figures.
-            await self._hub.push.remote(f"router-{os.getpid()}", generate_latest(self._registry).decode())
-            text = await self._hub.collect.remote()
+            await self.publisher.push_now()  # so this scrape includes the router's latest figures
+            text = await self.publisher.hub.collect.remote()
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @api.get("/v1/models")
@@ -161,7 +152,7 @@ class Router:
                               ignore_eos=body.ignore_eos)
 
     async def _serve(self, body, prompt_ids: list[int], raw: Request, chat: bool, endpoint: str):
-        self._start_publisher()
+        self.publisher.ensure_running()
         try:
             sampling = self._validate(body, prompt_ids)
         except APIError:

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from workers.engines import build_engine
 from workers.engines.base import EngineError, Prefilled, SamplingParams
-from workers.telemetry import ServerMetrics, publish_forever
+from workers.telemetry import MetricsPublisher, ServerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -59,27 +59,13 @@ class LLMServer:
         self.metrics = ServerMetrics(self._registry, role)
         self.engine = build_engine(engine_kind, role, model_path, observer=self.metrics, **(engine_options or {}))
         self._prefill = prefill
-        self._hub = metrics_hub
-        self._metrics_interval_s = metrics_interval_s
-        self._publisher: asyncio.Task | None = None
-        self._source = f"{role}-{os.getpid()}"
-
-    def _start_publisher(self) -> None:
-        if self._hub is not None and (self._publisher is None or self._publisher.done()):
-            self._publisher = asyncio.get_running_loop().create_task(
-                publish_forever(
-                    self._hub,
-                    self._source,
-                    self._registry,
-                    self._metrics_interval_s,
-                    before=lambda: self.metrics.load(self.engine.stats()),
-                )
-            )
+        self.publisher = MetricsPublisher(metrics_hub, f"{role}-{os.getpid()}", self._registry, metrics_interval_s,
+                                          before=lambda: self.metrics.load(self.engine.stats()))
 
     async def check_health(self) -> None:
         """Serve's periodic health check: raises when the engine is broken; also (re)starts the metrics publisher."""
         self.engine.check_health()
-        self._start_publisher()
+        self.publisher.ensure_running()
 
     async def stats(self) -> dict[str, Any]:
         """This replica's load, for the controller (seam for the live autoscaler loop)."""
@@ -91,7 +77,7 @@ class LLMServer:
         (A ``ray.put`` ref inside the reply would not do: Serve pickles replies, so the ref's
         owner would free the KV before the decode replica fetched it.)
         """
-        self._start_publisher()
+        self.publisher.ensure_running()
         try:
             result = await self.engine.prefill(request.request_id, list(request.prompt_ids), request.sampling)
         except asyncio.CancelledError:
@@ -106,7 +92,7 @@ class LLMServer:
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[list[int]]:
         """Decode or colocated role: stream the generated token ids, several per message when available."""
-        self._start_publisher()
+        self.publisher.ensure_running()
         status = "error"
         try:
             async for tokens in _coalesce(self._tokens(request)):
@@ -120,7 +106,7 @@ class LLMServer:
 
     async def complete(self, request: GenerateRequest) -> list[int]:
         """Decode or colocated role, unary: every generated token id in one reply (no stream messages)."""
-        self._start_publisher()
+        self.publisher.ensure_running()
         status = "error"
         try:
             async with contextlib.aclosing(self._tokens(request)) as stream:  # cancelled: leave the batch now

@@ -158,15 +158,33 @@ class MetricsHub:
         return merge_expositions({source: text for source, (_, text) in self._latest.items()})
 
 
-async def publish_forever(hub, source: str, registry: CollectorRegistry, interval_s: float, before=None) -> None:
-    """Push ``registry`` to the hub every ``interval_s`` until cancelled; ``before()`` refreshes gauges first."""
-    while True:
-        try:
-            if before is not None:
-                before()
-            await hub.push.remote(source, generate_latest(registry).decode())
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # the hub restarting must not take a server down; the next push retries
-            log.warning("metrics push from %s failed; retrying in %.1fs", source, interval_s, exc_info=True)
-        await asyncio.sleep(interval_s)
+class MetricsPublisher:
+    """Publishes one process's registry to the hub every ``interval_s`` once started (no hub: does nothing).
+
+    Started from request handlers and health checks, since a Serve replica's constructor has no
+    running event loop; ``before()`` refreshes gauges ahead of each push.
+    """
+
+    def __init__(self, hub, source: str, registry: CollectorRegistry, interval_s: float, before=None) -> None:
+        self.hub, self.source, self.registry, self.interval_s, self.before = hub, source, registry, interval_s, before
+        self._task: asyncio.Task | None = None
+
+    def ensure_running(self) -> None:
+        if self.hub is not None and (self._task is None or self._task.done()):
+            self._task = asyncio.get_running_loop().create_task(self._publish_forever())
+
+    async def push_now(self) -> None:
+        if self.before is not None:
+            self.before()
+        await self.hub.push.remote(self.source, generate_latest(self.registry).decode())
+
+    async def _publish_forever(self) -> None:
+        while True:
+            try:
+                await self.push_now()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the hub restarting must not take a server down; the next push retries
+                log.warning("metrics push from %s failed; retrying in %.1fs", self.source, self.interval_s,
+                            exc_info=True)
+            await asyncio.sleep(self.interval_s)
