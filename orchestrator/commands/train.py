@@ -44,8 +44,15 @@ def run(args: argparse.Namespace) -> int:
                 address = cluster.address
         connect(address)
         manager = TrainingJobManager(config.training)
-        job_id = manager.submit(spec)
-        console.print(f"job [bold]{job_id}[/]: {spec.steps} steps, {spec.min_peers}-{spec.max_peers} peers on pool {spec.pool}")
+        try:
+            job_id = manager.submit(spec)
+        except JobSpecError as exc:  # the backend does not fit the pool's nodes
+            print(f"flowtide: {exc}", file=sys.stderr)
+            return 2
+        console.print(
+            f"job [bold]{job_id}[/]: {spec.steps} steps, {spec.min_peers}-{spec.max_peers} peers on pool {spec.pool}, "
+            f"backend {manager.status(job_id)['backend']}"
+        )
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console) as progress:
             bar = progress.add_task("training", total=spec.steps)

@@ -21,6 +21,13 @@ ACTOR_PREFIX = "flowtide-train-"
 FINISH_GRACE_S = 5.0
 
 
+def pool_node_gpus(pool: str) -> list[float]:
+    """GPUs of each alive node labelled ``pool`` in the connected cluster."""
+    return [
+        n["Resources"].get("GPU", 0.0) for n in ray.nodes() if n["Alive"] and n.get("Labels", {}).get(POOL_LABEL) == pool
+    ]
+
+
 class TrainingJobFailed(RuntimeError):
     """The job stopped with an error (the message is the failing peer's)."""
 
@@ -40,11 +47,12 @@ class TrainingJobManager:
         """Start ``spec``; returns the job id.
 
         Raises:
-            JobSpecError: a job with this name is already running.
+            JobSpecError: a job with this name is already running, or its backend cannot run
+                on the pool's nodes as they are now.
         """
         if spec.name in self._jobs:
             raise JobSpecError(f"name: job {spec.name!r} is already running")
-        task = spec.to_task(self.config)
+        task = spec.to_task(self.config, pool_node_gpus(spec.pool))
         coordinator = (
             ray.remote(ElasticCoordinator)
             .options(

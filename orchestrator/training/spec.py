@@ -3,16 +3,49 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Sequence
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.config import Pool, TrainingConfig, read_yaml_mapping
+from workers.elastic.backend import Backend, nccl_available
 from workers.elastic.task import TaskError, TrainTask, resolve
 
 
 class JobSpecError(ValueError):
     """A job spec is invalid; the message names the field(s)."""
+
+
+def resolve_backend(requested: str, pool: str, node_gpus: Sequence[float], nccl_built: bool) -> Backend:
+    """The backend a job runs with, from the spec's choice and the GPUs of the pool's alive nodes.
+
+    ``auto`` is NCCL when any node of the pool has a GPU, else gloo; an NCCL job's peers
+    go only to nodes with a GPU. ``nccl_built`` is :func:`workers.elastic.backend.nccl_available`.
+
+    Raises:
+        JobSpecError: naming ``backend``: NCCL on a pool without GPUs, a GPU pool that this
+            torch build cannot drive, or ``auto`` on a pool with no alive node to look at.
+    """
+    has_gpus = any(gpus >= 1 for gpus in node_gpus)
+    if requested == Backend.GLOO.value:
+        return Backend.GLOO
+    if requested == "auto":
+        if not node_gpus:
+            raise JobSpecError(
+                f"backend: 'auto' cannot tell whether pool {pool!r} has GPUs: it has no alive node; "
+                "start its nodes first or set backend to gloo or nccl"
+            )
+        if not has_gpus:
+            return Backend.GLOO
+    if not has_gpus:
+        raise JobSpecError(f"backend: nccl needs GPUs, but no alive node of pool {pool!r} has one")
+    if not nccl_built:
+        raise JobSpecError(
+            f"backend: pool {pool!r} has GPUs but torch {torch.__version__} has no NCCL; "
+            "install a CUDA build of torch, or set backend: gloo to train on the CPUs"
+        )
+    return Backend.NCCL
 
 
 class TrainingJobSpec(BaseModel):
@@ -33,6 +66,10 @@ class TrainingJobSpec(BaseModel):
     max_peers: int = Field(2, ge=1, description="At most this many peers (one per node).")
     pool: str = Field(Pool.TRAIN.value, description="Pool whose nodes run the peers.")
     num_cpus_per_peer: float = Field(1.0, gt=0, description="Logical CPUs reserved per peer.")
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto",
+        description="Collective backend: nccl (one GPU per peer), gloo (CPU), or auto: nccl when the pool has GPUs.",
+    )
     checkpoint_every_steps: int = Field(50, ge=1, description="Asynchronous checkpoint period.")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on storage.")
     step_delay_s: float = Field(0.0, ge=0, description="Pause after each step (throttles demos and tests).")
@@ -54,6 +91,13 @@ class TrainingJobSpec(BaseModel):
             raise ValueError(f"unknown pool {value!r} (known: {', '.join(known)})")
         return value
 
+    @field_validator("backend")
+    @classmethod
+    def _nccl_built(cls, value: str) -> str:
+        if value == Backend.NCCL.value and not nccl_available():
+            raise ValueError(f"nccl needs a torch build with NCCL (CUDA); torch {torch.__version__} has none")
+        return value
+
     @model_validator(mode="after")
     def _sizes(self) -> TrainingJobSpec:
         if self.min_peers > self.max_peers:
@@ -64,7 +108,12 @@ class TrainingJobSpec(BaseModel):
             raise ValueError("max_peers must not exceed global_batch_size / micro_batch_size (micro-batches per step)")
         return self
 
-    def to_task(self, training: TrainingConfig) -> TrainTask:
+    def to_task(self, training: TrainingConfig, node_gpus: Sequence[float]) -> TrainTask:
+        """The task peers run; ``node_gpus`` are the GPUs of each alive node of ``pool`` (resolves ``backend``).
+
+        Raises:
+            JobSpecError: the backend cannot run on this pool (see :func:`resolve_backend`).
+        """
         return TrainTask(
             job_id=self.name,
             model_fn=self.model,
@@ -85,6 +134,7 @@ class TrainingJobSpec(BaseModel):
             node_poll_s=training.node_poll_s,
             peer_num_cpus=self.num_cpus_per_peer,
             peer_label_selector={"pool": self.pool},
+            backend=resolve_backend(self.backend, self.pool, node_gpus, nccl_available()),
             step_delay_s=self.step_delay_s,
         ).validate()
 

@@ -3,19 +3,26 @@
 Every finished job is compared bit for bit with ``reference_run`` of the same task:
 the determinism contract (docs/training.md) says churn may change who computes a
 micro-batch, never which samples a committed step sees or the order they are added.
+The NCCL tests at the end run only where CUDA GPUs exist.
 """
 
 from __future__ import annotations
 
+import io
+import os
 import random
 import time
 
 import numpy as np
 import pytest
+import torch
 
 from orchestrator.config import Pool, load_config
 from orchestrator.training.spec import parse_job_spec
+from workers.elastic import state as state_io
 from workers.elastic.reference import reference_run
+from workers.elastic.step_math import trainable
+from workers.elastic.task import resolve
 
 JOB = dict(
     model="workers.elastic.mlp:build_model",
@@ -75,9 +82,13 @@ class Harness:
             time.sleep(0.2)
         raise AssertionError(f"timed out waiting for {what}: {self.manager.status(job_id)}")
 
-    def finish(self, spec, job_id, timeout_s: float = 240.0) -> dict:
+    def reference_task(self, spec):
+        """The job as ``reference_run`` takes it (one process, no collectives: the backend does not matter)."""
+        return spec.model_copy(update={"backend": "gloo"}).to_task(self.config.training, node_gpus=[])
+
+    def finish(self, spec, job_id, timeout_s: float = 240.0, device: str = "cpu") -> dict:
         status = self.manager.wait(job_id, timeout_s=timeout_s)
-        reference, _ = reference_run(spec.to_task(self.config.training))
+        reference, _ = reference_run(self.reference_task(spec), device=device)
         digests = {sha for _, sha in status["final_digests"].values()}
         assert status["last_commit_step"] == spec.steps
         assert digests == {reference.sha256}, "final state differs from the reference run"
@@ -119,6 +130,7 @@ def test_peer_node_death_survivors_continue_without_restart_losing_at_most_one_s
     harness.ensure_train_nodes(2)
     spec, job = harness.submit(steps=220)
     status = harness.wait_for(job, lambda s: s["world_size"] == 2 and s["last_commit_step"] >= 40, 120, "2 peers")
+    assert status["backend"] == "gloo", "'auto' on a pool without GPUs"
     ranks = list(status["members"])
     victim, survivor = ranks[0], ranks[1]  # rank 0 writes checkpoints and reports commits: the harder case
     t_kill = time.time()
@@ -238,7 +250,7 @@ def test_random_churn_final_model_equals_reference_bit_for_bit(harness):
 def test_all_peers_lost_restarts_from_last_checkpoint_on_fewer_peers(harness):
     harness.ensure_train_nodes(2)
     spec, job = harness.submit(steps=200, checkpoint_every_steps=20, step_delay_s=0.02)
-    status = harness.wait_for(job, lambda s: s["world_size"] == 2 and s["last_commit_step"] >= 70, 120, "progress")
+    harness.wait_for(job, lambda s: s["world_size"] == 2 and s["last_commit_step"] >= 70, 120, "progress")
     for node in harness.cluster.nodes(Pool.TRAIN):
         harness.cluster.kill_node(node)
     lost_at = harness.manager.status(job)["last_commit_step"]
@@ -250,3 +262,113 @@ def test_all_peers_lost_restarts_from_last_checkpoint_on_fewer_peers(harness):
     assert restart["world_size"] == 1
     assert restart["start_step"] % 20 == 0 and lost_at - 20 <= restart["start_step"] <= lost_at
     harness.finish(spec, job)
+
+
+def _peer_processes(node) -> list:
+    """The peer worker processes a node's raylet started (Ray titles them ``ray::ElasticPeer...``)."""
+    import psutil
+    from ray._private import ray_constants
+
+    found = []
+    for info in node.all_processes.get(ray_constants.PROCESS_TYPE_RAYLET, []):
+        for child in psutil.Process(info.process.pid).children(recursive=True):
+            if "ElasticPeer" in " ".join(child.cmdline()):
+                found.append(child)
+    return found
+
+
+@pytest.mark.slow
+def test_hung_peer_fails_the_gather_at_the_collective_timeout_and_the_survivor_re_forms(harness):
+    """A peer that stops without closing its sockets: the CPU analogue of a lost NCCL peer."""
+    import psutil
+
+    harness.ensure_train_nodes(2)
+    spec, job = harness.submit(steps=120, step_delay_s=0.02)
+    status = harness.wait_for(job, lambda s: s["world_size"] == 2 and s["last_commit_step"] >= 20, 120, "2 peers")
+    survivor, victim = list(status["members"])
+    processes = _peer_processes(harness.node(status["members"][victim]))
+    assert len(processes) == 1
+    timeout_s = harness.config.training.collective_timeout_s
+    t_stop = time.time()
+    processes[0].suspend()  # SIGSTOP: alive, sockets open, never answers
+    try:
+        after = harness.wait_for(
+            job, lambda s: s["recoveries"] >= 1 and s["world_size"] == 1, timeout_s + 60, "recovery from a hung peer"
+        )
+    finally:
+        try:
+            processes[0].resume()
+        except psutil.NoSuchProcess:
+            pass  # the coordinator killed it, as it should
+    assert list(after["members"]) == [survivor]
+    recovery = next(r for r in after["reformations"] if r["reason"] == "failure")
+    assert recovery["restore"] == "keep" and recovery["start_step"] >= _commits_before(after, t_stop)
+    harness.finish(spec, job)
+
+
+def _cuda_gpus() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _add_gpu_train_node(harness, gpu: int):
+    """A train node that owns physical GPU ``gpu``.
+
+    Ray takes a node's GPU ids from its raylet's ``CUDA_VISIBLE_DEVICES`` and narrows each
+    peer's to the one it assigns; without this, every local node would claim GPU 0.
+    """
+    pool = harness.cluster.config.pools[Pool.TRAIN]
+    saved = os.environ.get("CUDA_VISIBLE_DEVICES"), pool.num_gpus_per_node
+    os.environ["CUDA_VISIBLE_DEVICES"], pool.num_gpus_per_node = str(gpu), 1
+    try:
+        return harness.cluster.add_node(Pool.TRAIN)
+    finally:
+        pool.num_gpus_per_node = saved[1]
+        if saved[0] is None:
+            del os.environ["CUDA_VISIBLE_DEVICES"]
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = saved[0]
+
+
+@pytest.mark.skipif(_cuda_gpus() < 1, reason="needs CUDA GPUs")
+def test_gpu_pool_job_runs_nccl_on_cuda_and_its_state_verifies_on_the_cpu(harness):
+    harness.ensure_train_nodes(0)
+    _add_gpu_train_node(harness, 0)
+    try:
+        spec, job = harness.submit(steps=60, max_peers=1)
+        status = harness.manager.wait(job, timeout_s=240)
+        assert status["backend"] == "nccl", "'auto' on a pool with GPUs"
+        reference, _ = reference_run(harness.reference_task(spec), device="cuda")
+        assert {sha for _, sha in status["final_digests"].values()} == {reference.sha256}
+        # The GPU peer's state, loaded into a CPU model, hashes the same: hash and transfer are device-agnostic.
+        blob = harness.manager.final_state(job)
+        task = harness.reference_task(spec)
+        torch.manual_seed(task.seed)
+        model = resolve(task.model_fn, "model_fn")()
+        optimizer = resolve(task.optimizer_fn, "optimizer_fn")(trainable(model))
+        assert all(t.device.type == "cpu" for t in torch.load(io.BytesIO(blob), weights_only=True)["model"].values())
+        assert state_io.load(blob, model, optimizer, reference) == spec.steps
+        harness.manager.stop(job)
+    finally:
+        harness.ensure_train_nodes(0)
+
+
+@pytest.mark.skipif(_cuda_gpus() < 2, reason="needs CUDA GPUs (two)")
+def test_nccl_survivor_aborts_its_communicator_and_goes_on_after_a_peer_node_dies(harness):
+    harness.ensure_train_nodes(0)
+    for gpu in (0, 1):
+        _add_gpu_train_node(harness, gpu)
+    try:
+        spec, job = harness.submit(steps=200)
+        status = harness.wait_for(job, lambda s: s["world_size"] == 2 and s["last_commit_step"] >= 40, 180, "2 peers")
+        assert status["backend"] == "nccl"
+        victim, survivor = list(status["members"])
+        t_kill = time.time()
+        harness.cluster.kill_node(harness.node(status["members"][victim]))
+        timeout_s = harness.config.training.collective_timeout_s
+        after = harness.wait_for(job, lambda s: s["recoveries"] >= 1, timeout_s + 60, "recovery")
+        assert list(after["members"]) == [survivor], "the survivor must go on as the same actor (no restart)"
+        recovery = next(r for r in after["reformations"] if r["reason"] == "failure")
+        assert recovery["restore"] == "keep" and recovery["start_step"] >= _commits_before(after, t_kill)
+        harness.finish(spec, job, device="cuda")
+    finally:
+        harness.ensure_train_nodes(0)

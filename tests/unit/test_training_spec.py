@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.config import TrainingConfig
-from orchestrator.training.spec import JobSpecError, load_job_spec, parse_job_spec
+from orchestrator.training.spec import JobSpecError, load_job_spec, parse_job_spec, resolve_backend
+from workers.elastic.backend import Backend, nccl_available
 
 GOOD = dict(
     name="job-1",
@@ -20,8 +21,9 @@ GOOD = dict(
 
 
 def test_good_spec_builds_a_task():
-    task = parse_job_spec(GOOD).to_task(TrainingConfig(checkpoint_dir="/tmp/ckpt"))
+    task = parse_job_spec(GOOD).to_task(TrainingConfig(checkpoint_dir="/tmp/ckpt"), node_gpus=[0.0, 0.0])
     assert task.num_micro_batches == 8 and task.peer_label_selector == {"pool": "train"}
+    assert task.backend is Backend.GLOO  # "auto" on a pool without GPUs
 
 
 @pytest.mark.parametrize(
@@ -34,12 +36,48 @@ def test_good_spec_builds_a_task():
         (dict(micro_batch_size=7), "<root>", "multiple of micro_batch_size"),
         (dict(steps=0), "steps", "greater than or equal to 1"),
         (dict(typo_field=1), "typo_field", "Extra inputs are not permitted"),
+        (dict(backend="cuda"), "backend", "Input should be 'auto', 'gloo' or 'nccl'"),
     ],
 )
 def test_bad_spec_fails_at_submit_naming_the_field(override, field, message):
     with pytest.raises(JobSpecError) as err:
         parse_job_spec({**GOOD, **override})
     assert f"{field}: " in str(err.value) and message in str(err.value)
+
+
+@pytest.mark.skipif(nccl_available(), reason="this torch build has NCCL")
+def test_nccl_with_a_torch_build_without_nccl_fails_at_parse_naming_the_field():
+    with pytest.raises(JobSpecError) as err:
+        parse_job_spec({**GOOD, "backend": "nccl"})
+    assert "backend: nccl needs a torch build with NCCL (CUDA)" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "requested, node_gpus, nccl_built, expected",
+    [
+        ("auto", [0.0, 0.0], False, Backend.GLOO),
+        ("auto", [0.0, 1.0], True, Backend.NCCL),  # a mixed pool: NCCL peers go to the GPU nodes
+        ("gloo", [8.0], True, Backend.GLOO),  # asked for: CPU training, no GPU reserved
+        ("nccl", [2.0], True, Backend.NCCL),
+    ],
+)
+def test_backend_resolves_from_the_pools_gpus(requested, node_gpus, nccl_built, expected):
+    assert resolve_backend(requested, "train", node_gpus, nccl_built) is expected
+
+
+@pytest.mark.parametrize(
+    "requested, node_gpus, nccl_built, message",
+    [
+        ("nccl", [0.0, 0.0], True, "backend: nccl needs GPUs, but no alive node of pool 'train' has one"),
+        ("nccl", [], True, "backend: nccl needs GPUs"),
+        ("auto", [1.0], False, "backend: pool 'train' has GPUs but torch"),
+        ("auto", [], True, "backend: 'auto' cannot tell whether pool 'train' has GPUs"),
+    ],
+)
+def test_backend_that_cannot_run_on_the_pool_fails_at_submit_naming_the_field(requested, node_gpus, nccl_built, message):
+    with pytest.raises(JobSpecError) as err:
+        resolve_backend(requested, "train", node_gpus, nccl_built)
+    assert message in str(err.value)
 
 
 def test_missing_function_field_is_named():

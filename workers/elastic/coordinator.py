@@ -1,9 +1,10 @@
 """The job's coordinator: one async actor that owns membership epochs, peers and the store.
 
-It spawns one peer per eligible node (label selector + node id), hosts the TCPStore
-that every epoch's gloo group rendezvouses on (a fresh key prefix per epoch), forms
-epochs with :func:`workers.elastic.membership.form`, and carries out releases and
-reclaims for the serving side. It never touches tensors; peers hold all training state.
+It spawns one peer per eligible node (label selector + node id, and a free GPU for
+NCCL jobs), hosts the TCPStore that every epoch's process group rendezvouses on (a fresh
+key prefix per epoch), forms epochs with :func:`workers.elastic.membership.form`, and
+carries out releases and reclaims for the serving side. It never touches tensors; peers
+hold all training state.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import itertools
 import logging
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import ray
 from prometheus_client import generate_latest, start_http_server
 from torch.distributed import TCPStore
 
 from workers.elastic import checkpoint as ckpt
+from workers.elastic.backend import Backend, nccl_peer_env
 from workers.elastic.membership import Arrival, Formation, Plan, Restore, form
 from workers.elastic.metrics import TrainMetrics
 from workers.elastic.peer import ElasticPeer, job_checkpoint_dir
@@ -34,6 +37,37 @@ RATE_WINDOW_S = 10.0
 # Peers answer coordinator calls on extra threads while run() trains.
 PEER_MAX_CONCURRENCY = 4
 START_GRACE_S = 15.0
+
+
+def eligible_nodes(nodes: list[dict], task: TrainTask, offered: set[str]) -> set[str]:
+    """Alive nodes (``ray.nodes()`` entries) that may host a peer of ``task``.
+
+    A node qualifies by the pool's labels, or by being offered by serving; an NCCL
+    job also needs a GPU there, else its peer would wait for one forever and hold a
+    ``max_peers`` slot.
+    """
+    selector, gpus = task.peer_label_selector, task.backend.gpus_per_peer
+    return {
+        n["NodeID"]
+        for n in nodes
+        if n["Alive"]
+        and (n["NodeID"] in offered or all(n.get("Labels", {}).get(k) == v for k, v in selector.items()))
+        and n.get("Resources", {}).get("GPU", 0) >= gpus
+    }
+
+
+def peer_options(task: TrainTask, node_id: str, offered: bool) -> dict[str, Any]:
+    """Ray actor options of ``task``'s peer on ``node_id`` (an offered node is pinned by id alone)."""
+    options: dict[str, Any] = dict(
+        num_cpus=task.peer_num_cpus,
+        num_gpus=task.backend.gpus_per_peer,
+        label_selector={**({} if offered else task.peer_label_selector), NODE_ID_LABEL: node_id},
+        max_concurrency=PEER_MAX_CONCURRENCY,
+        max_restarts=0,
+    )
+    if task.backend is Backend.NCCL:
+        options["runtime_env"] = {"env_vars": nccl_peer_env(task.collective_timeout_s)}
+    return options
 
 
 @dataclass
@@ -59,6 +93,7 @@ class Reformation:
 @dataclass
 class JobStatus:
     job_id: str
+    backend: str  # gloo | nccl
     phase: str  # starting | running | reforming | waiting_for_peers | finished | failed
     epoch: int
     world_size: int
@@ -111,6 +146,7 @@ class ElasticCoordinator:
         self._peer_ids = itertools.count()
         self._wake: asyncio.Event | None = None
         self._failure_at: float | None = None
+        self._aborted_epoch = 0
         self._restore_ckpt: ckpt.SavedCheckpoint | None = None
         self._tasks: list[asyncio.Task] = []
 
@@ -201,9 +237,11 @@ class ElasticCoordinator:
         deadline = time.time() + notice_s
         while any(p in self.peers for p in chosen) and time.time() < deadline:
             await asyncio.sleep(0.05)
-        for p in chosen:
-            if p in self.peers:
-                self._drop_peer(p, "notice period expired")
+        expired = [p for p in chosen if p in self.peers]
+        for p in expired:
+            self._drop_peer(p, "notice period expired")
+        if any(p in self.members for p in expired):
+            self._abort_epoch()
         return nodes
 
     def offer_nodes(self, node_ids: list[str]) -> list[str]:
@@ -224,6 +262,7 @@ class ElasticCoordinator:
         return asdict(
             JobStatus(
                 job_id=self.task.job_id,
+                backend=self.task.backend.value,
                 phase=self.phase,
                 epoch=self.epoch,
                 world_size=len(self.members),
@@ -289,6 +328,20 @@ class ElasticCoordinator:
         if record is not None:
             record.handle.request_reform.remote()
 
+    def _abort_epoch(self) -> None:
+        """NCCL jobs: abort the current epoch's communicator on members not yet back.
+
+        Called when the epoch has lost a member. A lost peer makes NCCL collectives hang
+        until ``collective_timeout_s``; gloo ones fail as soon as its sockets close, and
+        cannot be interrupted from outside anyway (``EpochGroup.abort``), so gloo skips this.
+        """
+        if self.task.backend is not Backend.NCCL or self._aborted_epoch == self.epoch:
+            return
+        self._aborted_epoch = self.epoch
+        for p in self.members:
+            if p in self.peers and p not in self.arrivals:
+                self.peers[p].handle.abort_epoch.remote(self.epoch)
+
     def _drop_peer(self, peer_id: str, why: str) -> None:
         record = self.peers.pop(peer_id, None)
         if record is None:
@@ -303,37 +356,23 @@ class ElasticCoordinator:
 
     def _spawn(self, node_id: str) -> None:
         peer_id = f"{self.task.job_id}-peer-{next(self._peer_ids)}"
-        # An offered node belongs to another pool: pin it by id alone.
-        pool = {} if node_id in self.offered_nodes else self.task.peer_label_selector
-        selector = {**pool, NODE_ID_LABEL: node_id}
-        handle = (
-            ray.remote(ElasticPeer)
-            .options(
-                num_cpus=self.task.peer_num_cpus,
-                label_selector=selector,
-                max_concurrency=PEER_MAX_CONCURRENCY,
-                max_restarts=0,
-            )
-            .remote(self.task, peer_id, self._self)
-        )
+        options = peer_options(self.task, node_id, offered=node_id in self.offered_nodes)
+        handle = ray.remote(ElasticPeer).options(**options).remote(self.task, peer_id, self._self)
         handle.run.remote()  # the peer reports its end (finished / failed) to us itself
         self.peers[peer_id] = PeerRecord(handle=handle, node_id=node_id)
         log.info("spawned %s on node %s", peer_id, node_id[:8])
 
     async def _watch_nodes(self) -> None:
         """Spawn a peer on every eligible node without one; forget peers whose node is gone."""
-        selector = self.task.peer_label_selector
         while self.phase not in ("finished", "failed"):
-            nodes = [n for n in ray.nodes() if n["Alive"]]
-            alive = {
-                n["NodeID"]
-                for n in nodes
-                if n["NodeID"] in self.offered_nodes or all(n.get("Labels", {}).get(k) == v for k, v in selector.items())
-            }
-            for peer_id, record in list(self.peers.items()):
-                if record.node_id not in alive:
-                    self._drop_peer(peer_id, "node left the cluster")
-                    self._wake.set()
+            alive = eligible_nodes(ray.nodes(), self.task, self.offered_nodes)
+            gone = [p for p, record in self.peers.items() if record.node_id not in alive]
+            lost_member = any(p in self.members for p in gone)
+            for peer_id in gone:
+                self._drop_peer(peer_id, "node left the cluster")
+                self._wake.set()
+            if lost_member:
+                self._abort_epoch()
             used = {r.node_id for r in self.peers.values()}
             free = sorted(alive - used - self.lent_nodes)
             for node_id in free[: max(0, self.task.max_peers - len(self.peers))]:
@@ -358,6 +397,8 @@ class ElasticCoordinator:
                 return
             for p in missing:
                 self._request_reform(p)
+            if self._failure_at is not None:
+                self._abort_epoch()  # a member's collective failed: the others are stuck in a dead epoch
             alive = await asyncio.gather(*(self._alive(p) for p in missing))
             for p, ok in zip(missing, alive):
                 if not ok:

@@ -3,14 +3,16 @@
 Per-step commit protocol: a step is committed on a peer once the gather of every
 rank's gradient rows has completed there; the update is then applied identically
 everywhere. A failed gather abandons only the in-flight step (at most one step lost):
-the peer drops its process group, which breaks the others' collectives at once,
-and goes back to the coordinator with its last committed state in memory.
+the peer aborts its process group (``backend.EpochGroup``) and goes back to the
+coordinator with its last committed state in memory. The model, optimizer and
+gathered rows live on the peer's device (its GPU with NCCL, else the CPU).
 """
 
 from __future__ import annotations
 
 import datetime
 import logging
+import os
 import threading
 import time
 import traceback
@@ -19,9 +21,10 @@ from pathlib import Path
 import ray
 import torch
 from ray.exceptions import GetTimeoutError, RayError
-from torch.distributed import PrefixStore, ProcessGroupGloo, TCPStore
+from torch.distributed import TCPStore
 
 from workers.elastic import state as state_io
+from workers.elastic.backend import EpochGroup, PeerLost, new_group, peer_device
 from workers.elastic.checkpoint import AsyncCheckpointer, SavedCheckpoint
 from workers.elastic.membership import Plan, Restore
 from workers.elastic.sharding import micro_batches_of, rows_per_rank, step_sample_ids
@@ -33,10 +36,6 @@ log = logging.getLogger(__name__)
 FINAL_FLUSH_S = 60.0
 
 
-class PeerLost(RuntimeError):
-    """A collective or a state transfer failed because another peer went away (recoverable)."""
-
-
 class StateDivergence(RuntimeError):
     """Peers of one epoch hold different states at the same step (a determinism bug)."""
 
@@ -44,8 +43,8 @@ class StateDivergence(RuntimeError):
 class ElasticPeer:
     """Runs in its own process; ``run`` trains until the job ends or the peer is released.
 
-    The actor is threaded: ``ping``, ``request_reform`` and ``export_state`` answer while
-    ``run`` is busy, and only read state at a step boundary (under ``_lock``).
+    The actor is threaded: ``ping``, ``request_reform``, ``abort_epoch`` and ``export_state``
+    answer while ``run`` is busy, and only read state at a step boundary (under ``_lock``).
     """
 
     def __init__(self, task: TrainTask, peer_id: str, coordinator: ray.actor.ActorHandle) -> None:
@@ -54,6 +53,7 @@ class ElasticPeer:
         self.peer_id = peer_id
         self.coordinator = coordinator
         self.node_ip = ray.util.get_node_ip_address()
+        self.device = peer_device(task.backend, ray.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES"))
         self.step_fn = resolve(task.step_fn, "step_fn")
         self.data = tuple(resolve(task.dataset_fn, "dataset_fn")(task.seed))
         if not self.data or len({len(t) for t in self.data}) != 1:
@@ -64,7 +64,7 @@ class ElasticPeer:
         self.epoch = 0
         self._reform = threading.Event()
         self._lock = threading.Lock()
-        self._pg: ProcessGroupGloo | None = None
+        self._group: EpochGroup | None = None
         self._store: TCPStore | None = None
         self._store_addr: tuple[str, int] | None = None
         self._export_cache: tuple[int, bytes] | None = None
@@ -74,7 +74,8 @@ class ElasticPeer:
 
     def _build_initial(self) -> None:
         torch.manual_seed(self.task.seed)
-        self.model = resolve(self.task.model_fn, "model_fn")()
+        # Built on the CPU from the seeded CPU RNG, then moved: the same start on any device.
+        self.model = resolve(self.task.model_fn, "model_fn")().to(self.device)
         self.optimizer = resolve(self.task.optimizer_fn, "optimizer_fn")(trainable(self.model))
         self.step = 0
 
@@ -85,6 +86,17 @@ class ElasticPeer:
     def request_reform(self) -> None:
         """Stop at the next step boundary (the flag travels in the gather so all stop together)."""
         self._reform.set()
+
+    def abort_epoch(self, epoch: int) -> None:
+        """Abort ``epoch``'s communicator: the coordinator learned that a member is gone.
+
+        Called for NCCL jobs only, whose collectives hang on a lost peer; the abort makes
+        ``run``'s blocked collective fail now rather than at ``collective_timeout_s``.
+        A no-op once the peer has moved on to another epoch.
+        """
+        group = self._group
+        if group is not None and group.epoch == epoch:
+            group.abort()
 
     def export_state(self, step: int) -> bytes:
         """The serialized state at committed ``step`` (for a joiner)."""
@@ -155,17 +167,17 @@ class ElasticPeer:
         self.has_state = True
         self.prev_rank = plan.rank
         self.epoch = plan.epoch
-        self._pg = self._make_group(plan)
+        self._group = self._make_group(plan)
         mine = self.digest()
-        send = torch.tensor([[mine.step, mine.short]], dtype=torch.int64)
+        send = torch.tensor([[mine.step, mine.short]], dtype=torch.int64, device=self.device)
         recv = [torch.empty_like(send) for _ in range(plan.world_size)]
-        self._collective(lambda: self._pg.allgather([recv], [send]))
+        self._group.allgather(recv, send)
         if any(not torch.equal(r, send) for r in recv):
             raise StateDivergence(
                 f"epoch {plan.epoch}: peers' (step, hash) differ: {[tuple(r[0].tolist()) for r in recv]}"
             )
 
-    def _make_group(self, plan: Plan) -> ProcessGroupGloo:
+    def _make_group(self, plan: Plan) -> EpochGroup:
         if self._store_addr != (plan.store_host, plan.store_port):
             self._store = TCPStore(
                 plan.store_host,
@@ -174,23 +186,21 @@ class ElasticPeer:
                 timeout=datetime.timedelta(seconds=self.task.collective_timeout_s),
             )
             self._store_addr = (plan.store_host, plan.store_port)
-        options = ProcessGroupGloo._Options()
-        options._timeout = datetime.timedelta(seconds=self.task.collective_timeout_s)
-        options._devices = [ProcessGroupGloo.create_device(hostname=self.node_ip)]
-        try:
-            return ProcessGroupGloo(PrefixStore(f"epoch-{plan.epoch}/", self._store), plan.rank, plan.world_size, options)
-        except RuntimeError as exc:
-            raise PeerLost(f"forming epoch {plan.epoch} failed: {exc}") from exc
-
-    def _collective(self, call) -> None:
-        try:
-            call().wait()
-        except RuntimeError as exc:  # gloo: connection reset / closed / timed out
-            raise PeerLost(str(exc).splitlines()[0][:300]) from exc
+        return new_group(
+            self.task.backend,
+            self._store,
+            plan.epoch,
+            plan.rank,
+            plan.world_size,
+            self.task.collective_timeout_s,
+            self.node_ip,
+        )
 
     def _drop_group(self) -> None:
-        # Destroying the group closes its sockets, so peers blocked on us fail now, not at their timeout.
-        self._pg = None
+        # Aborting closes gloo's sockets / NCCL's communicator, so peers blocked on us fail now.
+        if self._group is not None:
+            self._group.abort()
+            self._group = None
 
     def _train(self, plan: Plan) -> bool:
         """Run committed steps; True at the job's last step, False when a reform was requested."""
@@ -200,19 +210,19 @@ class ElasticPeer:
         shares = [micro_batches_of(r, plan.world_size, k) for r in range(plan.world_size)]
         rows = rows_per_rank(plan.world_size, k)
         p = num_grad_elements(self.model)
-        send = torch.zeros(rows, p + EXTRA_COLS)
+        send = torch.zeros(rows, p + EXTRA_COLS, device=self.device)
         recv = [torch.empty_like(send) for _ in range(plan.world_size)]
-        full = torch.empty(k, p + EXTRA_COLS)
+        full = torch.empty(k, p + EXTRA_COLS, device=self.device)
         n = len(self.data[0])
         while self.step < task.total_steps:
             ids = step_sample_ids(self.step, task.global_batch_size, n, task.seed)
             send.zero_()
             for j, micro in enumerate(mine):
                 idx = torch.from_numpy(ids[micro * m : (micro + 1) * m])
-                batch = tuple(t[idx] for t in self.data)
+                batch = tuple(t[idx].to(self.device) for t in self.data)
                 micro_batch_row(self.model, self.step_fn, batch, task.seed, self.step, micro, send[j])
             send[0, p + REFORM_COL] = 1.0 if self._reform.is_set() else 0.0
-            self._collective(lambda: self._pg.allgather([recv], [send]))
+            self._group.allgather(recv, send)
             for r, share in enumerate(shares):
                 full[share.start : share.stop] = recv[r][: len(share)]
             reform = any(bool(recv[r][0, p + REFORM_COL] > 0) for r in range(plan.world_size))

@@ -3,6 +3,8 @@
 State = model parameters and buffers, optimizer state, committed step and seed. The
 data position is the committed step (see ``sharding``) and the RNG is derived from
 (seed, step, micro-batch) (see ``step_math``), so both travel as those two integers.
+Hashes and blobs are made from CPU copies, so they do not depend on the device the
+state lives on: a GPU peer's checkpoint loads and verifies on a CPU-only machine.
 """
 
 from __future__ import annotations
@@ -57,16 +59,31 @@ def digest(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, 
     return StateDigest(step=step, sha256=h.hexdigest())
 
 
+def _on_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        out = type(obj)((key, _on_cpu(value)) for key, value in obj.items())
+        if hasattr(obj, "_metadata"):  # a state_dict's module versions, read by load_state_dict
+            out._metadata = obj._metadata
+        return out
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_on_cpu(item) for item in obj)
+    return obj
+
+
 def dump(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, seed: int) -> bytes:
+    """The state as bytes, every tensor a CPU copy (a blob never names a device)."""
     buf = io.BytesIO()
-    torch.save({"step": step, "seed": seed, "model": model.state_dict(), "optimizer": optimizer.state_dict()}, buf)
+    state = {"step": step, "seed": seed, "model": model.state_dict(), "optimizer": optimizer.state_dict()}
+    torch.save(_on_cpu(state), buf)
     return buf.getvalue()
 
 
 def load(
     blob: bytes, model: torch.nn.Module, optimizer: torch.optim.Optimizer, expected: StateDigest | None
 ) -> int:
-    """Load ``blob`` into ``model`` and ``optimizer``; return its step.
+    """Load ``blob`` into ``model`` and ``optimizer`` (onto their devices); return its step.
 
     Raises:
         StateHashMismatch: the loaded state does not hash to ``expected``.

@@ -6,6 +6,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from workers.elastic.backend import Backend
+
 
 class TaskError(ValueError):
     """A training task is malformed (the message names the field)."""
@@ -63,6 +65,7 @@ class TrainTask:
     node_poll_s: float = 1.0
     peer_num_cpus: float = 1.0
     peer_label_selector: dict[str, str] = field(default_factory=lambda: {"pool": "train"})
+    backend: Backend = Backend.GLOO  # resolved at submit (``orchestrator.training.spec``), never "auto"
     torch_threads: int = 1
     step_delay_s: float = 0.0
 
