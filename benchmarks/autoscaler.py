@@ -41,10 +41,14 @@ TRACES = {
 PROFILE = DATA / "splitwise-perf" / "perf_model.csv"
 POLICY_ORDER = ("static", "ray-serve", "dynamo", "flowtide")
 TARGET_ATTAINMENT = 0.99
+HINDSIGHT_SCALES = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2)
+# Pre-training data for flowtide on each hour-long trace: never the trace it is judged on.
+PRETRAIN_DAYS = 4.0
+PRETRAIN_SOURCES = {"azure-code": ("servegen-m-large", "azure-conv"), "azure-conv": ("servegen-m-large", "azure-code")}
 
 
 def run_trace(name: str, path: Path, tick_s: float, policies: tuple[str, ...], forecaster: str, seed: int,
-              plots: Path, bar, checkpoint) -> dict:
+              plots: Path, bar, checkpoint, pretrained: dict[str, Path], hindsight: bool) -> dict:
     from autoscaler.capacity import load_capacity
     from autoscaler.plots import plot_run
     from autoscaler.policies import make_policy
@@ -65,7 +69,8 @@ def run_trace(name: str, path: Path, tick_s: float, policies: tuple[str, ...], f
                        "power_cap_w": cluster.power_cap_w, "cold_start_s": cluster.cold_start_s},
            "policies": {}}
     for policy_name in policies:
-        policy = make_policy(policy_name, trace, cluster, forecaster=forecaster, seed=seed)
+        model = pretrained.get(name) if policy_name == "flowtide" else None
+        policy = make_policy(policy_name, trace, cluster, forecaster=forecaster, seed=seed, pretrained=model)
         task = bar.add_task(f"{name}: {policy_name}", total=trace.n_ticks)
         t0 = time.perf_counter()
         result = simulate(trace, policy, cluster, progress=lambda done, total, t=task: bar.update(t, completed=done))
@@ -78,11 +83,66 @@ def run_trace(name: str, path: Path, tick_s: float, policies: tuple[str, ...], f
             summary["forecaster"] = forecaster if policy.forecaster is not None else f"{forecaster} (never fitted)"
             summary["forecast_step_s"] = policy.step_s
             summary["forecaster_fit_error"] = policy.fit_error
+            summary["pretrained"] = str(model) if model is not None else None
         summary["plot"] = str(plot_run(result, capacity.prefill_tokens_per_s(), plots / name).relative_to(ROOT))
         out["policies"][policy_name] = summary
         out["ratios"] = ratios(out["policies"])
         checkpoint(name, out)
+    if hindsight:
+        task = bar.add_task(f"{name}: hindsight bound", total=len(HINDSIGHT_SCALES))
+        out["hindsight"] = hindsight_bound(trace, cluster, lambda done, t=task: bar.update(t, completed=done))
+        if "static" in out["policies"] and out["hindsight"]["cheapest_at_99"]:
+            out["hindsight"]["cheapest_at_99"]["gpu_hours_vs_static"] = (
+                out["hindsight"]["cheapest_at_99"]["gpu_hours"] / out["policies"]["static"]["gpu_hours"])
+        checkpoint(name, out)
     return out
+
+
+def ensure_pretrained(judged: str, seed: int, bar) -> Path:
+    """The flow flowtide starts from on ``judged``: trained on ServeGen and the other Azure trace at
+    the short-trace forecast step, never on ``judged`` itself; made once, then loaded."""
+    from autoscaler.policies import default_forecast_step_s
+    from autoscaler.policies.flowtide import pretrain
+    from autoscaler.traces import load_trace
+
+    path = ROOT / "results" / "models" / f"flow-for-{judged}.pt"
+    if path.is_file() and Path(f"{path}.json").is_file():
+        return path
+    task = bar.add_task(f"{judged}: pre-train flow on {', '.join(PRETRAIN_SOURCES[judged])}", total=None)
+    step = default_forecast_step_s(3600.0)
+    histories = []
+    for source in PRETRAIN_SOURCES[judged]:
+        src, tick = TRACES[source]
+        trace = load_trace(src, tick, seed=seed, cache_dir=ROOT / "results" / "cache")
+        k = int(round(step / tick))
+        rates = trace.rates()[: trace.n_ticks // k * k]
+        # The last PRETRAIN_DAYS of a long source: enough windows, and a fit of minutes on 2 cores.
+        histories.append(rates.reshape(-1, k, rates.shape[1]).mean(axis=1)[-int(PRETRAIN_DAYS * 86_400 / step):])
+    # No daily seasonal lags: the hour-long traces it serves have none.
+    pretrain(histories, step, path, sources=list(PRETRAIN_SOURCES[judged]), seasons=0, max_train_s=150.0, seed=seed)
+    bar.update(task, total=1, completed=1)
+    return path
+
+
+def hindsight_bound(trace, cluster, progress) -> dict:
+    """What perfect knowledge of the trace's future buys with the same cold start, bounds and profile.
+
+    Not a policy: :class:`autoscaler.policies.hindsight.HindsightPolicy` reads future demand. Swept
+    over ``scale`` (sizing below or above its arrival-curve need); the cheapest run reaching 99%
+    says whether a GPU-hour target is reachable at all.
+    """
+    from autoscaler.policies.hindsight import HindsightPolicy
+    from autoscaler.simulator import simulate
+
+    runs = []
+    for i, scale in enumerate(HINDSIGHT_SCALES):
+        s = simulate(trace, HindsightPolicy(trace, cluster, scale=scale), cluster).summary()
+        runs.append({"scale": scale, **{k: s[k] for k in ("slo_attainment", "gpu_hours", "power_violations",
+                                                          "scaling_actions", "mean_prefill_replicas",
+                                                          "mean_decode_replicas")}})
+        progress(i + 1)
+    ok = [r for r in runs if r["slo_attainment"] >= TARGET_ATTAINMENT]
+    return {"runs": runs, "cheapest_at_99": dict(min(ok, key=lambda r: r["gpu_hours"])) if ok else None}
 
 
 def ratios(policies: dict) -> dict:
@@ -101,10 +161,12 @@ def ratios(policies: dict) -> dict:
         res["gpu_hours_vs_best_baseline_at_99"] = ours["gpu_hours"] / qualified[best]["gpu_hours"]
     res["attainment_vs_every_baseline"] = {n: ours["slo_attainment"] - p["slo_attainment"]
                                            for n, p in policies.items() if n != "flowtide"}
+    reached = ours["slo_attainment"] >= TARGET_ATTAINMENT
+    # The GPU-hour targets hold "at that attainment": a cheap run below 99% does not meet them.
     res["targets"] = {
-        "attainment_ge_99": ours["slo_attainment"] >= TARGET_ATTAINMENT,
-        "gpu_hours_le_0.70x_static": res.get("gpu_hours_vs_static", np.inf) <= 0.70,
-        "gpu_hours_le_0.85x_best_baseline_at_99": res.get("gpu_hours_vs_best_baseline_at_99", np.inf) <= 0.85,
+        "attainment_ge_99": reached,
+        "gpu_hours_le_0.70x_static_at_99": reached and res.get("gpu_hours_vs_static", np.inf) <= 0.70,
+        "gpu_hours_le_0.85x_best_baseline_at_99": reached and res.get("gpu_hours_vs_best_baseline_at_99", np.inf) <= 0.85,
         "zero_power_violations": ours["power_violations"] == 0,
     }
     return res
@@ -159,6 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--crps", action="store_true", help="also run benchmarks/forecast.py's CRPS evaluation")
     parser.add_argument("--json", type=Path, default=None, help="also write the result JSON here")
+    parser.add_argument("--pretrain", action="store_true",
+                        help="start flowtide on the hour-long Azure traces from a flow pre-trained on ServeGen and the "
+                             "other Azure trace (never the judged one); made once into results/models/")
+    parser.add_argument("--hindsight", choices=("short", "all", "none"), default="short",
+                        help="also run the hindsight bound (reads the future; not a policy) on short traces, all, or none")
     args = parser.parse_args(argv)
     missing = [str(TRACES[t][0]) for t in args.traces.split(",") if not TRACES[t][0].exists()]
     if missing or not PROFILE.is_file():
@@ -177,10 +244,14 @@ def main(argv: list[str] | None = None) -> int:
         partial.write_text(json.dumps(results, indent=2, default=float))
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
                   TimeElapsedColumn()) as bar:
+        pretrained = {}
+        if args.pretrain and "flowtide" in policies:
+            pretrained = {t: ensure_pretrained(t, args.seed, bar) for t in args.traces.split(",") if t in PRETRAIN_SOURCES}
         for trace in args.traces.split(","):
             path, tick = TRACES[trace]
+            hindsight = args.hindsight == "all" or (args.hindsight == "short" and tick < 10.0)
             results["traces"][trace] = run_trace(trace, path, tick, policies, args.forecaster, args.seed, plots, bar,
-                                                 checkpoint)
+                                                 checkpoint, pretrained, hindsight)
     flowtide_p99 = [r["policies"]["flowtide"].get("decision_forecast_plus_optimise_p99_ms")
                     for r in results["traces"].values() if "flowtide" in r["policies"]]
     flowtide_p99 = [x for x in flowtide_p99 if x is not None]
@@ -204,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results)
     for trace, res in results["traces"].items():
         print(trace, json.dumps(res["ratios"], default=float))
+        if "hindsight" in res:
+            best = res["hindsight"]["cheapest_at_99"]
+            print(f"{trace} hindsight bound (reads the future, same cold start): " + (
+                f"{best['slo_attainment']:.4f} at {best['gpu_hours']:.1f} GPU-h "
+                f"({best.get('gpu_hours_vs_static', float('nan')):.2f}x static)" if best else "never reaches 99%"))
     print(f"decision p99 (forecast + optimise): {results['decision_p99_ms']} ms; JSON: {out}")
     return 0
 

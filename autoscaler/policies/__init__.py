@@ -6,10 +6,14 @@ cores (Ray Serve's delay logic, the Bayesian :func:`autoscaler.decision.decide`)
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from autoscaler.decision import DecisionParams
 from autoscaler.simulator import ClusterParams
 
 POLICIES = ("static", "ray-serve", "dynamo", "flowtide")
+# Windows of flowtide's arrival-curve burst sizing on short (1 s tick) traces.
+SHORT_BURST_WINDOWS_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 
 class PolicyError(ValueError):
@@ -26,11 +30,15 @@ def decision_params(cluster: ClusterParams, **overrides) -> DecisionParams:
 
 
 def make_policy(name: str, trace, cluster: ClusterParams, forecaster: str = "flow", forecast_step_s: float | None = None,
-                seed: int = 0, **kw):
+                seed: int = 0, pretrained: str | Path | None = None, **kw):
     """Build policy ``name`` for ``trace`` on ``cluster``.
 
     ``forecast_step_s`` defaults to 600 s (ServeGen's window) for traces of two days or more and
-    30 s for shorter ones, whose few rows would not train a forecaster at coarse steps.
+    30 s for shorter ones, whose few rows would not train a forecaster at coarse steps. On short
+    traces (1 s ticks) flowtide also decides every 10 s, sizes each step by its arrival curve
+    (1-30 s windows, see ``FlowtidePolicy._peak``) and bootstraps (mean, burst) pairs of the last
+    10 minutes jointly. ``pretrained``: a flow saved by :func:`autoscaler.policies.flowtide.pretrain`
+    on other traces, used by flowtide from the first row and updated online.
     """
     from autoscaler.policies.dynamo import DynamoPolicy
     from autoscaler.policies.flowtide import FlowtidePolicy
@@ -45,6 +53,13 @@ def make_policy(name: str, trace, cluster: ClusterParams, forecaster: str = "flo
         return DynamoPolicy(cluster, seed=seed, **kw)
     if name == "flowtide":
         step = forecast_step_s or default_forecast_step_s(trace.duration_s)
+        if trace.duration_s < 2 * 86_400:
+            kw = {"interval_s": 10.0, "burst_windows_s": SHORT_BURST_WINDOWS_S, "joint_bootstrap": True,
+                  "burst_window_rows": max(1, int(600 // step)), **kw}
+        if pretrained is not None:
+            from autoscaler.policies.flowtide import load_pretrained
+
+            kw["pretrained"], kw["pretrained_level"] = load_pretrained(pretrained)
         return FlowtidePolicy(cluster, forecaster=forecaster, forecast_step_s=step,
                               min_fit_rows=int(max(8, 86_400 // step if trace.duration_s >= 2 * 86_400 else 40)),
                               seed=seed, **kw)

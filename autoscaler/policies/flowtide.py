@@ -1,18 +1,22 @@
 """Ours: a predictive distribution of demand feeding the Bayesian decision.
 
 Demand is aggregated into ``forecast_step_s`` rows as they complete; the forecaster (the flow by
-default) is fitted once ``min_fit_rows`` exist and updated online with every new row, so it
-learns only from the trace's past. Each sample is then scaled by a within-step burst factor
-(peak ``burst_window_s`` mean rate over the step mean) bootstrapped from the recent past, because replicas must
-carry the peak tick, not the mean. Before the first fit, the step means of the last
-``burst_window_rows`` steps, bootstrapped, stand in for the forecaster's samples.
+default) is fitted once ``min_fit_rows`` exist, or given pre-trained on other traces
+(:func:`pretrain`), and updated online with every new row, so it learns only from the trace's
+past. Each sample is then scaled by a within-step burst factor (the step's peak rate over its
+mean: the peak ``burst_window_s`` mean, or with ``burst_windows_s`` its arrival curve) bootstrapped
+from the recent past, because replicas must carry the peak, not the mean. Before the first fit,
+the step means of the last ``burst_window_rows`` steps, bootstrapped (with ``joint_bootstrap``,
+each with its own burst factor), stand in for the forecaster's samples.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
@@ -29,8 +33,10 @@ class FlowtidePolicy:
 
     def __init__(self, cluster: ClusterParams, forecaster: str | Forecaster = "flow", forecast_step_s: float = 600.0,
                  interval_s: float = 60.0, n_samples: int = 64, min_fit_rows: int = 144, refit_every_rows: int | None = None,
-                 burst_window_rows: int = 144, burst_window_s: float = 10.0, forecaster_kw: dict | None = None, seed: int = 0,
-                 **decision_overrides) -> None:
+                 burst_window_rows: int = 144, burst_window_s: float = 10.0, burst_windows_s: tuple[float, ...] | None = None,
+                 burst_wait_s: float | None = None, joint_bootstrap: bool = False, forecaster_kw: dict | None = None,
+                 pretrained: Forecaster | None = None, pretrained_level: np.ndarray | None = None,
+                 seed: int = 0, **decision_overrides) -> None:
         if forecast_step_s <= 0 or interval_s <= 0 or n_samples < 1:
             raise PolicyError("forecast_step_s and interval_s must be positive and n_samples >= 1")
         self.cluster = cluster
@@ -42,9 +48,16 @@ class FlowtidePolicy:
         self.refit_every_rows = refit_every_rows
         self.burst_window_rows = burst_window_rows
         self.burst_window_s = burst_window_s
+        self.burst_windows_s = tuple(burst_windows_s) if burst_windows_s else None
+        self.burst_wait_s = burst_wait_s
+        self.joint_bootstrap = joint_bootstrap
         self.forecaster_spec = forecaster
         self.forecaster_kw = forecaster_kw or {}
-        self.forecaster: Forecaster | None = None
+        # A forecaster fitted on other traces serves from the first row and is updated online with
+        # this trace's rows; it is only replaced if ``refit_every_rows`` asks for a refit.
+        self.forecaster: Forecaster | None = pretrained
+        self.pretrained = pretrained is not None
+        self.pretrained_level = None if pretrained_level is None else np.asarray(pretrained_level, dtype=float)
         self.fitted_rows = 0
         self.fit_error: str | None = None
         self.rows: list[np.ndarray] = []
@@ -60,8 +73,14 @@ class FlowtidePolicy:
         self._predict_started = 0.0
 
     def _observe(self, snapshot: Snapshot) -> int:
-        """Aggregate completed steps into rows (mean) and burst ratios (peak tick / mean)."""
+        """Aggregate completed steps into rows (mean) and burst ratios (peak rate / mean)."""
         history, tick = snapshot.history, snapshot.step_s
+        wait = self.burst_wait_s
+        if wait is None:
+            # What a queued prompt may wait and still meet the TTFT SLO: the budget left after the
+            # tail prompt's own prefill (the same margin the decision sizes replicas with).
+            own = float(self.params.capacity.prefill_time_s(snapshot.tail_prompt_tokens))
+            wait = max(0.0, self.params.latency_margin * self.params.ttft_slo_s - own)
         start = snapshot.now_s - history.shape[0] * tick
         added = 0
         while self.consumed_s + self.step_s <= snapshot.now_s + 1e-9:
@@ -71,12 +90,30 @@ class FlowtidePolicy:
                 block = history[lo:hi]
                 mean = block.mean(axis=0)
                 self.rows.append(mean)
-                k = min(block.shape[0], max(1, int(round(self.burst_window_s / tick))))
-                peak = np.apply_along_axis(lambda c: np.convolve(c, np.ones(k) / k, mode="valid"), 0, block).max(axis=0)
+                peak = self._peak(block, tick, wait)
                 self.bursts.append(np.where(mean > 0, peak / np.maximum(mean, 1e-12), 1.0))
                 added += 1
             self.consumed_s += self.step_s
         return added
+
+    def _peak(self, block: np.ndarray, tick: float, wait_s: float) -> np.ndarray:
+        """The rate per column that replicas must carry within the step ``block`` ([ticks, 3]).
+
+        With ``burst_windows_s`` unset: the peak ``burst_window_s`` moving mean. With it set (short
+        ticks, where one-second spikes matter): the arrival-curve rate, the most any window of those
+        lengths brings in over its length plus ``wait_s`` (work a queue may hold and still
+        meet the TTFT SLO), as a fluid server is sized in network calculus.
+        """
+        if self.burst_windows_s is None:
+            k = min(block.shape[0], max(1, int(round(self.burst_window_s / tick))))
+            return np.apply_along_axis(lambda c: np.convolve(c, np.ones(k) / k, mode="valid"), 0, block).max(axis=0)
+        csum = np.concatenate([np.zeros((1, block.shape[1])), np.cumsum(block, axis=0)])
+        peak = np.zeros(block.shape[1])
+        for w in self.burst_windows_s:
+            k = min(block.shape[0], max(1, int(round(w / tick))))
+            amount = (csum[k:] - csum[:-k]).max(axis=0) * tick
+            peak = np.maximum(peak, amount / (k * tick + wait_s))
+        return peak
 
     def _new_forecaster(self) -> Forecaster:
         if isinstance(self.forecaster_spec, str):
@@ -98,17 +135,37 @@ class FlowtidePolicy:
             else:
                 self.forecaster, self.fitted_rows, self.fit_error = candidate, n, None
         elif self.forecaster is not None and added:
-            self.forecaster.update(hist[-added:])
+            self.forecaster.update(hist[-added:] * self._to_model(hist))
         self._predict_started = time.perf_counter()
+        bursts = np.asarray(self.bursts[-self.burst_window_rows:])
+        recent = hist[-self.burst_window_rows:]
         if self.forecaster is None:
             # Warm-up: the recent step means, bootstrapped, stand in for the forecast.
-            recent = hist[-self.burst_window_rows:]
-            base = recent[self.rng.integers(0, recent.shape[0], (self.n_samples, self.horizon))]
+            pick = self.rng.integers(0, recent.shape[0], (self.n_samples, self.horizon))
+            base = recent[pick]
+            if self.joint_bootstrap:
+                # A step's mean and its burst come together: busy steps are not also given the
+                # burst ratio of quiet ones (whose peaks over a near-zero mean are huge ratios).
+                return Forecast(samples=base * bursts[pick], indicators=DEMAND_INDICATORS, step_s=self.step_s)
         else:
-            base = self.forecaster.predict(hist, self.horizon, self.n_samples, self.rng).samples
-        bursts = np.asarray(self.bursts[-self.burst_window_rows:])
+            to_model = self._to_model(hist)
+            base = self.forecaster.predict(hist * to_model, self.horizon, self.n_samples, self.rng).samples / to_model
+            if self.joint_bootstrap:
+                pick = self.rng.integers(0, recent.shape[0], (self.n_samples, self.horizon))
+                # The forecaster moves the level; the recent steps' joint (mean, burst) draws give
+                # the shape of the peaks around it.
+                level = np.maximum(recent.mean(axis=0), 1e-9)
+                return Forecast(samples=recent[pick] * bursts[pick] * base / level, indicators=DEMAND_INDICATORS,
+                                step_s=self.step_s)
         factor = bursts[self.rng.integers(0, bursts.shape[0], base.shape[:2])]
         return Forecast(samples=base * factor, indicators=DEMAND_INDICATORS, step_s=self.step_s)
+
+    def _to_model(self, hist: np.ndarray) -> np.ndarray | float:
+        """Factor from this trace's units to a pre-trained forecaster's: its training mean over
+        this trace's mean so far (past rows only). 1 when there is no pre-trained level."""
+        if self.pretrained_level is None:
+            return 1.0
+        return self.pretrained_level / np.maximum(hist.mean(axis=0), 1e-9)
 
     def step(self, snapshot: Snapshot) -> Decision:
         added = self._observe(snapshot)
@@ -129,3 +186,41 @@ class FlowtidePolicy:
             self.decision_s.append(time.perf_counter() - self._predict_started)
         self.last_decision = decision
         return decision
+
+
+def pretrain(histories: list[np.ndarray], step_s: float, path: str | Path, sources: list[str] | None = None,
+             **forecaster_kw) -> Forecaster:
+    """Fit a flow on other traces' demand rows ``[T, 3]`` and save it for :func:`load_pretrained`.
+
+    The first history sets the normalisation and the validation windows; the others are rescaled
+    to its mean and add training windows (``FlowForecaster.fit``'s ``extra_histories``). The mean
+    row is written beside the model (``<path>.json``): the policy rescales a new trace to it.
+    Never pass the trace the policy will be judged on.
+    """
+    main = np.asarray(histories[0], dtype=float)
+    level = main.mean(axis=0)
+    extra = tuple(np.asarray(h, dtype=float) * level / np.maximum(np.asarray(h).mean(axis=0), 1e-9)
+                  for h in histories[1:])
+    forecaster = make_forecaster("flow", **forecaster_kw)
+    forecaster.fit(main, step_s, extra_histories=extra)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    forecaster.save(path)
+    meta = {"level": level.tolist(), "step_s": step_s, "sources": list(sources or []), "rows": [len(h) for h in histories]}
+    Path(f"{path}.json").write_text(json.dumps(meta, indent=1))
+    return forecaster
+
+
+def load_pretrained(path: str | Path) -> tuple[Forecaster, np.ndarray]:
+    """A flow saved by :func:`pretrain` and the mean demand row of the traces it was trained on.
+
+    Raises:
+        PolicyError: the model or its ``.json`` beside it is missing.
+    """
+    from autoscaler.forecast.flow import FlowForecaster
+
+    path = Path(path)
+    meta = Path(f"{path}.json")
+    if not path.is_file() or not meta.is_file():
+        raise PolicyError(f"pre-trained forecaster {path} (and {meta.name} beside it) not found; see pretrain()")
+    return FlowForecaster.load(path), np.asarray(json.loads(meta.read_text())["level"], dtype=float)

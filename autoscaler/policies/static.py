@@ -18,6 +18,18 @@ from . import decision_params
 PEAK_WINDOW_S = 10.0
 
 
+def trace_lengths(trace: TickTrace) -> tuple[float, float, float]:
+    """Whole-trace mean prompt, 90th-percentile prompt (at least the mean) and mean output tokens (hindsight)."""
+    g = trace.groups
+    total = max(float(trace.n_requests.sum()), 1e-9)
+    mean_prompt = float(trace.prompt_tokens.sum() / total)
+    mean_out = float(trace.output_tokens.sum() / total)
+    order = np.argsort(g.prompt_tokens)
+    cum = np.cumsum(g.weight[order])
+    tail = float(g.prompt_tokens[order][np.searchsorted(cum, 0.9 * cum[-1])])
+    return mean_prompt, max(tail, mean_prompt), mean_out
+
+
 class StaticPolicy:
     """Fixed (prefill, decode) replicas; sized with hindsight, as operators size for a known peak."""
 
@@ -31,16 +43,10 @@ class StaticPolicy:
     def for_peak(cls, trace: TickTrace, cluster: ClusterParams) -> StaticPolicy:
         """Size each pool for the peak 10 s demand with the profiled curves (no cap on bounds)."""
         params = decision_params(cluster)
-        g = trace.groups
-        total = max(float(trace.n_requests.sum()), 1e-9)
-        mean_prompt = float(trace.prompt_tokens.sum() / total)
-        mean_out = float(trace.output_tokens.sum() / total)
-        order = np.argsort(g.prompt_tokens)
-        cum = np.cumsum(g.weight[order])
-        tail = float(g.prompt_tokens[order][np.searchsorted(cum, 0.9 * cum[-1])])
+        mean_prompt, tail, mean_out = trace_lengths(trace)
         k = max(1, int(round(PEAK_WINDOW_S / trace.step_s)))
         rates = np.apply_along_axis(lambda c: np.convolve(c, np.ones(k) / k, mode="valid"), 0, trace.rates())[None]
-        need_p, need_d = pool_demand(rates, cluster.capacity, params, mean_prompt, max(tail, mean_prompt), mean_out)
+        need_p, need_d = pool_demand(rates, cluster.capacity, params, mean_prompt, tail, mean_out)
         p = int(np.clip(math.ceil(need_p.max()), cluster.min_replicas[0], cluster.max_replicas[0]))
         d = int(np.clip(math.ceil(need_d.max()), cluster.min_replicas[1], cluster.max_replicas[1]))
         return cls(p, d)

@@ -68,3 +68,125 @@ def test_dynamo_sizes_from_the_last_interval_and_clamps_to_the_power_budget(clus
     assert (d.prefill + d.decode) * tp <= budget_gpus
     assert d.reasons["prefill"].binding == "gpu_power_budget"
     assert d.prefill / d.decode == pytest.approx(free.prefill / free.decode, rel=0.5)
+
+
+# ---- flowtide on short traces, pre-trained forecasters, and the hindsight bound -------------------
+
+from autoscaler.forecast import make_forecaster  # noqa: E402
+from autoscaler.policies import SHORT_BURST_WINDOWS_S, make_policy  # noqa: E402
+from autoscaler.policies.flowtide import FlowtidePolicy, load_pretrained, pretrain  # noqa: E402
+from autoscaler.policies.hindsight import HindsightPolicy  # noqa: E402
+from autoscaler.traces import RequestGroups, TickTrace  # noqa: E402
+
+
+def tick_trace(rps: np.ndarray, prompt: float = 1000.0, output: float = 50.0, step_s: float = 1.0) -> TickTrace:
+    rps = np.asarray(rps, dtype=float)
+    n = rps * step_s
+    ticks = np.arange(rps.size)
+    return TickTrace("synthetic", step_s, n, n * prompt, n * output,
+                     RequestGroups(ticks, np.full(rps.size, prompt), np.full(rps.size, output), n))
+
+
+class Recording:
+    """A real forecaster (last value) that records every history it is shown."""
+
+    def __init__(self):
+        self.inner = make_forecaster("last")
+        self.seen: list[np.ndarray] = []
+        self.updates: list[np.ndarray] = []
+
+    def fit(self, history, step_s):
+        self.inner.fit(history, step_s)
+
+    def update(self, new_rows):
+        self.updates.append(np.array(new_rows))
+        self.inner.update(new_rows)
+
+    def predict(self, history, horizon, n_samples, rng):
+        self.seen.append(np.array(history))
+        return self.inner.predict(history, horizon, n_samples, rng)
+
+
+def test_arrival_curve_peak_counts_a_one_second_spike_the_queue_cannot_absorb(cluster):
+    policy = FlowtidePolicy(cluster, forecast_step_s=30.0, burst_windows_s=SHORT_BURST_WINDOWS_S, burst_wait_s=1.0)
+    block = np.zeros((30, 3))
+    block[7] = [60.0, 60_000.0, 3_000.0]  # 60 requests of 1000 tokens in one second, nothing else
+    peak = policy._peak(block, 1.0, 1.0)
+    # One second of arrivals plus one second the queue may hold: 30k tokens/s, 15x the 10 s mean.
+    assert peak[1] == pytest.approx(30_000.0)
+    ten_s = FlowtidePolicy(cluster, forecast_step_s=30.0)._peak(block, 1.0, 1.0)
+    assert ten_s[1] == pytest.approx(6_000.0)
+
+
+def test_joint_bootstrap_never_gives_a_busy_step_the_burst_ratio_of_a_quiet_one(cluster):
+    rates = np.zeros((600, 3))
+    rates[:300:30] = [20.0, 20_000.0, 1_000.0]  # quiet half: one busy second per 30 s step
+    rates[300:] = [5.0, 5_000.0, 250.0]  # busy half: flat
+    policies = {j: FlowtidePolicy(cluster, forecaster="last", forecast_step_s=30.0, min_fit_rows=10**6,
+                                  burst_windows_s=SHORT_BURST_WINDOWS_S, joint_bootstrap=j, seed=1)
+                for j in (False, True)}
+    worst = {}
+    for j, policy in policies.items():
+        policy.step(snap(600.0, rates, step_s=1.0))
+        worst[j] = policy.cached.samples[..., 1].max()
+    # Every step's own peak rate is at most what one step ever needed; independent draws multiply a
+    # flat step's mean by a spiky step's ratio.
+    own_peaks = np.asarray(policies[True].rows)[:, 1] * np.asarray(policies[True].bursts)[:, 1]
+    assert worst[True] <= own_peaks.max() + 1e-6
+    assert worst[False] > 2 * own_peaks.max()
+
+
+def test_a_pretrained_forecaster_serves_from_the_first_row_and_never_sees_future_rows(cluster):
+    recording = Recording()
+    recording.fit(np.full((50, 3), [100.0, 100_000.0, 5_000.0]), 30.0)
+    level = np.array([100.0, 100_000.0, 5_000.0])
+    policy = FlowtidePolicy(cluster, forecaster="flow", forecast_step_s=30.0, interval_s=10.0, min_fit_rows=10**6,
+                            pretrained=recording, pretrained_level=level)
+    rng = np.random.default_rng(0)
+    rates = np.column_stack([rng.poisson(4.0, 300)] * 3) * [1.0, 1000.0, 50.0]
+    for now in range(0, 300, 10):
+        policy.step(snap(float(now), rates[:now], step_s=1.0))
+    assert policy.forecaster is recording and policy.fit_error is None
+    assert len(recording.seen) == 300 // 30 - 1  # one fresh forecast per completed 30 s step, from the first
+    for k, shown in enumerate(recording.seen, start=1):
+        own = rates[: 30 * k].reshape(k, 30, 3).mean(axis=1)  # the k steps completed so far, nothing later
+        assert shown.shape == (k, 3)
+        np.testing.assert_allclose(shown, own * level / own.mean(axis=0))  # rescaled to the model's units
+    # Updated online with each step as it completes (this trace's rows are new to it), never ahead.
+    assert [u.shape[0] for u in recording.updates] == [1] * len(recording.seen)
+    for k, row in enumerate(recording.updates, start=1):
+        own = rates[: 30 * k].reshape(k, 30, 3).mean(axis=1)
+        np.testing.assert_allclose(row[0], own[-1] * level / own.mean(axis=0))
+
+
+def test_pretrain_saves_a_flow_that_loads_and_that_make_policy_starts_from(cluster, tmp_path):
+    rng = np.random.default_rng(0)
+    t = np.arange(260)
+    main = np.column_stack([50 + 10 * np.sin(t / 20)] * 3) * [1.0, 1000.0, 50.0] * rng.lognormal(0, 0.1, (260, 3))
+    other = main[:120] * 0.01  # another trace at another scale
+    kw = dict(seasons=0, max_epochs=2, max_train_s=5.0, context=12, patch=6, horizon=4, batch_size=32)
+    path = tmp_path / "flow.pt"
+    fitted = pretrain([main, other], 30.0, path, sources=["a", "b"], **kw)
+    loaded, level = load_pretrained(path)
+    np.testing.assert_allclose(level, main.mean(axis=0))
+    a = fitted.predict(main, 3, 8, np.random.default_rng(5)).samples
+    b = loaded.predict(main, 3, 8, np.random.default_rng(5)).samples
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+    trace = tick_trace(np.full(600, 2.0))
+    policy = make_policy("flowtide", trace, cluster, pretrained=path)
+    assert policy.pretrained and policy.interval_s == 10.0 and policy.joint_bootstrap
+    policy.step(snap(30.0, trace.rates()[:30], step_s=1.0))
+    assert policy.forecaster is not None and policy.fitted_rows == 0  # the pre-trained one, not a fit here
+    with pytest.raises(Exception, match="not found"):
+        load_pretrained(tmp_path / "missing.pt")
+
+
+def test_hindsight_bound_is_ready_for_a_spike_one_cold_start_ahead_and_lets_go_after(cluster):
+    rps = np.full(400, 0.5)
+    rps[200:210] = 60.0
+    trace = tick_trace(rps)
+    bound = HindsightPolicy(trace, cluster)
+    at = lambda t: bound.step(snap(float(t), step_s=1.0)).prefill  # noqa: E731
+    assert at(100) == 1 and at(300) == 1
+    assert at(int(200 - cluster.cold_start_s)) > 3 and at(205) > 3  # asked for a cold start before the spike
+    assert HindsightPolicy(trace, cluster, scale=0.5).targets[0].max() < bound.targets[0].max()
