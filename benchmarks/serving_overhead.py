@@ -1,13 +1,15 @@
 """How much latency Flowtide's control plane adds to a request, against the engine alone and a naive Serve app.
 
-In one run, on one local multi-pool cluster, with the tiny model so engine time is small:
+In one run, with the tiny model so engine time is small:
   (a) the engine called in-process (no Ray, no HTTP): the work itself;
   (b) the full path: HTTP -> DecodeServer (router fused in) -> PrefillServer -> KV hand-off -> decode -> HTTP,
       and the same with the router as its own deployment on the head (one more hop);
   (c) a naive Serve composition: HTTP -> ingress -> prefill -> decode, plain handle calls, no engine work:
-      the floor a straightforward three-deployment Serve app sets.
-Requests go down the three paths in rotating order, round after round, so whatever else loads
-the machine loads all three alike; added latency of (b) = its latency minus (a)'s in the same round. Reports p50/p99 and
+      the floor a straightforward three-deployment Serve app sets. It runs twice: on a second local
+      cluster with Serve's defaults (its Python proxy: what a straightforward app gets), and on
+      Flowtide's cluster behind the same HAProxy ingress as (b) (like for like).
+Requests go down every path in rotating order, round after round, so whatever else loads
+the machine loads all alike; added latency of (b) = its latency minus (a)'s in the same round. Reports p50/p99 and
 sustained requests/s of short requests, as ratios against (c), and writes JSON.
 
     python benchmarks/serving_overhead.py --requests 300 --json results/serving_overhead.json
@@ -25,8 +27,10 @@ from pathlib import Path
 import orchestrator  # noqa: F401  (loopback before ray)
 import httpx
 import numpy as np
+import ray
 from fastapi import FastAPI
 from ray import serve
+from ray.serve.config import HTTPOptions, ProxyLocation
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
@@ -123,6 +127,17 @@ def throughput(url: str, body: dict, duration_s: float, concurrency: int) -> flo
     return asyncio.run(main())
 
 
+def start_default_serve_cluster(port: int) -> LocalCluster:
+    """A second local cluster running the naive composition under Serve's default ingress (its Python proxy)."""
+    config = load_config(**{"serving.http_port": port, "serving.http_proxy": "ray", "cluster.pools.train.nodes": 0})
+    cluster = LocalCluster(config.cluster, serving=config.serving).start()
+    connect(cluster.address)
+    serve.start(proxy_location=ProxyLocation.HeadOnly, http_options=HTTPOptions(host="127.0.0.1", port=port))
+    serve.run(NaiveIngress.bind(NaivePrefill.bind(), NaiveDecode.bind()), name="naive", route_prefix="/naive")
+    ray.shutdown()  # the app keeps running; the driver moves on to Flowtide's cluster
+    return cluster
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=300)
@@ -134,10 +149,13 @@ def main() -> None:
 
     model_path = str(tiny_model_path())
     config = load_config(**{"serving.http_port": args.port})
-    cluster = LocalCluster(config.cluster).start()
+    clusters: list[LocalCluster] = []
     try:
-        connect(cluster.address)
-        with console.status("deploying Flowtide and the naive composition"):
+        with console.status("starting a default-Serve cluster for the naive composition"):
+            clusters.append(start_default_serve_cluster(args.port + 1))
+        with console.status(f"starting Flowtide's cluster ({config.serving.http_proxy} ingress) and deploying"):
+            clusters.append(LocalCluster(config.cluster, serving=config.serving).start())
+            connect(clusters[-1].address)
             base = deploy(config, model_path)
             on_head = config.model_copy(deep=True)
             on_head.serving.ingress, on_head.serving.app_name = "head", "router_on_head"
@@ -145,14 +163,18 @@ def main() -> None:
             serve.run(NaiveIngress.bind(NaivePrefill.bind(), NaiveDecode.bind()), name="naive", route_prefix="/naive")
         body = {"model": config.model.served_name, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "ignore_eos": True}
         urls = {"flowtide": f"{base}/v1/completions", "router_on_head": f"{base}/router_on_head/v1/completions",
-                "naive": f"{base}/naive/v1/completions"}
+                "naive": f"http://127.0.0.1:{args.port + 1}/naive/v1/completions",
+                "naive_same_ingress": f"{base}/naive/v1/completions"}
         lat = interleaved_latencies(model_path, urls, body, args.requests)
-        with console.status(f"throughput, {args.concurrency} concurrent clients"):
-            ours_rps = throughput(urls["flowtide"], body, args.throughput_s, args.concurrency)
-            naive_rps = throughput(urls["naive"], body, args.throughput_s, args.concurrency)
+        rps = {}
+        for name in ("flowtide", "naive", "naive_same_ingress"):
+            with console.status(f"throughput of {name}, {args.concurrency} concurrent clients"):
+                rps[name] = throughput(urls[name], body, args.throughput_s, args.concurrency)
     finally:
-        serve.shutdown()
-        cluster.shutdown()
+        if ray.is_initialized():
+            serve.shutdown()
+        for cluster in clusters:
+            cluster.shutdown()
 
     engine, ours, naive = lat["engine"], lat["flowtide"], lat["naive"]
     added = [max(0.0, b - a) for a, b in zip(engine, ours)]  # same round, same load
@@ -160,37 +182,42 @@ def main() -> None:
     result = {
         "machine": "2 cores (shared), no GPU",
         "model": "embedded tiny Llama", "prompt": PROMPT, "max_tokens": MAX_TOKENS, "requests": args.requests,
+        "http_proxy": config.serving.http_proxy,
         "engine_in_process": percentiles(engine),
         "flowtide_full_path": percentiles(ours),
         "flowtide_added": percentiles(added),
         "router_on_head_full_path": percentiles(lat["router_on_head"]),
         "router_on_head_added": percentiles(added_head),
         "naive_serve_composition": percentiles(naive),
-        "throughput_rps": {"flowtide": ours_rps, "naive": naive_rps, "concurrency": args.concurrency},
+        "naive_same_ingress": percentiles(lat["naive_same_ingress"]),
+        "throughput_rps": {**rps, "concurrency": args.concurrency},
     }
+    naive_p50 = result["naive_serve_composition"]["p50_ms"]
     result["ratios"] = {
-        "added_p50_vs_naive_p50": result["flowtide_added"]["p50_ms"] / result["naive_serve_composition"]["p50_ms"],
+        "added_p50_vs_naive_p50": result["flowtide_added"]["p50_ms"] / naive_p50,
         "added_p99_vs_naive_p99": result["flowtide_added"]["p99_ms"] / result["naive_serve_composition"]["p99_ms"],
-        "router_on_head_added_p50_vs_naive_p50":
-            result["router_on_head_added"]["p50_ms"] / result["naive_serve_composition"]["p50_ms"],
-        "throughput_vs_naive": ours_rps / naive_rps,
+        "added_p50_vs_naive_same_ingress_p50":
+            result["flowtide_added"]["p50_ms"] / result["naive_same_ingress"]["p50_ms"],
+        "router_on_head_added_p50_vs_naive_p50": result["router_on_head_added"]["p50_ms"] / naive_p50,
+        "throughput_vs_naive": rps["flowtide"] / rps["naive"],
+        "throughput_vs_naive_same_ingress": rps["flowtide"] / rps["naive_same_ingress"],
     }
     result["targets"] = {
         "added_p50_le_0.8x_naive": result["ratios"]["added_p50_vs_naive_p50"] <= 0.8,
         "added_p99_le_30ms": result["flowtide_added"]["p99_ms"] <= 30.0,
-        "throughput_ge_50rps": ours_rps >= 50.0,
+        "throughput_ge_50rps": rps["flowtide"] >= 50.0,
     }
 
     table = Table(title="serving overhead (ms per request, sequential)")
     for col in ("path", "p50", "p99", "mean"):
         table.add_column(col)
     for key in ("engine_in_process", "flowtide_full_path", "flowtide_added", "router_on_head_full_path",
-                "router_on_head_added", "naive_serve_composition"):
+                "router_on_head_added", "naive_serve_composition", "naive_same_ingress"):
         r = result[key]
         table.add_row(key, f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['mean_ms']:.1f}")
     console.print(table)
-    console.print(f"throughput: flowtide {ours_rps:.1f} req/s, naive {naive_rps:.1f} req/s "
-                  f"({args.concurrency} clients)")
+    console.print(f"throughput ({args.concurrency} clients): "
+                  + ", ".join(f"{name} {value:.1f} req/s" for name, value in rps.items()))
     console.print(f"ratios: {json.dumps(result['ratios'], indent=None)}")
     console.print(f"targets met: {result['targets']}")
     for path in {Path(args.json), Path("results/serving_overhead.json")}:

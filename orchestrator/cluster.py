@@ -8,20 +8,28 @@ Ray is kept on loopback (see ``../shared/FACTS.md``): without it Ray rewrites
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import shutil
+import tempfile
 import threading
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import ray
 from ray.cluster_utils import Cluster
 
-from orchestrator.config import ClusterConfig, Pool
+from orchestrator.config import ClusterConfig, Pool, ServingConfig
 
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 POOL_LABEL = "pool"
 HEAD_POOL = "head"
+CLUSTER_TAG_ENV = "FLOWTIDE_LOCAL_CLUSTER"
 
 
 def pool_selector(pool: Pool | str) -> dict[str, str]:
@@ -31,12 +39,20 @@ def pool_selector(pool: Pool | str) -> dict[str, str]:
 
 @dataclass
 class LocalCluster:
-    """Owns the raylets it starts; :meth:`shutdown` removes exactly those (never ``ray stop``)."""
+    """Owns the raylets it starts; :meth:`shutdown` removes exactly those (never ``ray stop``).
+
+    ``serving``: the Serve settings its processes must start with (see :mod:`orchestrator.ingress`).
+    Every process carries a tag in its environment, so shutdown also finds what Ray does not
+    stop itself (HAProxy, whose parent actor was killed).
+    """
 
     config: ClusterConfig
+    serving: ServingConfig | None = None
     _cluster: Cluster | None = None
     _nodes: dict[str, list] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _env: dict[str, str] = field(default_factory=dict)
+    _run_dir: Path | None = None
 
     @property
     def address(self) -> str:
@@ -46,16 +62,24 @@ class LocalCluster:
 
     def start(self) -> LocalCluster:
         """Start the head and every pool's nodes; returns once all are alive. Main thread only."""
-        self._cluster = Cluster(
-            initialize_head=True,
-            head_node_args=dict(
-                num_cpus=self.config.head_num_cpus,
-                node_ip_address=LOOPBACK,
-                object_store_memory=self.config.object_store_memory_bytes,
-                include_dashboard=self.config.include_dashboard,
-                labels={POOL_LABEL: HEAD_POOL},
-            ),
-        )
+        from orchestrator.ingress import serve_env
+
+        # Short: HAProxy nests its sockets under it (by node id), and a socket path may have 97 characters.
+        self._run_dir = Path(tempfile.mkdtemp(prefix="ft-"))
+        self._env = {CLUSTER_TAG_ENV: uuid.uuid4().hex}
+        if self.serving is not None:
+            self._env.update(serve_env(self.serving, self._run_dir))
+        with self._process_env():
+            self._cluster = Cluster(
+                initialize_head=True,
+                head_node_args=dict(
+                    num_cpus=self.config.head_num_cpus,
+                    node_ip_address=LOOPBACK,
+                    object_store_memory=self.config.object_store_memory_bytes,
+                    include_dashboard=self.config.include_dashboard,
+                    labels={POOL_LABEL: HEAD_POOL},
+                ),
+            )
         for pool, pool_config in self.config.pools.items():
             for _ in range(pool_config.nodes):
                 self.add_node(pool)
@@ -67,14 +91,15 @@ class LocalCluster:
         if self._cluster is None:
             raise RuntimeError("cluster not started")
         pool_config = self.config.pools[pool]
-        node = self._cluster.add_node(
-            wait=wait,
-            num_cpus=pool_config.num_cpus_per_node if num_cpus is None else num_cpus,
-            num_gpus=pool_config.num_gpus_per_node,
-            node_ip_address=LOOPBACK,
-            object_store_memory=self.config.object_store_memory_bytes,
-            labels={POOL_LABEL: pool.value},
-        )
+        with self._process_env():
+            node = self._cluster.add_node(
+                wait=wait,
+                num_cpus=pool_config.num_cpus_per_node if num_cpus is None else num_cpus,
+                num_gpus=pool_config.num_gpus_per_node,
+                node_ip_address=LOOPBACK,
+                object_store_memory=self.config.object_store_memory_bytes,
+                labels={POOL_LABEL: pool.value},
+            )
         with self._lock:
             self._nodes.setdefault(pool.value, []).append(node)
         return node
@@ -111,13 +136,45 @@ class LocalCluster:
             return list(self._nodes.get(pool.value, []))
 
     def shutdown(self) -> None:
-        """Disconnect and stop every raylet this cluster started."""
+        """Disconnect and stop every process this cluster started."""
         if ray.is_initialized():
             ray.shutdown()
         if self._cluster is not None:
             self._cluster.shutdown()
             self._cluster = None
             self._nodes.clear()
+        if self._env:
+            _kill_tagged(self._env[CLUSTER_TAG_ENV])
+        if self._run_dir is not None:
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+            self._run_dir = None
+
+    @contextlib.contextmanager
+    def _process_env(self) -> Iterator[None]:
+        """Processes spawned inside inherit this cluster's environment; the driver's own is restored after."""
+        saved = {name: os.environ.get(name) for name in self._env}
+        os.environ.update(self._env)
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+def _kill_tagged(tag: str) -> None:
+    """SIGKILL every process whose environment carries this cluster's tag."""
+    import psutil
+
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid != os.getpid() and proc.environ().get(CLUSTER_TAG_ENV) == tag:
+                log.info("stopping leftover process %d (%s)", proc.pid, proc.name())
+                proc.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
 
 
 def connect(address: str, namespace: str = "flowtide") -> None:

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with console.status("starting the Ray cluster"):
             if config.cluster.address is None:
-                cluster = LocalCluster(config.cluster).start()
+                cluster = LocalCluster(config.cluster, serving=config.serving).start()
                 address = cluster.address
             else:
                 address = config.cluster.address

@@ -23,8 +23,14 @@ def flowtide(*args: str, env: dict, **kw) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
 
 
+def haproxy_pids() -> set[int]:
+    out = subprocess.run(["pgrep", "-x", "haproxy"], capture_output=True, text=True).stdout
+    return {int(pid) for pid in out.split()}
+
+
 def test_up_serves_status_shows_placement_and_ctrl_c_leaves_no_raylet(tmp_path):
     port = free_port()
+    haproxy_before = haproxy_pids()
     env = {**os.environ, "FLOWTIDE_STATE_FILE": str(tmp_path / "run.json")}
     proc = flowtide("up", "--port", str(port), env=env)
     try:
@@ -52,6 +58,8 @@ def test_up_serves_status_shows_placement_and_ctrl_c_leaves_no_raylet(tmp_path):
         assert any("DecodeServer" in r and "decode" in r.split("DecodeServer", 1)[1] for r in rows), status.stdout
         for pool in ("prefill", "decode", "train", "head"):
             assert pool in status.stdout
+        ours = haproxy_pids() - haproxy_before
+        assert ours, "the default ingress (serving.http_proxy: haproxy) runs no HAProxy"
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=180)
@@ -60,3 +68,4 @@ def test_up_serves_status_shows_placement_and_ctrl_c_leaves_no_raylet(tmp_path):
     assert not (tmp_path / "run.json").exists()
     leftover = subprocess.run(["pgrep", "-f", f"gcs.address=127.0.0.1:{gcs_port}"], capture_output=True, text=True)
     assert leftover.stdout.strip() == "", f"raylets still running: {leftover.stdout}"
+    assert not ours & haproxy_pids(), "HAProxy outlived the cluster"

@@ -26,7 +26,7 @@ def service(tiny_model_dir):
     from orchestrator.config import load_config
 
     config = load_config(**{"serving.http_port": free_port(), "model.max_output_tokens": 2000})
-    cluster = LocalCluster(config.cluster).start()
+    cluster = LocalCluster(config.cluster, serving=config.serving).start()
     try:
         connect(cluster.address)
         base = deploy(config, tiny_model_dir)

