@@ -151,7 +151,10 @@ class ServingConfig(_Strict):
     max_batch_size: int = Field(32, ge=1, description="Most sequences one decode replica steps together.")
     request_timeout_s: float = Field(120.0, gt=0, description="A request still running after this is cancelled.")
     access_log: bool = Field(False, description="Log every request in the Serve replica logs (costs latency).")
-    metrics_push_interval_s: float = Field(1.0, gt=0, description="How often replicas publish their metrics.")
+    metrics_push_interval_s: float = Field(
+        5.0, gt=0, description="How often replicas publish their metrics to /metrics (rendering costs CPU on the "
+        "request path's cores; Prometheus scrapes every 15 s or so). The ingress's own figures are fresh on each scrape.",
+    )
     router: DeploymentConfig = Field(default_factory=lambda: DeploymentConfig(max_replicas=1, num_cpus=0))
     prefill: DeploymentConfig = Field(default_factory=DeploymentConfig)
     decode: DeploymentConfig = Field(default_factory=DeploymentConfig)

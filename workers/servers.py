@@ -48,7 +48,7 @@ class LLMServer:
         engine_options: dict[str, Any] | None = None,
         prefill: Any = None,
         metrics_hub: Any = None,
-        metrics_interval_s: float = 1.0,
+        metrics_interval_s: float = 5.0,
     ) -> None:
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")

@@ -149,10 +149,11 @@ class MetricsHub:
     def __init__(self) -> None:
         self._latest: dict[str, tuple[float, str]] = {}
 
-    def push(self, source: str, text: str) -> None:
+    # Async, so Serve runs them on the replica's loop instead of handing each call to a thread.
+    async def push(self, source: str, text: str) -> None:
         self._latest[source] = (time.monotonic(), text)
 
-    def collect(self) -> str:
+    async def collect(self) -> str:
         now = time.monotonic()
         self._latest = {k: v for k, v in self._latest.items() if now - v[0] < STALE_AFTER_S}
         return merge_expositions({source: text for source, (_, text) in self._latest.items()})

@@ -1,5 +1,6 @@
 """Metrics from several replicas merge into one valid exposition."""
 
+import asyncio
 import subprocess
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -32,13 +33,16 @@ def test_merge_labels_each_series_with_its_replica_and_keeps_values():
 
 
 def test_hub_output_passes_promtool():
-    hub = MetricsHub()
-    hub.push("decode-1", replica_text("decode", 1))
-    hub.push("prefill-1", replica_text("prefill", 1))
-    router = CollectorRegistry()
-    RouterMetrics(router).ttft.observe(0.02)
-    hub.push("router-1", generate_latest(router).decode())
-    text = hub.collect()
+    async def merged() -> str:
+        hub = MetricsHub()
+        await hub.push("decode-1", replica_text("decode", 1))
+        await hub.push("prefill-1", replica_text("prefill", 1))
+        router = CollectorRegistry()
+        RouterMetrics(router).ttft.observe(0.02)
+        await hub.push("router-1", generate_latest(router).decode())
+        return await hub.collect()
+
+    text = asyncio.run(merged())
     assert 'replica="router-1"' in text and 'role="prefill"' in text
     promtool = require_tool("promtool")
     result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
