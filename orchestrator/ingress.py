@@ -57,6 +57,28 @@ def serve_env(serving: ServingConfig, state_dir: Path) -> dict[str, str]:
     }
 
 
+def check_cluster_env(serving: ServingConfig) -> None:
+    """On a cluster started elsewhere (KubeRay), fail early if its head lacks the env ``serving.http_proxy`` needs.
+
+    Without it Serve would quietly run its Python proxy instead of the ingress the config asks for.
+    """
+    import ray
+
+    from orchestrator.cluster import HEAD_POOL, POOL_LABEL
+
+    @ray.remote(num_cpus=0, label_selector={POOL_LABEL: HEAD_POOL})
+    def head_env() -> str | None:
+        return os.environ.get("RAY_SERVE_ENABLE_HA_PROXY")
+
+    enabled = ray.get(head_env.remote(), timeout=120) == "1"
+    if enabled != (serving.http_proxy == "haproxy"):
+        raise ConfigError(
+            f"serving.http_proxy: {serving.http_proxy!r}, but the cluster's head was started "
+            f"{'with' if enabled else 'without'} RAY_SERVE_ENABLE_HA_PROXY=1: start its Ray processes with the "
+            "environment orchestrator.ingress.serve_env gives (the Helm chart's pod spec), or change serving.http_proxy"
+        )
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

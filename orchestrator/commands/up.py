@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from orchestrator import runstate
     from orchestrator.app import deploy, resolve_model_path
     from orchestrator.cluster import LocalCluster, connect
+    from orchestrator.ingress import check_cluster_env
 
     model_path = resolve_model_path(config)
     stop = threading.Event()
@@ -50,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
             else:
                 address = config.cluster.address
             connect(address)
+            if cluster is None:
+                check_cluster_env(config.serving)
         pools = ", ".join(f"{p.value}={c.nodes}" for p, c in config.cluster.pools.items())
         console.print(f"[green]cluster up[/] at {address} (head + nodes per pool: {pools})")
         with console.status(f"deploying the {config.serving.mode} Serve app ({config.engine.kind} engine)"):

@@ -249,3 +249,13 @@ def test_real_prometheus_scrapes_the_endpoint(service, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_ingress_env_check_catches_a_cluster_started_for_another_proxy(service):
+    from orchestrator.config import ConfigError
+    from orchestrator.ingress import check_cluster_env
+
+    check_cluster_env(service.config.serving)  # the session cluster was started for the default, haproxy
+    other = service.config.serving.model_copy(update={"http_proxy": "ray"})
+    with pytest.raises(ConfigError, match="serving.http_proxy: 'ray', but the cluster's head was started with"):
+        check_cluster_env(other)
