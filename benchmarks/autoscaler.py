@@ -18,6 +18,7 @@ Data (../shared/data, see docs/autoscaler.md for attribution): Azure/AzurePublic
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import os
@@ -100,12 +101,14 @@ def run_trace(name: str, path: Path, tick_s: float, policies: tuple[str, ...], f
 
 def ensure_pretrained(judged: str, seed: int, bar) -> Path:
     """The flow flowtide starts from on ``judged``: trained on ServeGen and the other Azure trace at
-    the short-trace forecast step, never on ``judged`` itself; made once, then loaded."""
+    the short-trace forecast step, never on ``judged`` itself; made once per forecaster source, then loaded."""
     from autoscaler.policies import default_forecast_step_s
     from autoscaler.policies.flowtide import pretrain
     from autoscaler.traces import load_trace
 
-    path = ROOT / "results" / "models" / f"flow-for-{judged}.pt"
+    # Keyed by the forecaster's source: a model saved by other forecasting code may not load.
+    source = hashlib.sha256(b"".join(p.read_bytes() for p in sorted((ROOT / "autoscaler" / "forecast").glob("*.py"))))
+    path = ROOT / "results" / "models" / f"flow-for-{judged}-{source.hexdigest()[:12]}.pt"
     if path.is_file() and Path(f"{path}.json").is_file():
         return path
     task = bar.add_task(f"{judged}: pre-train flow on {', '.join(PRETRAIN_SOURCES[judged])}", total=None)
