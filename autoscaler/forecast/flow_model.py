@@ -23,16 +23,18 @@ from zuko.transforms import MonotonicRQSTransform
 
 
 class IndicatorAttentionEncoder(nn.Module):
-    """Tokens: recent patches, one token per earlier day's window, one level token, per indicator.
+    """Tokens: recent patches, one token per earlier day's window, a level and an anchor token, per indicator.
 
     Inputs (all already normalised): ``recent [B, context, K]`` (context divisible
-    by ``patch``), ``seasonal [B, seasons, season_len, K]``, ``level [B, K]``.
+    by ``patch``), ``seasonal [B, seasons, season_len, K]``, ``level [B, K]``,
+    ``anchor [B, horizon, K]`` (a point forecast's log-changes, see ``flow.py``).
     Output ``[B, context_features]``.
     """
 
     def __init__(
         self,
         n_indicators: int,
+        horizon: int,
         context: int,
         patch: int,
         seasons: int,
@@ -45,10 +47,11 @@ class IndicatorAttentionEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.patch, self.seasons = patch, seasons
-        n_slots = context // patch + seasons + 1
+        n_slots = context // patch + seasons + 2
         self.recent_embed = nn.Linear(patch, d_model)
         self.season_embed = nn.Linear(season_len, d_model) if seasons else None
         self.level_embed = nn.Linear(1, d_model)
+        self.anchor_embed = nn.Linear(horizon, d_model)
         self.slot = nn.Parameter(torch.randn(n_slots, d_model) * 0.02)
         self.indicator = nn.Parameter(torch.randn(n_indicators, d_model) * 0.02)
         layer = nn.TransformerEncoderLayer(
@@ -57,22 +60,23 @@ class IndicatorAttentionEncoder(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Sequential(nn.Linear(n_indicators * d_model, context_features), nn.GELU())
-        # A linear path from the raw last patch, earlier days and level: the strong linear
+        # A linear path from the raw last patch, earlier days, level and anchor: the strong linear
         # predictors stay one layer away while the attention learns the interactions.
-        n_direct = n_indicators * (patch + seasons * season_len + 1)
+        n_direct = n_indicators * (patch + seasons * season_len + 1 + horizon)
         self.direct = nn.Linear(n_direct, context_features)
 
-    def forward(self, recent: torch.Tensor, seasonal: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+    def forward(self, recent: torch.Tensor, seasonal: torch.Tensor, level: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
         b, c, k = recent.shape
         patches = recent.transpose(1, 2).reshape(b, k, c // self.patch, self.patch)
         tokens = [self.recent_embed(patches)]
         if self.season_embed is not None:
             tokens.append(self.season_embed(seasonal.permute(0, 3, 1, 2)))  # [B, K, seasons, d]
         tokens.append(self.level_embed(level[..., None, None]))  # [B, K, 1, d]
+        tokens.append(self.anchor_embed(anchor.transpose(1, 2))[:, :, None])  # [B, K, 1, d]
         x = torch.cat(tokens, dim=2) + self.slot + self.indicator[:, None, :]
         slots = x.shape[2]
         x = self.encoder(x.reshape(b, k * slots, -1)).reshape(b, k, slots, -1)
-        raw = torch.cat([recent[:, -self.patch :].reshape(b, -1), seasonal.reshape(b, -1), level], dim=1)
+        raw = torch.cat([recent[:, -self.patch :].reshape(b, -1), seasonal.reshape(b, -1), level, anchor.reshape(b, -1)], dim=1)
         return self.head(self.norm(x.mean(dim=2)).reshape(b, -1)) + self.direct(raw)
 
 
@@ -130,7 +134,7 @@ class FlowNet(nn.Module):
     ) -> None:
         super().__init__()
         self.encoder = IndicatorAttentionEncoder(
-            n_indicators, context, patch, seasons, season_len, d_model, heads, layers, context_features, dropout
+            n_indicators, horizon, context, patch, seasons, season_len, d_model, heads, layers, context_features, dropout
         )
         features = horizon * n_indicators
         self.features = features
@@ -157,13 +161,13 @@ class FlowNet(nn.Module):
         base = UnconditionalDistribution(DiagNormal, torch.zeros(features), torch.ones(features), buffer=True)
         self.flow = Flow([spline, *couplings], base)
 
-    def log_prob(self, target: torch.Tensor, recent: torch.Tensor, seasonal: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-        """``target [B, horizon * K]`` -> ``[B]`` log-densities."""
-        return self.flow(self.encoder(recent, seasonal, level)).log_prob(target)
+    def log_prob(self, target: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        """``target [B, horizon * K]`` -> ``[B]`` log-densities; ``inputs`` as the encoder's."""
+        return self.flow(self.encoder(*inputs)).log_prob(target)
 
-    def sample(self, noise: torch.Tensor, recent: torch.Tensor, seasonal: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-        """Map base noise ``[n, horizon * K]`` to samples for one origin (batch 1); the encoder runs once.
+    def sample(self, noise: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        """Map base noise ``[n, horizon * K]`` (or ``[n, B, horizon * K]`` for B origins) to samples; the encoder runs once.
 
         Taking the noise from the caller keeps sampling reproducible without touching torch's global RNG.
         """
-        return self.flow(self.encoder(recent, seasonal, level)).transform.inv(noise)
+        return self.flow(self.encoder(*inputs)).transform.inv(noise)

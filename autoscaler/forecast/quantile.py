@@ -88,6 +88,11 @@ class QuantileRegression:
                         self._coef[h, k, i] = model.fit(q=q, max_iter=300).params
         self._since_refit = 0
 
+    @property
+    def fitted_rows(self) -> int:
+        """Rows of history the current coefficients were fitted on (the rest arrived since)."""
+        return self._history.shape[0] - self._since_refit
+
     def update(self, new_rows: np.ndarray) -> None:
         rows = check_history(new_rows, len(self.indicators), min_rows=0)
         self._history = np.concatenate([self._history, rows])
@@ -97,15 +102,28 @@ class QuantileRegression:
 
     def quantiles(self, history: np.ndarray, horizon: int) -> np.ndarray:
         """Predicted quantiles at ``self.levels``: ``[Q, horizon, K]`` on the rate scale (crossings sorted away)."""
+        check_request(horizon, 1, self.horizon)
+        arr = self._checked(history)
+        return self.quantiles_at(arr, np.array([arr.shape[0] - 1]))[:, 0, :horizon]
+
+    def quantiles_at(self, history: np.ndarray, origins: np.ndarray) -> np.ndarray:
+        """Quantiles ``[Q, N, horizon, K]`` (rates) for each origin row index of ``history``, from rows up to it.
+
+        Origins too early for the lagged windows see the oldest row repeated in front (as early in
+        a trace). The flow uses this for its anchor at every training window.
+        """
+        arr = self._checked(history)
+        origins = np.asarray(origins)
+        missing = max(0, self._window.first_origin - int(origins.min()))
+        z = self._scale.to_log(np.concatenate([np.repeat(arr[:1], missing, axis=0), arr]))
+        x = self._features(z, origins + missing)  # [N, H, K, F]
+        dz = np.einsum("hkqf,nhkf->qnhk", self._coef, x)
+        return self._scale.from_log(np.sort(dz, axis=0) + z[origins + missing][None, :, None])
+
+    def _checked(self, history: np.ndarray) -> np.ndarray:
         if self._coef is None:
             raise ForecastInputError("quantile: call fit() before predict()")
-        arr = check_history(history, len(self.indicators))
-        check_request(horizon, 1, self.horizon)
-        z = self._window.pad(self._scale.to_log(arr))
-        origin = np.array([z.shape[0] - 1])
-        x = self._features(z, origin)[0, :horizon]  # [H, K, F]
-        dz = np.einsum("hkqf,hkf->qhk", self._coef[:horizon], x)
-        return self._scale.from_log(np.sort(dz, axis=0) + z[-1])
+        return check_history(history, len(self.indicators))
 
     def predict(self, history: np.ndarray, horizon: int, n_samples: int, rng: np.random.Generator) -> Forecast:
         check_request(horizon, n_samples, self.horizon)

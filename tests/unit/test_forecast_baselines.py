@@ -89,6 +89,16 @@ def test_quantile_regression_80pct_intervals_cover_about_80pct_of_lognormal_nois
     assert 0.72 <= np.mean(hits) <= 0.88
 
 
+def test_quantile_regression_at_many_origins_matches_one_origin_at_a_time():
+    x = daily_series(days=8)
+    fc = make_forecaster("quantile", horizon=3)
+    fc.fit(x[:150], STEP_S)
+    origins = np.array([2, 60, 149, 170])  # before the daily windows exist, inside, at and past the fit end
+    many = fc.quantiles_at(x[:180], origins)
+    for i, t in enumerate(origins):
+        np.testing.assert_allclose(many[:, i], fc.quantiles(x[: t + 1], 3))
+
+
 @pytest.mark.parametrize("name", ["last", "seasonal_naive", "ewma", "kalman", "quantile"])
 def test_prediction_depends_only_on_the_history_passed(name):
     x = daily_series()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 
 from autoscaler.forecast import ForecastInputError, make_forecaster
+from autoscaler.forecast.evaluate import rolling_evaluation
 from autoscaler.forecast.flow import FlowForecaster
 
 STEP_S = 3600.0
@@ -15,11 +18,11 @@ TINY = dict(horizon=3, context=12, patch=6, seasons=1, pre=6, d_model=16, heads=
             update_steps=3, calibration_samples=16)
 
 
-def correlated_series(rows: int = 600, seed: int = 0) -> np.ndarray:
+def correlated_series(rows: int = 600, seed: int = 0, shock_std: float | np.ndarray = 0.15) -> np.ndarray:
     """Two indicators driven by one shock per step (log scale) plus a daily cycle."""
     rng = np.random.default_rng(seed)
     t = np.arange(rows)
-    shock = 0.15 * rng.standard_normal(rows)
+    shock = shock_std * rng.standard_normal(rows)
     level = np.log(100) + 0.3 * np.sin(2 * np.pi * t / 24)
     a = np.exp(level + shock + 0.02 * rng.standard_normal(rows))
     b = np.exp(level + np.log(3) + shock + 0.02 * rng.standard_normal(rows))
@@ -62,7 +65,18 @@ def test_flow_save_then_load_predicts_the_same_samples(fitted, tmp_path):
         fc.predict(x[:530], 3, 16, np.random.default_rng(1)).samples,
         rtol=1e-6,
     )
-    assert loaded.temperature == fc.temperature and loaded.indicators == fc.indicators
+    np.testing.assert_array_equal(loaded.spread, fc.spread)
+    assert loaded.indicators == fc.indicators
+
+
+def test_flow_refuses_a_file_saved_before_it_had_an_anchor(fitted, tmp_path):
+    fc, _ = fitted
+    fc.save(tmp_path / "flow.pt")
+    state = torch.load(tmp_path / "flow.pt", weights_only=True)
+    del state["anchor_rows"]
+    torch.save(state, tmp_path / "old.pt")
+    with pytest.raises(ForecastInputError, match="fit and save it again"):
+        FlowForecaster.load(tmp_path / "old.pt")
 
 
 def test_flow_fine_tunes_only_once_update_every_s_of_new_rows_arrived(tmp_path):
@@ -103,3 +117,34 @@ def test_flow_samples_carry_the_shock_shared_by_two_indicators():
         s = np.log(fc.predict(x[:end], 1, 256, np.random.default_rng(end)).samples[:, 0])
         corr.append(np.corrcoef(s[:, 0], s[:, 1])[0, 1])
     assert np.mean(corr) > 0.6
+
+
+def test_flow_scores_each_issued_band_only_on_outcomes_already_observed(fitted):
+    fc, x = copy.deepcopy(fitted[0]), fitted[1]
+    fc.update(x[500:503])
+    scores = fc._scores()  # [origins, side, step, indicator], newest origin last
+    for j in range(fc.config.horizon):
+        # The origin j rows back knows its first j steps; later steps lie in the future.
+        assert np.all(np.isfinite(scores[-1 - j, :, :j])) and np.all(np.isnan(scores[-1 - j, :, j:]))
+
+
+def test_flow_calibration_is_the_same_row_by_row_or_in_one_block(fitted):
+    fc, x = fitted
+    one, block = copy.deepcopy(fc), copy.deepcopy(fc)
+    for r in range(500, 505):
+        one.update(x[r : r + 1])
+    block.update(x[500:505])
+    np.testing.assert_allclose(one.bands, block.bands)
+    np.testing.assert_allclose(one.spread, block.spread)
+
+
+def test_flow_intervals_widen_to_near_nominal_coverage_when_volatility_rises_after_fit():
+    # Calm while fitted (shocks 0.05), then three times as volatile: the fitted flow is too sharp.
+    x = correlated_series(rows=760, seed=3, shock_std=np.where(np.arange(760) < 500, 0.05, 0.15))
+    fc = make_forecaster("flow", **TINY)
+    fc.fit(x[:500], STEP_S)
+    before = fc.spread.copy()
+    ev = rolling_evaluation(fc, x, 500, 3, 64, np.random.default_rng(0))
+    day = int(86_400 / STEP_S)  # the calibration window has filled with post-shift outcomes
+    assert np.all(fc.spread[..., 0] > before[..., 0])
+    assert 0.7 <= ev.cover80[day:, :, 0].mean() <= 0.9
