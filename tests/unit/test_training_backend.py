@@ -19,23 +19,7 @@ from workers.elastic.backend import Backend, EpochGroup, PeerLost, new_group, pe
 from workers.elastic.coordinator import NODE_ID_LABEL, eligible_nodes, peer_options
 from workers.elastic.mlp import build_model, build_optimizer
 from workers.elastic.step_math import EXTRA_COLS, apply_rows, num_grad_elements, trainable
-from workers.elastic.task import TrainTask
-
-MLP = "workers.elastic.mlp"
-
-
-def _task(**kw) -> TrainTask:
-    base = dict(
-        job_id="unit",
-        model_fn=f"{MLP}:build_model",
-        optimizer_fn=f"{MLP}:build_optimizer",
-        dataset_fn=f"{MLP}:build_dataset",
-        step_fn=f"{MLP}:mse_step",
-        total_steps=6,
-        global_batch_size=32,
-        micro_batch_size=4,
-    )
-    return TrainTask(**{**base, **kw}).validate()
+from tests.unit.training_tasks import mlp_task
 
 
 def test_gloo_peers_train_on_the_cpu_and_nccl_peers_on_the_gpu_ray_assigned():
@@ -49,10 +33,10 @@ def test_gloo_peers_train_on_the_cpu_and_nccl_peers_on_the_gpu_ray_assigned():
 
 
 def test_nccl_peers_request_one_gpu_and_an_environment_that_keeps_survivors_alive():
-    gloo = peer_options(_task(), "node-a", offered=False)
+    gloo = peer_options(mlp_task(), "node-a", offered=False)
     assert gloo["num_gpus"] == 0 and "runtime_env" not in gloo
     assert gloo["label_selector"] == {"pool": "train", NODE_ID_LABEL: "node-a"}
-    nccl = peer_options(_task(backend=Backend.NCCL, collective_timeout_s=7.5), "node-b", offered=True)
+    nccl = peer_options(mlp_task(backend=Backend.NCCL, collective_timeout_s=7.5), "node-b", offered=True)
     assert nccl["num_gpus"] == 1 and nccl["num_cpus"] == 1.0
     assert nccl["label_selector"] == {NODE_ID_LABEL: "node-b"}  # an offered node is pinned by id alone
     env = nccl["runtime_env"]["env_vars"]
@@ -74,9 +58,9 @@ def test_nccl_peers_go_only_to_nodes_with_a_gpu():
         _node("decode-cpu", "decode", 0),
     ]
     offered = {"decode-gpu", "decode-cpu"}
-    assert eligible_nodes(nodes, _task(), set()) == {"cpu", "gpu"}
-    assert eligible_nodes(nodes, _task(), offered) == {"cpu", "gpu", "decode-gpu", "decode-cpu"}
-    assert eligible_nodes(nodes, _task(backend=Backend.NCCL), offered) == {"gpu", "decode-gpu"}
+    assert eligible_nodes(nodes, mlp_task(), set()) == {"cpu", "gpu"}
+    assert eligible_nodes(nodes, mlp_task(), offered) == {"cpu", "gpu", "decode-gpu", "decode-cpu"}
+    assert eligible_nodes(nodes, mlp_task(backend=Backend.NCCL), offered) == {"gpu", "decode-gpu"}
 
 
 def _gloo_world(timeout_s: float, size: int = 2) -> list[EpochGroup]:

@@ -12,23 +12,7 @@ from workers.elastic.reference import reference_run
 from workers.elastic.sharding import micro_batches_of, rows_per_rank, step_sample_ids
 from workers.elastic.step_math import EXTRA_COLS, apply_rows, micro_batch_row, num_grad_elements, trainable
 from workers.elastic.task import TaskError, TrainTask, resolve
-
-MLP = "workers.elastic.mlp"
-
-
-def _task(**kw) -> TrainTask:
-    base = dict(
-        job_id="unit",
-        model_fn=f"{MLP}:build_model",
-        optimizer_fn=f"{MLP}:build_optimizer",
-        dataset_fn=f"{MLP}:build_dataset",
-        step_fn=f"{MLP}:mse_step",
-        total_steps=6,
-        global_batch_size=32,
-        micro_batch_size=4,
-    )
-    base.update(kw)
-    return TrainTask(**base).validate()
+from tests.unit.training_tasks import MLP, mlp_task
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 5, 8])
@@ -69,14 +53,14 @@ def _rows_by_world(task: TrainTask, world: int) -> torch.Tensor:
 
 
 def test_combined_gradient_is_bit_identical_for_any_world_size():
-    task = _task()
+    task = mlp_task()
     reference = _rows_by_world(task, 1)
     for world in (2, 3, 8):
         assert torch.equal(_rows_by_world(task, world), reference)
 
 
 def test_reference_run_is_reproducible_and_loss_decreases():
-    task = _task(total_steps=25)
+    task = mlp_task(total_steps=25)
     d1, losses = reference_run(task)
     d2, _ = reference_run(task)
     assert d1 == d2
@@ -84,7 +68,7 @@ def test_reference_run_is_reproducible_and_loss_decreases():
 
 
 def test_state_transfer_reproduces_the_hash_and_detects_tampering():
-    task = _task()
+    task = mlp_task()
     torch.manual_seed(0)
     src = resolve(task.model_fn, "m")()
     opt = resolve(task.optimizer_fn, "o")(trainable(src))
@@ -103,7 +87,7 @@ def test_state_transfer_reproduces_the_hash_and_detects_tampering():
 
 
 def test_digest_changes_with_any_single_bit():
-    task = _task()
+    task = mlp_task()
     torch.manual_seed(0)
     model = resolve(task.model_fn, "m")()
     opt = resolve(task.optimizer_fn, "o")(trainable(model))
@@ -164,4 +148,4 @@ def test_formation_caps_at_max_peers_and_flags_divergence():
 )
 def test_bad_task_fails_with_named_error(override, message):
     with pytest.raises(TaskError, match=message):
-        _task(**override)
+        mlp_task(**override)
