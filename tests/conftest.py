@@ -1,12 +1,24 @@
-"""Shared fixtures: loopback Ray, the embedded tiny model, free ports."""
+"""Shared fixtures: loopback Ray, the embedded tiny model, free ports, the shared data."""
 
 from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 import orchestrator  # noqa: F401  (keeps Ray on loopback: must precede any ray import)
 import pytest
+
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the clone
+
+
+def needs_data(*paths: Path) -> pytest.MarkDecorator:
+    """Skip marker for tests that read the shared data; in CI missing data fails collection instead."""
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing and os.environ.get("CI") == "true":
+        raise FileNotFoundError(f"CI needs the shared data beside the clone (see its README); missing: {missing}")
+    return pytest.mark.skipif(bool(missing), reason=f"needs the shared data: {missing}")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import SHARED_DATA, needs_data
+
 ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT / ".." / "shared" / "data"
-CONV = DATA / "azure-llm-2023" / "AzureLLMInferenceTrace_conv.csv"
-PROFILE = DATA / "splitwise-perf" / "perf_model.csv"
+CONV = SHARED_DATA / "azure-llm-2023" / "AzureLLMInferenceTrace_conv.csv"
+PROFILE = SHARED_DATA / "splitwise-perf" / "perf_model.csv"
 REQUIRED = ("slo_attainment", "gpu_hours", "energy_kwh", "power_violations", "scaling_actions", "ttft_p99_s",
             "tpot_p99_s")
-needs_data = pytest.mark.skipif(not (CONV.is_file() and PROFILE.is_file()), reason="needs ../shared/data")
+needs_trace = needs_data(CONV, PROFILE)
 
 
 def flowtide(*args, cwd=ROOT):
@@ -28,7 +29,7 @@ def azure_excerpt(tmp_path: Path, rows: int = 3000) -> Path:
     return path
 
 
-@needs_data
+@needs_trace
 @pytest.mark.parametrize("policy", ["static", "ray-serve", "dynamo", "flowtide"])
 def test_simulate_writes_the_json_other_tools_read(tmp_path, policy):
     trace = azure_excerpt(tmp_path)
@@ -46,7 +47,7 @@ def test_simulate_writes_the_json_other_tools_read(tmp_path, policy):
     assert "slo_attainment" in proc.stdout  # the table
 
 
-@needs_data
+@needs_trace
 def test_simulate_reads_a_servegen_folder(tmp_path):
     folder = tmp_path / "sg"
     folder.mkdir()
@@ -65,7 +66,7 @@ def test_simulate_reports_a_missing_trace_clearly(tmp_path):
     assert "does not exist" in proc.stderr
 
 
-@needs_data
+@needs_trace
 def test_simulate_reports_a_malformed_csv_clearly(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("when,prompt\n1,2\n")

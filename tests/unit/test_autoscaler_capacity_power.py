@@ -1,6 +1,5 @@
 """Capacity model fitted from the Splitwise profile, and the POLCA power order."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,11 +7,13 @@ import pytest
 from autoscaler.capacity import ProfileError, fit_capacity, load_capacity, load_profile_table
 from autoscaler.power import PowerError, PowerModel, plan_power
 
-PERF = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "splitwise-perf" / "perf_model.csv"
-needs_data = pytest.mark.skipif(not PERF.is_file(), reason="needs ../shared/data/splitwise-perf")
+from tests.conftest import SHARED_DATA, needs_data
+
+PERF = SHARED_DATA / "splitwise-perf" / "perf_model.csv"
+needs_perf = needs_data(PERF)
 
 
-@needs_data
+@needs_perf
 def test_prefill_and_decode_curves_match_the_profile_within_15_percent():
     table = load_profile_table(PERF)
     cap = fit_capacity(table, "llama2-70b", "h100-80gb", 4)
@@ -24,7 +25,7 @@ def test_prefill_and_decode_curves_match_the_profile_within_15_percent():
     assert np.all(np.abs(pred_decode / mean.token_time - 1) < 0.15)
 
 
-@needs_data
+@needs_perf
 def test_power_capped_h100_prefill_is_1_3x_slower_and_decode_unchanged():
     free = load_capacity(PERF, "llama2-70b", "h100-80gb", 4)
     capped = load_capacity(PERF, "llama2-70b", "h100-80gb-pcap", 4)
@@ -32,7 +33,7 @@ def test_power_capped_h100_prefill_is_1_3x_slower_and_decode_unchanged():
     assert float(capped.tpot_s(32)) == pytest.approx(float(free.tpot_s(32)), rel=0.03)
 
 
-@needs_data
+@needs_perf
 def test_ttft_grows_with_load_and_is_infinite_at_saturation():
     cap = load_capacity(PERF)
     loads = np.array([0.0, 0.5, 0.9, 1.0]) * cap.prefill_tokens_per_s()
@@ -42,7 +43,7 @@ def test_ttft_grows_with_load_and_is_infinite_at_saturation():
     assert float(cap.ttft_s(budget, 4096, 1024)) == pytest.approx(2.0, rel=1e-6)
 
 
-@needs_data
+@needs_perf
 def test_inconsistent_tp2_batch64_rows_are_dropped_from_the_fit():
     cap = load_capacity(PERF, "llama2-70b", "h100-80gb", 2)
     assert cap.max_batch == 32

@@ -1,7 +1,6 @@
 """The Bayesian decision: hand-built snapshots, a fake clock, and forecasts we choose."""
 
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +11,10 @@ from autoscaler.forecast import Forecast
 from autoscaler.indicators import DEMAND_INDICATORS
 from autoscaler.power import PowerModel
 
-PERF = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "splitwise-perf" / "perf_model.csv"
-pytestmark = pytest.mark.skipif(not PERF.is_file(), reason="needs ../shared/data/splitwise-perf")
+from tests.conftest import SHARED_DATA, needs_data
+
+PERF = SHARED_DATA / "splitwise-perf" / "perf_model.csv"
+pytestmark = needs_data(PERF)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,5 @@
 """Baseline policies behave as the systems they stand for."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -12,8 +10,10 @@ from autoscaler.policies.ray_serve import DelayState, RayServePolicy, apply_dela
 from autoscaler.power import PowerModel
 from autoscaler.simulator import ClusterParams
 
-PERF = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "splitwise-perf" / "perf_model.csv"
-pytestmark = pytest.mark.skipif(not PERF.is_file(), reason="needs ../shared/data/splitwise-perf")
+from tests.conftest import SHARED_DATA, needs_data
+
+PERF = SHARED_DATA / "splitwise-perf" / "perf_model.csv"
+pytestmark = needs_data(PERF)
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,9 @@ import pytest
 from autoscaler.indicators import ClusterIndicators, IndicatorError, IndicatorSeries
 from autoscaler.traces import TraceError, load_azure_csv, load_servegen, load_trace
 
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-AZURE_CODE = DATA / "azure-llm-2023" / "AzureLLMInferenceTrace_code.csv"
+from tests.conftest import SHARED_DATA, needs_data
+
+AZURE_CODE = SHARED_DATA / "azure-llm-2023" / "AzureLLMInferenceTrace_code.csv"
 
 
 def _write_client(folder: Path, name: str, rows: list[str]) -> None:
@@ -17,7 +18,7 @@ def _write_client(folder: Path, name: str, rows: list[str]) -> None:
     (folder / name).write_text("\n".join(rows) + "\n")
 
 
-@pytest.mark.skipif(not AZURE_CODE.is_file(), reason="needs ../shared/data/azure-llm-2023")
+@needs_data(AZURE_CODE)
 def test_azure_code_trace_loads_every_request_in_arrival_order():
     trace = load_azure_csv(AZURE_CODE)
     assert trace.arrival_s.size == 8819 and trace.arrival_s[0] == 0.0

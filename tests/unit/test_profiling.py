@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import csv
-from pathlib import Path
 
 import pytest
 
 from workers.engines.base import EngineStats, Prefilled, SamplingParams
 from workers.profiling import PERF_COLUMNS, PerfRow, ProfileError, ProfilePlan, measure_run, profile_engine, write_perf_csv
 
-SPLITWISE_CSV = Path(__file__).resolve().parents[3] / "shared" / "data" / "splitwise-perf" / "perf_model.csv"
+from tests.conftest import SHARED_DATA
+
+SPLITWISE_CSV = SHARED_DATA / "splitwise-perf" / "perf_model.csv"
 
 
 class PacedEngine:

@@ -1,7 +1,6 @@
 """The two-pool simulator: accounting, cold starts, power order, causality and determinism."""
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +15,10 @@ from autoscaler.power import PowerModel
 from autoscaler.simulator import ClusterParams, simulate
 from autoscaler.traces import RequestGroups, TickTrace
 
-PERF = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "splitwise-perf" / "perf_model.csv"
-pytestmark = pytest.mark.skipif(not PERF.is_file(), reason="needs ../shared/data/splitwise-perf")
+from tests.conftest import SHARED_DATA, needs_data
+
+PERF = SHARED_DATA / "splitwise-perf" / "perf_model.csv"
+pytestmark = needs_data(PERF)
 
 
 def constant_trace(rps, ticks=360, step_s=10.0, prompt=1000.0, output=100.0, name="const"):

@@ -12,14 +12,15 @@ from autoscaler.scenario import default_cluster
 from autoscaler.simulator import simulate
 from autoscaler.traces import load_servegen
 
+from tests.conftest import SHARED_DATA, needs_data
+
 ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT / ".." / "shared" / "data"
-SERVEGEN = DATA / "servegen-m-large"
-PERF = DATA / "splitwise-perf" / "perf_model.csv"
+SERVEGEN = SHARED_DATA / "servegen-m-large"
+PERF = SHARED_DATA / "splitwise-perf" / "perf_model.csv"
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (SERVEGEN.is_dir() and PERF.is_file()), reason="needs ../shared/data")
+@needs_data(SERVEGEN, PERF)
 def test_fourteen_day_servegen_replay_simulates_in_under_a_minute():
     trace = load_servegen(SERVEGEN, step_s=10.0, seed=0, cache_dir=ROOT / "results" / "cache")
     assert trace.n_ticks == 14 * 8640
