@@ -72,6 +72,11 @@ class NaiveIngress:
         return await self.decode.remote(await self.prefill.remote(body))
 
 
+def deploy_naive() -> None:
+    """The naive composition, at /naive on the connected cluster's Serve."""
+    serve.run(NaiveIngress.bind(NaivePrefill.bind(), NaiveDecode.bind()), name="naive", route_prefix="/naive")
+
+
 def percentiles(xs: list[float]) -> dict[str, float]:
     return {"p50_ms": float(np.percentile(xs, 50) * 1e3), "p99_ms": float(np.percentile(xs, 99) * 1e3),
             "mean_ms": float(statistics.fmean(xs) * 1e3)}
@@ -133,7 +138,7 @@ def start_default_serve_cluster(port: int) -> LocalCluster:
     cluster = LocalCluster(config.cluster, serving=config.serving).start()
     connect(cluster.address)
     serve.start(proxy_location=ProxyLocation.HeadOnly, http_options=HTTPOptions(host="127.0.0.1", port=port))
-    serve.run(NaiveIngress.bind(NaivePrefill.bind(), NaiveDecode.bind()), name="naive", route_prefix="/naive")
+    deploy_naive()
     ray.shutdown()  # the app keeps running; the driver moves on to Flowtide's cluster
     return cluster
 
@@ -160,7 +165,7 @@ def main() -> None:
             on_head = config.model_copy(deep=True)
             on_head.serving.ingress, on_head.serving.app_name = "head", "router_on_head"
             serve.run(build_app(on_head, model_path), name="router_on_head", route_prefix="/router_on_head")
-            serve.run(NaiveIngress.bind(NaivePrefill.bind(), NaiveDecode.bind()), name="naive", route_prefix="/naive")
+            deploy_naive()
         body = {"model": config.model.served_name, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "ignore_eos": True}
         urls = {"flowtide": f"{base}/v1/completions", "router_on_head": f"{base}/router_on_head/v1/completions",
                 "naive": f"http://127.0.0.1:{args.port + 1}/naive/v1/completions",

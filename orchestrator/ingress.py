@@ -50,7 +50,7 @@ def serve_env(serving: ServingConfig, state_dir: Path) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state_dir),
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(state_dir / "server-state"),
         "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(state_dir / "metrics.sock"),
-        **{name: str(_free_port()) for name in (
+        **{name: str(free_port()) for name in (
             "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT",
             "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
         )},
@@ -79,7 +79,8 @@ def check_cluster_env(serving: ServingConfig) -> None:
         )
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on loopback now (Ray's side ports default to fixed numbers)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import orchestrator  # noqa: F401  (keeps Ray on loopback: must precede any ray import)
 import pytest
+
+from orchestrator.ingress import free_port  # noqa: F401  (the tests' free port)
 
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the clone
@@ -24,12 +25,6 @@ def needs_data(*paths: Path) -> pytest.MarkDecorator:
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -76,7 +76,7 @@ class FlowtidePolicy:
         """Aggregate completed steps into rows (mean) and burst ratios (peak rate / mean)."""
         history, tick = snapshot.history, snapshot.step_s
         wait = self.burst_wait_s
-        if wait is None:
+        if wait is None and self.burst_windows_s is not None:  # only the arrival-curve sizing uses it
             # What a queued prompt may wait and still meet the TTFT SLO: the budget left after the
             # tail prompt's own prefill (the same margin the decision sizes replicas with).
             own = float(self.params.capacity.prefill_time_s(snapshot.tail_prompt_tokens))
@@ -96,7 +96,7 @@ class FlowtidePolicy:
             self.consumed_s += self.step_s
         return added
 
-    def _peak(self, block: np.ndarray, tick: float, wait_s: float) -> np.ndarray:
+    def _peak(self, block: np.ndarray, tick: float, wait_s: float | None) -> np.ndarray:
         """The rate per column that replicas must carry within the step ``block`` ([ticks, 3]).
 
         With ``burst_windows_s`` unset: the peak ``burst_window_s`` moving mean. With it set (short
