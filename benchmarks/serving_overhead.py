@@ -5,12 +5,14 @@ In one run, with the tiny model so engine time is small:
   (b) the full path: HTTP -> DecodeServer (router fused in) -> PrefillServer -> KV hand-off -> decode -> HTTP,
       and the same with the router as its own deployment on the head (one more hop);
   (c) a naive Serve composition: HTTP -> ingress -> prefill -> decode, plain handle calls, no engine work:
-      the floor a straightforward three-deployment Serve app sets. It runs twice: on a second local
-      cluster with Serve's defaults (its Python proxy: what a straightforward app gets), and on
-      Flowtide's cluster behind the same HAProxy ingress as (b) (like for like).
-Requests go down every path in rotating order, round after round, so whatever else loads
-the machine loads all alike; added latency of (b) = its latency minus (a)'s in the same round. Reports p50/p99 and
-sustained requests/s of short requests, as ratios against (c), and writes JSON.
+      the floor a straightforward three-deployment Serve app sets. It runs twice: first on a local
+      cluster of its own with Serve's defaults (its Python proxy: what a straightforward app gets),
+      alone on the machine; then beside Flowtide on Flowtide's cluster behind the same HAProxy
+      ingress as (b) (like for like).
+One cluster runs at a time, as on a real host. Within each phase requests go down every path in
+rotating order, round after round, with (a) in every round, so whatever else loads the machine
+loads all alike; added latency of (b) = its latency minus (a)'s in the same round. Reports p50/p99
+and sustained requests/s of short requests, as ratios against (c), and writes JSON.
 
     python benchmarks/serving_overhead.py --requests 300 --json results/serving_overhead.json
 """
@@ -110,6 +112,7 @@ def interleaved_latencies(model_path: str, urls: dict[str, str], body: dict, n: 
                 start = time.perf_counter()
                 calls[name]()
                 out[name].append(time.perf_counter() - start)
+    loop.run_until_complete(engine.shutdown())  # stops its batch loop before the event loop closes
     loop.close()
     return out
 
@@ -154,34 +157,40 @@ def main() -> None:
 
     model_path = str(tiny_model_path())
     config = load_config(**{"serving.http_port": args.port})
-    clusters: list[LocalCluster] = []
+    body = {"model": config.model.served_name, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "ignore_eos": True}
+    rps: dict[str, float] = {}
+    # Phase 1: the naive composition on a cluster with Serve's defaults, alone on the machine.
+    naive_url = f"http://127.0.0.1:{args.port + 1}/naive/v1/completions"
+    with console.status("starting a default-Serve cluster for the naive composition"):
+        cluster = start_default_serve_cluster(args.port + 1)
     try:
-        with console.status("starting a default-Serve cluster for the naive composition"):
-            clusters.append(start_default_serve_cluster(args.port + 1))
+        naive_lat = interleaved_latencies(model_path, {"naive": naive_url}, body, args.requests)
+        with console.status(f"throughput of naive, {args.concurrency} concurrent clients"):
+            rps["naive"] = throughput(naive_url, body, args.throughput_s, args.concurrency)
+    finally:
+        cluster.shutdown()
+    # Phase 2: Flowtide's cluster, alone, as an operator runs it (the naive app beside it behind the same ingress).
+    try:
         with console.status(f"starting Flowtide's cluster ({config.serving.http_proxy} ingress) and deploying"):
-            clusters.append(LocalCluster(config.cluster, serving=config.serving).start())
-            connect(clusters[-1].address)
+            cluster = LocalCluster(config.cluster, serving=config.serving).start()
+            connect(cluster.address)
             base = deploy(config, model_path)
             on_head = config.model_copy(deep=True)
             on_head.serving.ingress, on_head.serving.app_name = "head", "router_on_head"
             serve.run(build_app(on_head, model_path), name="router_on_head", route_prefix="/router_on_head")
             deploy_naive()
-        body = {"model": config.model.served_name, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "ignore_eos": True}
         urls = {"flowtide": f"{base}/v1/completions", "router_on_head": f"{base}/router_on_head/v1/completions",
-                "naive": f"http://127.0.0.1:{args.port + 1}/naive/v1/completions",
                 "naive_same_ingress": f"{base}/naive/v1/completions"}
         lat = interleaved_latencies(model_path, urls, body, args.requests)
-        rps = {}
-        for name in ("flowtide", "naive", "naive_same_ingress"):
+        for name in ("flowtide", "naive_same_ingress"):
             with console.status(f"throughput of {name}, {args.concurrency} concurrent clients"):
                 rps[name] = throughput(urls[name], body, args.throughput_s, args.concurrency)
     finally:
         if ray.is_initialized():
             serve.shutdown()
-        for cluster in clusters:
-            cluster.shutdown()
+        cluster.shutdown()
 
-    engine, ours, naive = lat["engine"], lat["flowtide"], lat["naive"]
+    engine, ours, naive = lat["engine"], lat["flowtide"], naive_lat["naive"]
     added = [max(0.0, b - a) for a, b in zip(engine, ours)]  # same round, same load
     added_head = [max(0.0, b - a) for a, b in zip(engine, lat["router_on_head"])]
     result = {
@@ -189,6 +198,7 @@ def main() -> None:
         "model": "embedded tiny Llama", "prompt": PROMPT, "max_tokens": MAX_TOKENS, "requests": args.requests,
         "http_proxy": config.serving.http_proxy,
         "engine_in_process": percentiles(engine),
+        "engine_in_process_naive_phase": percentiles(naive_lat["engine"]),
         "flowtide_full_path": percentiles(ours),
         "flowtide_added": percentiles(added),
         "router_on_head_full_path": percentiles(lat["router_on_head"]),
@@ -216,7 +226,7 @@ def main() -> None:
     table = Table(title="serving overhead (ms per request, sequential)")
     for col in ("path", "p50", "p99", "mean"):
         table.add_column(col)
-    for key in ("engine_in_process", "flowtide_full_path", "flowtide_added", "router_on_head_full_path",
+    for key in ("engine_in_process_naive_phase", "engine_in_process", "flowtide_full_path", "flowtide_added", "router_on_head_full_path",
                 "router_on_head_added", "naive_serve_composition", "naive_same_ingress"):
         r = result[key]
         table.add_row(key, f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['mean_ms']:.1f}")

@@ -1,4 +1,4 @@
-"""The HTTP ingress in front of the Serve app, set through the environment of the cluster's processes.
+"""The HTTP ingress in front of the Serve app (and Serve's control-loop pace), set through the processes' environment.
 
 Ray Serve reads its ingress mode from the environment of its controller and proxies, not from
 ``serve.start``: every Ray process must start with these variables (locally :class:`LocalCluster`
@@ -36,11 +36,13 @@ def haproxy_binary() -> str:
 
 
 def serve_env(serving: ServingConfig, state_dir: Path) -> dict[str, str]:
-    """Environment every Ray process of the cluster needs for ``serving.http_proxy``; files go in ``state_dir``."""
+    """Environment every Ray process of the cluster needs for ``serving``; HAProxy's files go in ``state_dir``."""
+    env = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": str(serving.control_loop_interval_s)}
     if serving.http_proxy == "ray":
-        return {}
+        return env
     state_dir.mkdir(parents=True, exist_ok=True)
     return {
+        **env,
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_HAPROXY_BINARY_PATH": haproxy_binary(),
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(serving.ingress_drain_s),

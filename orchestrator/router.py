@@ -34,7 +34,7 @@ from orchestrator.openai_api import (
     usage,
 )
 from workers.engines.base import SamplingParams
-from workers.servers import GenerateRequest, LLMServer
+from workers.servers import GenerateRequest, LLMServer, freeze_startup_heap
 from workers.telemetry import MetricsPublisher, RouterMetrics
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,7 @@ class Router:
         self.metrics = RouterMetrics(self._registry)
         self.publisher = MetricsPublisher(metrics_hub, f"router-{os.getpid()}", self._registry,
                                           self.config.serving.metrics_push_interval_s)
+        freeze_startup_heap()
 
     async def check_health(self) -> None:
         self.publisher.ensure_running()

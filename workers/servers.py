@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import time
@@ -61,6 +62,7 @@ class LLMServer:
         self._prefill = prefill
         self.publisher = MetricsPublisher(metrics_hub, f"{role}-{os.getpid()}", self._registry, metrics_interval_s,
                                           before=lambda: self.metrics.load(self.engine.stats()))
+        freeze_startup_heap()
 
     async def check_health(self) -> None:
         """Serve's periodic health check: raises when the engine is broken; also (re)starts the metrics publisher."""
@@ -133,6 +135,17 @@ class LLMServer:
         self.metrics.kv_bytes_per_request.observe(prefilled.kv_bytes)
         async for token in self.engine.decode(prefilled, request.sampling):
             yield token
+
+
+def freeze_startup_heap() -> None:
+    """Hide what start-up allocated (Ray, torch, transformers, the model) from the cyclic garbage collector.
+
+    A replica holds ~500k long-lived objects after start-up; a full collection walks them all and
+    took ~0.5 s on 2 loaded cores, stalling every request in flight. Frozen, collections walk only
+    what requests allocate. (Instagram's fix for the same stall.) Call at the end of ``__init__``.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 async def _coalesce(tokens: AsyncIterator[int]) -> AsyncIterator[list[int]]:

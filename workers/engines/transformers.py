@@ -249,8 +249,11 @@ class TransformersEngine:
             raise EngineError(f"the decode batch loop died: {task.exception()!r}")
 
     async def shutdown(self) -> None:
-        if self._loop_task is not None:
-            self._loop_task.cancel()
+        task = self._loop_task
+        if task is not None:
+            task.cancel()
+            if task.get_loop() is asyncio.get_running_loop():
+                await asyncio.gather(task, return_exceptions=True)  # gone before its loop closes
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
