@@ -10,9 +10,9 @@ spread and joint structure around it (the anchor stays the median). ``update`` a
 ``update_every_s`` of new data, takes a few optimiser steps biased to recent
 windows (online learning). ``predict`` is one encoder pass and one batched
 flow sample under ``torch.no_grad``: no training on the decision path.
-Samples are then widened or narrowed around their median, per side, step and indicator,
-by conformal factors from the last day's forecasts whose outcomes are known
-(``calibration.py``), recomputed at every ``update``.
+The tails of the samples (beyond the central 80%) are then stretched away from the median,
+per tail level, side, step and indicator, by conformal factors from the last day's forecasts
+whose outcomes are known (``calibration.py``), recomputed at every ``update``; the centre stays as drawn.
 ``save``/``load`` keep weights, normalisation, optimiser, calibration and the history buffer.
 """
 
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .base import Forecast, ForecastInputError, check_history, check_request, indicator_names
-from .calibration import conformal_factor, spread_scores, widen
+from .calibration import band_levels, stretch_tails, tail_factors, tail_levels, tail_scores
 from .features import LogScale, WindowSpec
 from .flow_model import FlowNet
 from .naive import season_steps
@@ -40,7 +40,9 @@ class FlowConfig:
     """Sizes and training budget (chosen on ServeGen training days only; see docs/forecasting.md).
 
     ``max_train_s`` caps ``fit``'s wall time; one torch thread trains faster than two on a
-    shared 2-core machine.
+    shared 2-core machine. Calibration: the central ``calibration_level`` interval is kept as
+    drawn; ``calibration_knots`` tail levels out to its ends (0.025, 0.05, 0.075, 0.1 and mirrored)
+    are calibrated; the stretch returns to none one knot spacing inside (0.125 / 0.875).
     """
 
     horizon: int = 6
@@ -71,7 +73,8 @@ class FlowConfig:
     recent_days: float = 2.0
     calibration_days: float = 1.0
     calibration_level: float = 0.8
-    calibration_samples: int = 64
+    calibration_knots: int = 4
+    calibration_samples: int = 128
     sample_clip: float = 8.0
     train_threads: int = 1
     predict_threads: int = 1
@@ -241,7 +244,7 @@ class FlowForecaster:
             "best_val_nll": best,
             "train_s": time.perf_counter() - start,
             "parameters": sum(p.numel() for p in self.net.parameters()),
-            "spread_per_step": self.spread[:, :, 0].tolist(),
+            "spread_per_step": self.spread[:, -1, :, 0].tolist(),  # at the 10% / 90% level
         }
 
     def _step(self, batch: tuple[torch.Tensor, ...]) -> None:
@@ -299,12 +302,22 @@ class FlowForecaster:
 
     # ---- calibration ------------------------------------------------------------------------------
 
+    @property
+    def _levels(self) -> np.ndarray:
+        return tail_levels(self.config.calibration_level, self.config.calibration_knots)
+
+    @property
+    def _inner(self) -> float:
+        """Where the stretch returns to none: one knot spacing inside the central interval's lower end."""
+        cfg = self.config
+        return (1 - cfg.calibration_level) / 2 * (cfg.calibration_knots + 1) / cfg.calibration_knots
+
     def _band(self, history: np.ndarray) -> np.ndarray:
-        """The uncalibrated flow's central band ``[3, H, K]`` (low, median, high log rows) from ``history``'s last row."""
+        """The uncalibrated flow's quantiles ``[2L+1, H, K]`` (log rows) at ``band_levels`` from ``history``'s last row."""
         cfg = self.config
         noise = torch.randn(cfg.calibration_samples, self.net.features, generator=torch.Generator().manual_seed(cfg.seed))
         y, point = self._raw(history, noise)
-        q = np.quantile(y, [(1 - cfg.calibration_level) / 2, 0.5, (1 + cfg.calibration_level) / 2], axis=0)
+        q = np.quantile(y, band_levels(cfg.calibration_level, cfg.calibration_knots), axis=0)
         return q * self.t_std + point
 
     def _start_calibration(self) -> None:
@@ -312,23 +325,27 @@ class FlowForecaster:
         cfg = self.config
         n, h, k = self.history.shape[0], cfg.horizon, len(self.indicators)
         window = max(1, int(cfg.calibration_days * 86_400 / self.step_s))
-        self.bands = np.full((window, 3, h, k), np.nan)
+        self.bands = np.full((window, 2 * cfg.calibration_knots + 1, h, k), np.nan)
         for i, t in enumerate(range(n - window, n)):
             if t >= 0:
                 self.bands[i] = self._band(self.history[: t + 1])
         self.spread = self._spread()
 
-    def _scores(self) -> np.ndarray:
-        """Conformal scores ``[window, 2, H, K]`` of the buffered bands against the outcomes known now (else NaN)."""
+    def _outcomes(self) -> np.ndarray:
+        """The log rows ``[window, H, K]`` each buffered band forecast, where already known (else NaN)."""
         n, h = self.history.shape[0], self.config.horizon
         z = np.concatenate([self.scale.to_log(self.history), np.full((h, self.history.shape[1]), np.nan)])
         rows = n - len(self.bands) + np.arange(len(self.bands))[:, None] + np.arange(1, h + 1)  # [window, H]
-        truth = np.where((rows >= 0)[..., None], z[np.maximum(rows, 0)], np.nan)
-        return np.moveaxis(spread_scores(self.bands[:, 0], self.bands[:, 1], self.bands[:, 2], truth), 0, 1)
+        return np.where((rows >= 0)[..., None], z[np.maximum(rows, 0)], np.nan)
+
+    def _scores(self) -> np.ndarray:
+        """Conformal scores ``[window, 2, L, H, K]`` (side, tail level) of the buffered bands against the
+        outcomes known now (else NaN)."""
+        return tail_scores(self.bands, self._outcomes())
 
     def _spread(self) -> np.ndarray:
-        """Factors ``[2, H, K]`` (below, above the median): each side's bound at ``(1 + level) / 2``."""
-        return conformal_factor(self._scores(), (1 + self.config.calibration_level) / 2)
+        """Tail factors ``[2, L, H, K]`` (below / above the median, per tail level), all >= 1."""
+        return tail_factors(self._scores(), self._levels)
 
     def _calibrate(self, added: int) -> None:
         """Buffer the bands of the ``added`` new origins, then re-derive the spread from all outcomes known now.
@@ -366,7 +383,7 @@ class FlowForecaster:
     def predict(self, history: np.ndarray, horizon: int, n_samples: int, rng: np.random.Generator) -> Forecast:
         """``n_samples`` joint paths ``[n_samples, horizon, K]`` from ``history``'s last row; seeded by ``rng``.
 
-        The flow's samples, widened or narrowed around their median by the current spread factors.
+        The flow's samples, their tails stretched by the current factors (the central 80% as drawn).
         """
         if self.net is None:
             raise ForecastInputError("flow: call fit() or load() before predict()")
@@ -374,7 +391,7 @@ class FlowForecaster:
         check_request(horizon, n_samples, self.config.horizon)
         noise = torch.as_tensor(rng.standard_normal((n_samples, self.net.features)), dtype=torch.float32)
         y, point = self._raw(arr, noise)
-        y = np.clip(widen(y, self.spread), -self.config.sample_clip, self.config.sample_clip)
+        y = np.clip(stretch_tails(y, self._levels, self.spread, self._inner), -self.config.sample_clip, self.config.sample_clip)
         zf = (y * self.t_std + point)[:, :horizon]
         return Forecast(samples=self.scale.from_log(zf), indicators=self.indicators, step_s=self.step_s)
 
@@ -435,4 +452,7 @@ class FlowForecaster:
         self.anchor = self._fit_anchor(self.history[:rows])
         self.anchor.update(self.history[rows:])
         self.train_log = state["train_log"]
+        if self.bands.shape[1] != 2 * cfg.calibration_knots + 1:
+            # Saved with the earlier one-band-per-side calibration: rebuild the tail bands from the saved history.
+            self._start_calibration()
         return self

@@ -79,6 +79,34 @@ def test_flow_refuses_a_file_saved_before_it_had_an_anchor(fitted, tmp_path):
         FlowForecaster.load(tmp_path / "old.pt")
 
 
+def test_flow_loads_a_file_saved_with_the_one_band_calibration_and_rebuilds_its_tail_bands(fitted, tmp_path):
+    fc, x = fitted
+    fc.save(tmp_path / "flow.pt")
+    state = torch.load(tmp_path / "flow.pt", weights_only=True)
+    # The earlier format: one (10%, 50%, 90%) band per origin and one factor per side and cell.
+    state["arrays"]["bands"] = state["arrays"]["bands"][:, [3, 4, 5]]
+    state["arrays"]["spread"] = state["arrays"]["spread"][:, -1]
+    del state["config"]["calibration_knots"]
+    torch.save(state, tmp_path / "old.pt")
+    loaded = FlowForecaster.load(tmp_path / "old.pt")
+    assert loaded.bands.shape == fc.bands.shape and loaded.spread.shape == fc.spread.shape
+    assert np.all(loaded.spread >= 1.0)
+    assert np.all(np.isfinite(loaded.predict(x[:530], 3, 16, np.random.default_rng(1)).samples))
+
+
+def test_flow_stretches_only_the_tails_and_keeps_its_central_samples_as_drawn(fitted):
+    fc = copy.deepcopy(fitted[0])
+    x = fitted[1]
+    fc.spread = np.ones_like(fc.spread)
+    drawn = fc.predict(x[:520], 3, 256, np.random.default_rng(5)).samples
+    fc.spread = np.full_like(fc.spread, 3.0)
+    stretched = fc.predict(x[:520], 3, 256, np.random.default_rng(5)).samples
+    for p in (0.25, 0.5, 0.75):
+        np.testing.assert_allclose(np.quantile(stretched, p, axis=0), np.quantile(drawn, p, axis=0), rtol=1e-6)
+    wide = lambda s: np.quantile(s, 0.95, axis=0) - np.quantile(s, 0.05, axis=0)  # noqa: E731
+    assert np.all(wide(stretched) > 1.5 * wide(drawn))
+
+
 def test_flow_fine_tunes_only_once_update_every_s_of_new_rows_arrived(tmp_path):
     x = correlated_series(seed=1)
     fc = make_forecaster("flow", **TINY)
@@ -122,10 +150,10 @@ def test_flow_samples_carry_the_shock_shared_by_two_indicators():
 def test_flow_scores_each_issued_band_only_on_outcomes_already_observed(fitted):
     fc, x = copy.deepcopy(fitted[0]), fitted[1]
     fc.update(x[500:503])
-    scores = fc._scores()  # [origins, side, step, indicator], newest origin last
+    scores = fc._scores()  # [origins, side, tail level, step, indicator], newest origin last
     for j in range(fc.config.horizon):
         # The origin j rows back knows its first j steps; later steps lie in the future.
-        assert np.all(np.isfinite(scores[-1 - j, :, :j])) and np.all(np.isnan(scores[-1 - j, :, j:]))
+        assert np.all(np.isfinite(scores[-1 - j, :, :, :j])) and np.all(np.isnan(scores[-1 - j, :, :, j:]))
 
 
 def test_flow_calibration_is_the_same_row_by_row_or_in_one_block(fitted):
@@ -146,5 +174,8 @@ def test_flow_intervals_widen_to_near_nominal_coverage_when_volatility_rises_aft
     before = fc.spread.copy()
     ev = rolling_evaluation(fc, x, 500, 3, 64, np.random.default_rng(0))
     day = int(86_400 / STEP_S)  # the calibration window has filled with post-shift outcomes
-    assert np.all(fc.spread[..., 0] > before[..., 0])
+    # Tail factors [side, level, step]: stretched by half again on average (a cell or two may stay put).
+    assert fc.spread[..., 0].mean() > 1.5 * before[..., 0].mean()
+    assert np.mean(fc.spread[..., 0] > before[..., 0]) > 0.9
     assert 0.7 <= ev.cover80[day:, :, 0].mean() <= 0.9
+    assert 0.88 <= ev.cover95[day:, :, 0].mean() <= 0.99
