@@ -37,7 +37,12 @@ def haproxy_binary() -> str:
 
 def serve_env(serving: ServingConfig, state_dir: Path) -> dict[str, str]:
     """Environment every Ray process of the cluster needs for ``serving``; HAProxy's files go in ``state_dir``."""
-    env = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": str(serving.control_loop_interval_s)}
+    env = {
+        "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": str(serving.control_loop_interval_s),
+        # Replicas batch Serve's own metrics and hand them to Ray every 100 ms by default; Ray's agent
+        # exports every 10 s, so 1 s loses nothing and takes a third off each replica's idle CPU.
+        "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
+    }
     if serving.http_proxy == "ray":
         return env
     state_dir.mkdir(parents=True, exist_ok=True)

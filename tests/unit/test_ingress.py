@@ -12,7 +12,7 @@ from orchestrator.ingress import serve_env
 
 def test_ray_proxy_needs_only_the_control_loop_pace(tmp_path):
     env = serve_env(load_config(**{"serving.http_proxy": "ray", "serving.control_loop_interval_s": 0.25}).serving, tmp_path)
-    assert env == {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.25"}
+    assert env == {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.25", "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000"}
 
 
 def test_haproxy_environment_is_private_to_one_cluster(tmp_path):
