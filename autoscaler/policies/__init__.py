@@ -14,6 +14,12 @@ from autoscaler.simulator import ClusterParams
 POLICIES = ("static", "ray-serve", "dynamo", "flowtide")
 # Windows of flowtide's arrival-curve burst sizing on short (1 s tick) traces.
 SHORT_BURST_WINDOWS_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+# On short traces flowtide bootstraps the steps of the last SHORT_BURST_MEMORY_S (the current regime;
+# what it has not shown is the unseen-burst prior's), draws SHORT_SAMPLES samples so that the prior's
+# few cells are not lost to sampling noise, and scales down once the lower wish has held one cold
+# start (ski rental: keep an idle replica as long as a new one takes to become useful).
+SHORT_BURST_MEMORY_S = 300.0
+SHORT_SAMPLES = 256
 
 
 class PolicyError(ValueError):
@@ -36,8 +42,9 @@ def make_policy(name: str, trace, cluster: ClusterParams, forecaster: str = "flo
     ``forecast_step_s`` defaults to 600 s (ServeGen's window) for traces of two days or more and
     30 s for shorter ones, whose few rows would not train a forecaster at coarse steps. On short
     traces (1 s ticks) flowtide also decides every 10 s, sizes each step by its arrival curve
-    (1-30 s windows, see ``FlowtidePolicy._peak``) and bootstraps (mean, burst) pairs of the last
-    10 minutes jointly. ``pretrained``: a flow saved by :func:`autoscaler.policies.flowtide.pretrain`
+    (1-30 s windows, see ``FlowtidePolicy._peak``), bootstraps (mean, burst) pairs of the last
+    5 minutes jointly, adds the unseen-burst prior (``unseen_burst_alpha=1``: a share ``1/(n+1)``
+    of samples exceed the recent window) and waits one cold start before scaling down. ``pretrained``: a flow saved by :func:`autoscaler.policies.flowtide.pretrain`
     on other traces, used by flowtide from the first row and updated online.
     """
     from autoscaler.policies.dynamo import DynamoPolicy
@@ -55,7 +62,8 @@ def make_policy(name: str, trace, cluster: ClusterParams, forecaster: str = "flo
         step = forecast_step_s or default_forecast_step_s(trace.duration_s)
         if trace.duration_s < 2 * 86_400:
             kw = {"interval_s": 10.0, "burst_windows_s": SHORT_BURST_WINDOWS_S, "joint_bootstrap": True,
-                  "burst_window_rows": max(1, int(600 // step)), **kw}
+                  "burst_window_rows": max(1, int(SHORT_BURST_MEMORY_S // step)), "unseen_burst_alpha": 1.0,
+                  "n_samples": SHORT_SAMPLES, "scale_down_delay_s": cluster.cold_start_s, **kw}
         if pretrained is not None:
             from autoscaler.policies.flowtide import load_pretrained
 

@@ -8,6 +8,13 @@ mean: the peak ``burst_window_s`` mean, or with ``burst_windows_s`` its arrival 
 from the recent past, because replicas must carry the peak, not the mean. Before the first fit,
 the step means of the last ``burst_window_rows`` steps, bootstrapped (with ``joint_bootstrap``,
 each with its own burst factor), stand in for the forecaster's samples.
+
+The bootstrap can never propose a step larger than the largest it has seen, so with
+``unseen_burst_alpha`` a share ``alpha / (alpha + n)`` of the sample cells (``n`` steps seen so
+far: Laplace's rule of succession, the chance that the next of ``n + 1`` exchangeable steps is the
+largest) is replaced by an unseen burst: the recent window's largest step scaled up by an
+exponential excess fitted to the recent peaks over their median (peaks-over-threshold). Early in a
+trace this is wide headroom; it fades as evidence accumulates (:meth:`FlowtidePolicy._with_unseen`).
 """
 
 from __future__ import annotations
@@ -36,9 +43,11 @@ class FlowtidePolicy:
                  burst_window_rows: int = 144, burst_window_s: float = 10.0, burst_windows_s: tuple[float, ...] | None = None,
                  burst_wait_s: float | None = None, joint_bootstrap: bool = False, forecaster_kw: dict | None = None,
                  pretrained: Forecaster | None = None, pretrained_level: np.ndarray | None = None,
-                 seed: int = 0, **decision_overrides) -> None:
+                 unseen_burst_alpha: float | None = None, seed: int = 0, **decision_overrides) -> None:
         if forecast_step_s <= 0 or interval_s <= 0 or n_samples < 1:
             raise PolicyError("forecast_step_s and interval_s must be positive and n_samples >= 1")
+        if unseen_burst_alpha is not None and unseen_burst_alpha <= 0:
+            raise PolicyError(f"unseen_burst_alpha must be positive (or None: off), got {unseen_burst_alpha}")
         self.cluster = cluster
         self.params = decision_params(cluster, interval_s=interval_s, **decision_overrides)
         self.interval_s = interval_s
@@ -51,6 +60,9 @@ class FlowtidePolicy:
         self.burst_windows_s = tuple(burst_windows_s) if burst_windows_s else None
         self.burst_wait_s = burst_wait_s
         self.joint_bootstrap = joint_bootstrap
+        self.unseen_burst_alpha = unseen_burst_alpha
+        # What the last forecast's unseen-burst prior did: its probability, cells replaced, sizes.
+        self.last_unseen: dict[str, float] = {"p": 0.0, "cells": 0, "ref_tokens_per_s": 0.0, "mean_excess": 0.0}
         self.forecaster_spec = forecaster
         self.forecaster_kw = forecaster_kw or {}
         # A forecaster fitted on other traces serves from the first row and is updated online with
@@ -67,6 +79,7 @@ class FlowtidePolicy:
         self.state = DecisionState()
         self.rng = np.random.default_rng(seed)
         self.cached: Forecast | None = None
+        self.cached_seen: Forecast | None = None  # the same forecast without the unseen-burst prior
         self.last_band: dict[int, np.ndarray] | None = None
         self.last_decision: Decision | None = None
         self.decision_s: list[float] = []  # forecast sampling + optimisation, per fresh forecast
@@ -122,6 +135,54 @@ class FlowtidePolicy:
 
     def forecast(self, added: int) -> Forecast:
         """Samples ``[S, H, 3]`` of per-tick peak demand over the next ``horizon`` steps."""
+        fc = self._forecast_seen(added)
+        self.cached_seen = fc
+        if self.unseen_burst_alpha is None:
+            return fc
+        samples = self._with_unseen(fc.samples)
+        return fc if samples is fc.samples else replace(fc, samples=samples)
+
+    def unseen_probability(self, n_steps: int) -> float:
+        """P(the next step exceeds all ``n_steps`` seen): ``alpha / (alpha + n)``; 1 with no evidence.
+
+        With ``alpha = 1`` this is the record probability of exchangeable steps (the next of
+        ``n + 1`` is the largest with chance ``1/(n+1)``), i.e. a Dirichlet-process predictive whose
+        base measure is the unseen-burst law of :meth:`_with_unseen`.
+        """
+        alpha = self.unseen_burst_alpha or 0.0
+        return alpha / (alpha + n_steps) if alpha > 0 else 0.0
+
+    def _with_unseen(self, samples: np.ndarray) -> np.ndarray:
+        """Replace a share :meth:`unseen_probability` of the ``[S, H, 3]`` cells by unseen bursts.
+
+        A burst is the recent window's largest step (by input tokens/s; its three columns scale
+        together, so its requests weigh in the decision) times ``(m + beta E) / m``: ``m`` that step's
+        size, ``E`` standard-exponential at stratified quantiles, ``beta`` the mean excess of the
+        window's step peaks over their median (an exponential peaks-over-threshold tail, which is
+        memoryless: the excess over ``m`` has the same law). The number of cells is rounded to the
+        nearest (off by at most half a cell of ``S x H``, so no sampling noise). Only past steps are read.
+        """
+        peaks = np.asarray(self.rows) * np.asarray(self.bursts)
+        p = self.unseen_probability(peaks.shape[0])
+        cells = samples.shape[0] * samples.shape[1]
+        k = int(np.floor(p * cells + 0.5))
+        recent = peaks[-self.burst_window_rows:]
+        size = recent[:, 1]
+        m = float(size.max())
+        median = float(np.median(size))
+        beta = float((size[size > median] - median).mean()) if (size > median).any() else 0.0
+        self.last_unseen = {"p": p, "cells": k, "ref_tokens_per_s": m, "mean_excess": beta}
+        if k == 0 or m <= 0:
+            return samples
+        excess = -np.log1p(-(np.arange(k) + 0.5) / k)  # Exp(1) at stratified quantiles
+        burst = recent[int(np.argmax(size))][None] * ((m + beta * excess) / m)[:, None]
+        out = samples.copy()
+        flat = out.reshape(cells, samples.shape[2])
+        flat[self.rng.choice(cells, k, replace=False)] = burst
+        return out
+
+    def _forecast_seen(self, added: int) -> Forecast:
+        """The forecast from what the trace has shown: the forecaster's or the bootstrap's samples."""
         hist = np.asarray(self.rows)
         n = hist.shape[0]
         refit = self.refit_every_rows is not None and n - self.fitted_rows >= self.refit_every_rows
@@ -141,7 +202,7 @@ class FlowtidePolicy:
         recent = hist[-self.burst_window_rows:]
         if self.forecaster is None:
             # Warm-up: the recent step means, bootstrapped, stand in for the forecast.
-            pick = self.rng.integers(0, recent.shape[0], (self.n_samples, self.horizon))
+            pick = self._picks(recent.shape[0])
             base = recent[pick]
             if self.joint_bootstrap:
                 # A step's mean and its burst come together: busy steps are not also given the
@@ -151,7 +212,7 @@ class FlowtidePolicy:
             to_model = self._to_model(hist)
             base = self.forecaster.predict(hist * to_model, self.horizon, self.n_samples, self.rng).samples / to_model
             if self.joint_bootstrap:
-                pick = self.rng.integers(0, recent.shape[0], (self.n_samples, self.horizon))
+                pick = self._picks(recent.shape[0])
                 # The forecaster moves the level; the recent steps' joint (mean, burst) draws give
                 # the shape of the peaks around it.
                 level = np.maximum(recent.mean(axis=0), 1e-9)
@@ -159,6 +220,19 @@ class FlowtidePolicy:
                                 step_s=self.step_s)
         factor = bursts[self.rng.integers(0, bursts.shape[0], base.shape[:2])]
         return Forecast(samples=base * factor, indicators=DEMAND_INDICATORS, step_s=self.step_s)
+
+    def _picks(self, n_rows: int) -> np.ndarray:
+        """Bootstrap indices ``[S, H]`` into the last ``n_rows`` steps.
+
+        With ``joint_bootstrap`` they are stratified: every step of the window is drawn equally often
+        (up to one) in each horizon column, in a random order. The decision averages over cells, so
+        this is the bootstrap's expectation without its sampling noise, which otherwise moved the
+        count up and down from one forecast to the next on the same evidence (flapping).
+        """
+        if not self.joint_bootstrap:
+            return self.rng.integers(0, n_rows, (self.n_samples, self.horizon))
+        column = np.resize(np.arange(n_rows), self.n_samples)
+        return np.stack([self.rng.permutation(column) for _ in range(self.horizon)], axis=1)
 
     def _to_model(self, hist: np.ndarray) -> np.ndarray | float:
         """Factor from this trace's units to a pre-trained forecaster's: its training mean over
@@ -181,7 +255,14 @@ class FlowtidePolicy:
             q = np.percentile(self.cached.samples[:, 0, 1], [5, 50, 95])  # input tokens/s
             ticks = max(1, int(round(self.step_s / snapshot.step_s)))
             self.last_band = {k: np.full(ticks, v) for k, v in zip((5, 50, 95), q)}
-        decision, self.state = decide(replace(snapshot, forecast=self.cached), self.state, self.params)
+        decision, state = decide(replace(snapshot, forecast=self.cached), self.state, self.params)
+        if self.cached is not self.cached_seen:
+            # Say when the unseen-burst prior is what binds: the counts the seen steps alone ask for.
+            seen, _ = decide(replace(snapshot, forecast=self.cached_seen), self.state, self.params)
+            reasons = {pool: replace(r, binding="unseen_burst") if getattr(decision, pool) > getattr(seen, pool) else r
+                       for pool, r in decision.reasons.items()}
+            decision = replace(decision, reasons=reasons)
+        self.state = state
         if fresh:
             self.decision_s.append(time.perf_counter() - self._predict_started)
         self.last_decision = decision

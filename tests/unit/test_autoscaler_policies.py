@@ -190,3 +190,72 @@ def test_hindsight_bound_is_ready_for_a_spike_one_cold_start_ahead_and_lets_go_a
     assert at(100) == 1 and at(300) == 1
     assert at(int(200 - cluster.cold_start_s)) > 3 and at(205) > 3  # asked for a cold start before the spike
     assert HindsightPolicy(trace, cluster, scale=0.5).targets[0].max() < bound.targets[0].max()
+
+
+def short_policy(cluster, **kw):
+    """Flowtide as make_policy builds it for an hour-long trace at 1 s ticks (never fits the flow here)."""
+    base = dict(forecaster="last", forecast_step_s=30.0, min_fit_rows=10**6, interval_s=10.0,
+                burst_windows_s=SHORT_BURST_WINDOWS_S, joint_bootstrap=True, burst_window_rows=10,
+                n_samples=256, unseen_burst_alpha=1.0, scale_down_delay_s=cluster.cold_start_s, seed=3)
+    return FlowtidePolicy(cluster, **{**base, **kw})
+
+
+def periodic_rates(n_steps: int) -> np.ndarray:
+    """Per-second demand: every 30 s step holds one busy second (10 to 20 requests of 1000 tokens, in a
+    four-step cycle, so every window of steps has the same spread) and 29 calm ones."""
+    rates = np.tile([0.5, 500.0, 50.0], (n_steps * 30, 1))
+    busy = np.resize([10.0, 20.0, 15.0, 12.0], n_steps)
+    rates[::30] = busy[:, None] * [1.0, 1000.0, 50.0]
+    return rates
+
+
+def test_unseen_burst_headroom_shrinks_as_evidence_grows(cluster):
+    assert [short_policy(cluster).unseen_probability(n) for n in (0, 1, 9, 99)] == pytest.approx([1, 0.5, 0.1, 0.01])
+    counts, shares = {}, {}
+    for n in (4, 12, 40, 120):
+        policy = short_policy(cluster)
+        decision = policy.step(snap(30.0 * n, periodic_rates(n), step_s=1.0))
+        seen_max = (np.asarray(policy.rows) * np.asarray(policy.bursts))[:, 1].max()
+        counts[n] = decision.prefill
+        shares[n] = float((policy.cached.samples[..., 1] > seen_max * (1 + 1e-9)).mean())
+        # Without the prior no sample ever exceeds what was seen.
+        assert policy.cached_seen.samples[..., 1].max() <= seen_max * (1 + 1e-9)
+    assert shares[4] > shares[12] > shares[40] > shares[120]
+    assert shares[4] == pytest.approx(1 / 5, abs=0.02) and shares[120] == pytest.approx(1 / 121, abs=0.005)
+    assert counts[4] > counts[40] >= counts[120]
+    without = FlowtidePolicy(cluster, **{**dict(forecaster="last", forecast_step_s=30.0, min_fit_rows=10**6,
+                                                burst_windows_s=SHORT_BURST_WINDOWS_S, joint_bootstrap=True,
+                                                burst_window_rows=10, n_samples=256, seed=3)})
+    assert without.step(snap(30.0 * 4, periodic_rates(4), step_s=1.0)).prefill < counts[4]
+
+
+def test_an_unseen_burst_is_larger_than_the_recent_window_and_says_it_binds(cluster):
+    policy = short_policy(cluster)
+    rates = periodic_rates(6)
+    rates[30 * 3] = [40.0, 40_000.0, 2_000.0]  # one step twice as busy as any other
+    decision = policy.step(snap(30.0 * 6, rates, step_s=1.0))
+    peaks = np.asarray(policy.rows) * np.asarray(policy.bursts)
+    burst_cells = policy.cached.samples[..., 1][policy.cached.samples[..., 1] > peaks[:, 1].max() * (1 + 1e-9)]
+    assert burst_cells.size == policy.last_unseen["cells"] > 0
+    assert policy.last_unseen["p"] == pytest.approx(1 / 7)
+    assert policy.last_unseen["mean_excess"] > 0  # the steps above the median set the tail
+    assert decision.reasons["prefill"].binding == "unseen_burst"
+    assert 0 < decision.reasons["prefill"].expected_attainment <= 1
+
+
+def test_one_burst_then_calm_scales_up_once_and_down_once_after_a_cold_start(cluster):
+    policy = short_policy(cluster)
+    rates = periodic_rates(40)
+    rates[30 * 20 + 5] = [60.0, 60_000.0, 3_000.0]  # one burst at t = 605 s
+    targets, current, changed_at = [], (1, 1), []
+    for now in np.arange(30.0, 40 * 30.0 + 1, 10.0):
+        d = policy.step(snap(now, rates[: int(now)], targets=current, step_s=1.0))
+        if (d.prefill, d.decode) != current:
+            changed_at.append(now)
+        current = (d.prefill, d.decode)
+        targets.append(d.prefill)
+    after = targets[int((630 - 30) // 10):]
+    # Up at the burst, then only down (no flapping), and not before the lower wish held a cold start.
+    assert after[0] == max(after) and all(a >= b for a, b in zip(after, after[1:]))
+    downs = [t for t in changed_at if t > 630]
+    assert all(b - a >= cluster.cold_start_s for a, b in zip(downs, downs[1:]))
