@@ -113,3 +113,40 @@ def test_too_long_request_is_refused_with_a_named_error(tiny_model_dir):
         asyncio.run(engine.prefill("x", list(range(3, 30)), SamplingParams(max_tokens=10)))
     with pytest.raises(EngineError, match="empty"):
         asyncio.run(engine.prefill("x", [], SamplingParams(max_tokens=10)))
+
+
+def test_prompts_arriving_together_share_a_prefill_forward_with_exact_outputs(tiny_model_dir, tok, reference):
+    engine = TransformersEngine(tiny_model_dir)
+    prompts = [PROMPTS[i % 4] for i in range(8)]  # four lengths: left padding in the shared forward
+
+    async def one(i: int) -> list[int]:
+        ids = tok(prompts[i], add_special_tokens=False).input_ids
+        return [t async for t in engine.generate(str(i), ids, SamplingParams(max_tokens=6, ignore_eos=True))]
+
+    async def main():
+        return await asyncio.gather(*[one(i) for i in range(8)])
+
+    outs = asyncio.run(main())
+    assert outs == [reference(prompt, 6) for prompt in prompts]
+    assert engine.prefill_forwards < len(prompts), "every prompt had a forward of its own"
+
+
+def test_a_cancelled_prefill_leaves_the_engine_serving(tiny_model_dir, tok):
+    engine = TransformersEngine(tiny_model_dir)
+    ids = tok(PROMPTS[1], add_special_tokens=False).input_ids
+    sampling = SamplingParams(max_tokens=2, ignore_eos=True)
+
+    async def main():
+        first = asyncio.create_task(engine.prefill("a", ids, sampling))
+        waiting = asyncio.create_task(engine.prefill("b", ids, sampling))
+        await asyncio.sleep(0)  # both queued, the forward under way
+        waiting.cancel()
+        done = await first
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        again = await engine.prefill("c", ids, sampling)
+        return done, again
+
+    done, again = asyncio.run(main())
+    assert done.first_token == again.first_token
+    assert engine.stats().waiting == 0

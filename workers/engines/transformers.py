@@ -5,7 +5,9 @@ Prefill runs one prompt and exports its KV cache as one numpy array
 store). Decode keeps every running sequence's KV in its own buffer and, each step,
 stacks the batch left-padded with an attention mask and explicit positions, so
 requests join and leave the batch between any two steps (continuous batching, as in
-Orca). Model calls run on one worker thread; the asyncio loop only schedules.
+Orca). Prompts that arrive while the model is busy are prefilled together in one left-padded
+forward (a lone prompt runs unpadded). Model calls run on one worker thread; the asyncio loop
+only schedules.
 """
 
 from __future__ import annotations
@@ -47,6 +49,16 @@ class _Sequence:
     closed: bool = False
 
 
+@dataclass(eq=False)
+class _PrefillJob:
+    """One prompt waiting for a prefill forward; ``done`` is resolved with ``(started, first, kv)``."""
+
+    prompt_ids: list[int]
+    sampling: SamplingParams
+    done: asyncio.Future
+    enqueued_at: float = field(default_factory=time.perf_counter)
+
+
 class TransformersEngine:
     """Any local HF causal-LM checkpoint on CPU (or one GPU); greedy output equals ``generate``."""
 
@@ -57,6 +69,7 @@ class TransformersEngine:
         device: str = "cpu",
         max_batch_size: int = 32,
         max_model_len: int = 2048,
+        max_prefill_tokens: int = 4096,
         torch_threads: int = 1,
         observer: EngineObserver | None = None,
     ) -> None:
@@ -73,6 +86,9 @@ class TransformersEngine:
         self.eos_token_id: int | None = eos[0] if isinstance(eos, list) else eos
         self.max_batch_size = max_batch_size
         self.max_model_len = max_model_len
+        self.max_prefill_tokens = max_prefill_tokens  # padded tokens in one batched prefill forward
+        self._prefill_queue: deque[_PrefillJob] = deque()
+        self._prefill_task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self._waiting: deque[_Sequence] = deque()
         self._running: list[_Sequence] = []
@@ -80,6 +96,7 @@ class TransformersEngine:
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
         self.steps = 0
+        self.prefill_forwards = 0
         self.observer = observer or EngineObserver()
 
     # -- prefill ---------------------------------------------------------------
@@ -91,12 +108,15 @@ class TransformersEngine:
             raise EngineError(
                 f"prompt ({len(prompt_ids)}) + max_tokens ({sampling.max_tokens}) exceeds max_model_len {self.max_model_len}"
             )
+        loop = asyncio.get_running_loop()
+        job = _PrefillJob(list(prompt_ids), sampling, loop.create_future())
+        start = job.enqueued_at
+        self._prefill_queue.append(job)
+        if self._prefill_task is None or self._prefill_task.done() or self._prefill_task.get_loop() is not loop:
+            self._prefill_task = loop.create_task(self._prefill_loop())
         self._prefills_waiting += 1
         try:
-            start = time.perf_counter()
-            started, first, kv = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._prefill_compute, prompt_ids, sampling
-            )
+            started, first, kv = await job.done  # cancelled here: the loop skips the job
             self.observer.queue_wait("prefill", started - start)
         finally:
             self._prefills_waiting -= 1
@@ -109,15 +129,60 @@ class TransformersEngine:
             prefill_s=time.perf_counter() - start,
         )
 
+    async def _prefill_loop(self) -> None:
+        """Run every waiting prompt, as many per forward as ``max_batch_size`` and ``max_prefill_tokens`` allow."""
+        loop = asyncio.get_running_loop()
+        while self._prefill_queue:
+            jobs: list[_PrefillJob] = []
+            while self._prefill_queue and len(jobs) < self.max_batch_size:
+                job = self._prefill_queue[0]
+                longest = max([len(job.prompt_ids), *(len(j.prompt_ids) for j in jobs)])
+                if jobs and longest * (len(jobs) + 1) > self.max_prefill_tokens:
+                    break
+                self._prefill_queue.popleft()
+                if not job.done.done():  # not cancelled while it waited
+                    jobs.append(job)
+            if not jobs:
+                continue
+            try:
+                results = await loop.run_in_executor(self._executor, self._prefill_compute, jobs)
+            except Exception as exc:  # a failed forward fails its prompts, not the replica
+                log.exception("prefill failed for %d prompts", len(jobs))
+                results = [exc] * len(jobs)
+            for job, result in zip(jobs, results):
+                if job.done.done():
+                    continue
+                if isinstance(result, BaseException):
+                    job.done.set_exception(result)
+                else:
+                    job.done.set_result(result)
+
     @torch.inference_mode()
-    def _prefill_compute(self, prompt_ids: list[int], sampling: SamplingParams) -> tuple[float, int, np.ndarray]:
+    def _prefill_compute(self, jobs: list[_PrefillJob]) -> list[tuple[float, int, np.ndarray]]:
+        """One forward for ``jobs``: left-padded with a mask and explicit positions when there are several."""
         started = time.perf_counter()
-        ids = torch.tensor([prompt_ids], device=self.device)
-        out = self.model(input_ids=ids, use_cache=True)
-        cache = out.past_key_values
-        kv = torch.stack([torch.stack([layer.keys[0], layer.values[0]]) for layer in cache.layers])
-        first = self._sample(out.logits[:, -1, :], [sampling], [_generator(sampling)])[0]
-        return started, first, kv.to("cpu").numpy()
+        self.prefill_forwards += 1
+        lengths = [len(job.prompt_ids) for job in jobs]
+        longest = max(lengths)
+        ids = torch.zeros((len(jobs), longest), dtype=torch.long, device=self.device)
+        mask = torch.zeros_like(ids)
+        for i, job in enumerate(jobs):
+            ids[i, longest - lengths[i]:] = torch.tensor(job.prompt_ids, device=self.device)
+            mask[i, longest - lengths[i]:] = 1
+        if len(jobs) == 1:
+            out = self.model(input_ids=ids, use_cache=True)
+        else:
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        layers = out.past_key_values.layers
+        firsts = self._sample(out.logits[:, -1, :], [job.sampling for job in jobs],
+                              [_generator(job.sampling) for job in jobs])
+        results = []
+        for i, n in enumerate(lengths):
+            kv = torch.stack([torch.stack([layer.keys[i, :, longest - n:], layer.values[i, :, longest - n:]])
+                              for layer in layers])
+            results.append((started, firsts[i], kv.to("cpu").numpy()))
+        return results
 
     # -- decode ----------------------------------------------------------------
 
@@ -249,11 +314,11 @@ class TransformersEngine:
             raise EngineError(f"the decode batch loop died: {task.exception()!r}")
 
     async def shutdown(self) -> None:
-        task = self._loop_task
-        if task is not None:
-            task.cancel()
-            if task.get_loop() is asyncio.get_running_loop():
-                await asyncio.gather(task, return_exceptions=True)  # gone before its loop closes
+        for task in (self._loop_task, self._prefill_task):
+            if task is not None:
+                task.cancel()
+                if task.get_loop() is asyncio.get_running_loop():
+                    await asyncio.gather(task, return_exceptions=True)  # gone before its loop closes
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
