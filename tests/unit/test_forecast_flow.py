@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -179,3 +181,54 @@ def test_flow_intervals_widen_to_near_nominal_coverage_when_volatility_rises_aft
     assert np.mean(fc.spread[..., 0] > before[..., 0]) > 0.9
     assert 0.7 <= ev.cover80[day:, :, 0].mean() <= 0.9
     assert 0.88 <= ev.cover95[day:, :, 0].mean() <= 0.99
+
+
+def test_flow_training_budget_is_counted_in_epochs_not_wall_time(monkeypatch):
+    # Same seed and data, once as is and once with every optimiser step slowed down (a loaded
+    # machine): the budget is epochs with early stopping, so the two models are the same.
+    x = correlated_series(seed=4)
+    kw = {**TINY, "max_epochs": 6, "patience": 6}
+    quick = make_forecaster("flow", **kw)
+    quick.fit(x[:500], STEP_S)
+    step = FlowForecaster._step
+
+    def slow_step(self, batch):
+        time.sleep(0.004)
+        step(self, batch)
+
+    monkeypatch.setattr(FlowForecaster, "_step", slow_step)
+    slow = make_forecaster("flow", **kw)
+    slow.fit(x[:500], STEP_S)
+    assert slow.train_log["train_s"] > quick.train_log["train_s"] + 0.004 * slow.train_log["steps"] * 0.9
+    for key in ("epochs", "best_epoch", "steps", "best_val_nll", "stopped_by"):
+        assert slow.train_log[key] == quick.train_log[key], key
+    assert quick.train_log["epochs"] == 6 and quick.train_log["stopped_by"] == "max_epochs"
+    assert quick.train_log["steps"] == 6 * min(50, -(-quick.train_log["train_windows"] // kw["batch_size"]))
+    assert not slow.train_log["wall_cap_hit"]
+    for a, b in zip(quick.net.parameters(), slow.net.parameters()):
+        assert torch.equal(a, b)
+    np.testing.assert_array_equal(quick.spread, slow.spread)
+    np.testing.assert_array_equal(
+        quick.predict(x[:520], 3, 32, np.random.default_rng(5)).samples,
+        slow.predict(x[:520], 3, 32, np.random.default_rng(5)).samples,
+    )
+
+
+def test_flow_reports_and_warns_when_the_wall_time_guard_ends_training(monkeypatch):
+    import autoscaler.forecast.flow as flow_module
+
+    clock = iter(range(0, 100_000, 100))  # every reading of the flow's clock is 100 s later: a very slow machine
+    monkeypatch.setattr(flow_module, "time", SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    fc = make_forecaster("flow", **{**TINY, "max_epochs": 6, "patience": 6, "max_train_s": 150.0})
+    with pytest.warns(RuntimeWarning, match="wall-time guard"):
+        fc.fit(correlated_series(seed=4)[:500], STEP_S)
+    assert fc.train_log["wall_cap_hit"] and fc.train_log["stopped_by"] == "wall_cap"
+    assert 1 <= fc.train_log["epochs"] < 6
+
+
+def test_flow_stops_early_after_patience_epochs_without_a_better_validation_loss():
+    fc = make_forecaster("flow", **{**TINY, "max_epochs": 30, "patience": 2, "lr": 0.0})  # lr 0: never improves
+    fc.fit(correlated_series(seed=4)[:500], STEP_S)
+    log = fc.train_log
+    assert log["stopped_by"] == "patience" and log["best_epoch"] == 1 and log["epochs"] == 3
+    assert not log["wall_cap_hit"]
