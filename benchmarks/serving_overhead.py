@@ -226,8 +226,8 @@ def main() -> None:
     table = Table(title="serving overhead (ms per request, sequential)")
     for col in ("path", "p50", "p99", "mean"):
         table.add_column(col)
-    for key in ("engine_in_process_naive_phase", "engine_in_process", "flowtide_full_path", "flowtide_added", "router_on_head_full_path",
-                "router_on_head_added", "naive_serve_composition", "naive_same_ingress"):
+    for key in ("engine_in_process_naive_phase", "engine_in_process", "flowtide_full_path", "flowtide_added",
+                "router_on_head_full_path", "router_on_head_added", "naive_serve_composition", "naive_same_ingress"):
         r = result[key]
         table.add_row(key, f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['mean_ms']:.1f}")
     console.print(table)

@@ -18,11 +18,15 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ray
 from ray.cluster_utils import Cluster
 
 from orchestrator.config import ClusterConfig, Pool, ServingConfig
+
+if TYPE_CHECKING:
+    import psutil
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +138,10 @@ class LocalCluster:
                 pass  # the raylet is already gone; remove_node below reaps the rest
         self.remove_node(node, allow_graceful=False)
 
+    def processes(self) -> Iterator[tuple[psutil.Process, dict[str, str]]]:
+        """This cluster's live processes (each started with its tag), with their environments."""
+        return tagged_processes(self._env[CLUSTER_TAG_ENV]) if self._env else iter(())
+
     def nodes(self, pool: Pool) -> list:
         with self._lock:
             return list(self._nodes.get(pool.value, []))
@@ -167,15 +175,30 @@ class LocalCluster:
                     os.environ[name] = value
 
 
+def tagged_processes(tag: str) -> Iterator[tuple[psutil.Process, dict[str, str]]]:
+    """Every other process whose environment carries cluster ``tag``, with that environment.
+
+    Each process's command line is read with it (``proc.info["cmdline"]``; None once it has exited).
+    """
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            env = proc.environ()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        if proc.pid != os.getpid() and env.get(CLUSTER_TAG_ENV) == tag:
+            yield proc, env
+
+
 def _kill_tagged(tag: str) -> None:
     """SIGKILL every process whose environment carries this cluster's tag."""
     import psutil
 
-    for proc in psutil.process_iter():
+    for proc, _ in tagged_processes(tag):
         try:
-            if proc.pid != os.getpid() and proc.environ().get(CLUSTER_TAG_ENV) == tag:
-                log.info("stopping leftover process %d (%s)", proc.pid, proc.name())
-                proc.kill()
+            log.info("stopping leftover process %d (%s)", proc.pid, proc.name())
+            proc.kill()
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
 

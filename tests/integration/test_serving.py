@@ -262,19 +262,8 @@ def test_ingress_env_check_catches_a_cluster_started_for_another_proxy(service):
 
 
 def test_serve_controller_runs_at_the_configured_pace(service):
-    import psutil
-
-    from orchestrator.cluster import CLUSTER_TAG_ENV
-
-    tag = service.cluster._env[CLUSTER_TAG_ENV]
-    controllers = []
-    for proc in psutil.process_iter():
-        try:
-            env = proc.environ()
-            if env.get(CLUSTER_TAG_ENV) == tag and "ServeController" in " ".join(proc.cmdline()):
-                controllers.append(env)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
+    controllers = [env for proc, env in service.cluster.processes()
+                   if "ServeController" in " ".join(proc.info["cmdline"] or [])]
     assert len(controllers) == 1
     pace = controllers[0].get("RAY_SERVE_CONTROL_LOOP_INTERVAL_S")
     assert pace is not None and float(pace) == service.config.serving.control_loop_interval_s

@@ -112,7 +112,7 @@ class TransformersEngine:
         job = _PrefillJob(list(prompt_ids), sampling, loop.create_future())
         start = job.enqueued_at
         self._prefill_queue.append(job)
-        if self._prefill_task is None or self._prefill_task.done() or self._prefill_task.get_loop() is not loop:
+        if not _serving_on(self._prefill_task, loop):
             self._prefill_task = loop.create_task(self._prefill_loop())
         self._prefills_waiting += 1
         try:
@@ -134,14 +134,15 @@ class TransformersEngine:
         loop = asyncio.get_running_loop()
         while self._prefill_queue:
             jobs: list[_PrefillJob] = []
+            longest = 0
             while self._prefill_queue and len(jobs) < self.max_batch_size:
                 job = self._prefill_queue[0]
-                longest = max([len(job.prompt_ids), *(len(j.prompt_ids) for j in jobs)])
-                if jobs and longest * (len(jobs) + 1) > self.max_prefill_tokens:
+                if jobs and max(longest, len(job.prompt_ids)) * (len(jobs) + 1) > self.max_prefill_tokens:
                     break
                 self._prefill_queue.popleft()
                 if not job.done.done():  # not cancelled while it waited
                     jobs.append(job)
+                    longest = max(longest, len(job.prompt_ids))
             if not jobs:
                 continue
             try:
@@ -222,7 +223,7 @@ class TransformersEngine:
 
     def _ensure_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        if self._loop_task is None or self._loop_task.done() or self._loop_task.get_loop() is not loop:
+        if not _serving_on(self._loop_task, loop):
             self._wake = asyncio.Event()  # bound to the running loop
             self._loop_task = loop.create_task(self._batch_loop())
 
@@ -320,6 +321,11 @@ class TransformersEngine:
                 if task.get_loop() is asyncio.get_running_loop():
                     await asyncio.gather(task, return_exceptions=True)  # gone before its loop closes
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _serving_on(task: asyncio.Task | None, loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether a background loop task is alive on ``loop`` (engines outlive event loops in tests and tools)."""
+    return task is not None and not task.done() and task.get_loop() is loop
 
 
 def _generator(sampling: SamplingParams, offset: int = 0) -> torch.Generator | None:
