@@ -80,9 +80,14 @@ class WindowSpec:
         idx = origins[:, None] + np.arange(1, self.horizon + 1)[None, :]
         return z[idx]
 
-    def pad(self, z: np.ndarray) -> np.ndarray:
-        """Repeat the oldest row in front so that the last row is a valid origin (early in a trace)."""
-        missing = self.first_origin - (z.shape[0] - 1)
-        if missing <= 0:
+    def missing(self, earliest: int) -> int:
+        """Rows :meth:`pad` puts in front so that row ``earliest`` is a valid origin."""
+        return max(0, self.first_origin - earliest)
+
+    def pad(self, z: np.ndarray, earliest: int | None = None) -> np.ndarray:
+        """Repeat the oldest row in front so that row ``earliest`` (default: the last) is a valid origin
+        (early in a trace); its index then moves up by :meth:`missing`."""
+        missing = self.missing(z.shape[0] - 1 if earliest is None else earliest)
+        if missing == 0:
             return z
         return np.concatenate([np.repeat(z[:1], missing, axis=0), z], axis=0)

@@ -113,12 +113,12 @@ class QuantileRegression:
         a trace). The flow uses this for its anchor at every training window.
         """
         arr = self._checked(history)
-        origins = np.asarray(origins)
-        missing = max(0, self._window.first_origin - int(origins.min()))
-        z = self._scale.to_log(np.concatenate([np.repeat(arr[:1], missing, axis=0), arr]))
-        x = self._features(z, origins + missing)  # [N, H, K, F]
+        earliest = int(np.min(origins))
+        origins = np.asarray(origins) + self._window.missing(earliest)
+        z = self._window.pad(self._scale.to_log(arr), earliest)
+        x = self._features(z, origins)  # [N, H, K, F]
         dz = np.einsum("hkqf,nhkf->qnhk", self._coef, x)
-        return self._scale.from_log(np.sort(dz, axis=0) + z[origins + missing][None, :, None])
+        return self._scale.from_log(np.sort(dz, axis=0) + z[origins][None, :, None])
 
     def _checked(self, history: np.ndarray) -> np.ndarray:
         if self._coef is None:
