@@ -12,6 +12,7 @@ host would share, so each cluster gets its own.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 from pathlib import Path
@@ -87,7 +88,24 @@ def check_cluster_env(serving: ServingConfig) -> None:
 
 
 def free_port() -> int:
-    """A TCP port free on loopback now (Ray's side ports default to fixed numbers)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port free on loopback now (Ray's side ports default to fixed numbers), below the kernel's
+    ephemeral range: a port from that range (what binding port 0 gives) can be taken by any outgoing
+    connection before its server binds it (seen: HAProxy failing with "Address already in use")."""
+    top = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(max(1024, top - 12_000), top)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free TCP port on 127.0.0.1 in {max(1024, top - 12_000)}-{top - 1}")
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands to outgoing connections (Linux default 32768)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768

