@@ -6,8 +6,9 @@ expected GPU and energy cost plus a penalty per expected SLO miss, integrated ov
 forecast samples, subject to an expected-attainment floor over the window up to the time a
 replica started now would serve until the next decision (cold start + interval), min/max bounds, scale-down
 hysteresis, and P(cluster power <= cap) >= 1 - eps with POLCA's clock cap as the first
-resort (arXiv 2308.12908). Capacity per replica comes from the profiled latency curves, as
-DistServe sizes prefill and decode instances separately to each SLO.
+resort (arXiv 2308.12908) unless fewer replicas at full clocks would serve more. Capacity per
+replica comes from the profiled latency curves, as DistServe sizes prefill and decode instances
+separately to each SLO.
 """
 
 from __future__ import annotations
@@ -215,25 +216,25 @@ def decide(snapshot: Snapshot, state: DecisionState, params: DecisionParams) -> 
     if params.power_cap_w is not None:
         p_ok = _p_power_ok(params, n_p, n_d, need_p, need_d, capped=False)
         if p_ok < 1 - params.power_eps:
-            # POLCA: cap clocks before refusing serving; prefill then needs 1.3x the replicas.
-            freq_capped = True
-            need_p, need_d = pool_demand(*args, prefill_slowdown=params.power.prefill_slowdown_capped)
-            need_d = need_d + queued_d
-            n_p, r_p = _choose(need_p, weight, params.min_replicas[0], params.max_replicas[0], gpu_h,
-                               kwh[0] * step_h * samples.shape[1] / 1e3, params)
-            p_ok = _p_power_ok(params, n_p, n_d, need_p, need_d, capped=True)
-            while p_ok < 1 - params.power_eps and (n_p > params.min_replicas[0] or n_d > params.min_replicas[1]):
-                # Refuse serving capacity: shrink the pool with more slack relative to its need first.
-                slack_p = n_p / max(float(np.median(need_p)), 1e-9)
-                slack_d = n_d / max(float(np.median(need_d)), 1e-9)
-                if (slack_p >= slack_d and n_p > params.min_replicas[0]) or n_d <= params.min_replicas[1]:
-                    n_p -= 1
-                else:
-                    n_d -= 1
-                p_ok = _p_power_ok(params, n_p, n_d, need_p, need_d, capped=True)
-            r_p = replace(r_p, binding="power_cap", quantile_used=float((need_p <= n_p).mean()))
-            r_d = replace(r_d, binding="power_cap" if r_d.binding != "min_replicas" else r_d.binding,
-                          quantile_used=float((need_d <= n_d).mean()))
+            # Two ways to fit the cap. POLCA: cap clocks before refusing serving; prefill then needs
+            # 1.3x the replicas. Or keep full clocks and refuse serving down to what fits. Capping
+            # is worth it only while it serves more: near the cap, the count that fits at capped
+            # clocks can carry less than the count that fits at full clocks (15 capped replicas are
+            # 11.5 at full speed, 12 may fit uncapped), and then it costs more for less.
+            full_fit = _fit_power(params, n_p, n_d, need_p, need_d, weight, capped=False)
+            need_pc, need_dc = pool_demand(*args, prefill_slowdown=params.power.prefill_slowdown_capped)
+            need_dc = need_dc + queued_d
+            n_pc, _ = _choose(need_pc, weight, params.min_replicas[0], params.max_replicas[0], gpu_h,
+                              kwh[0] * step_h * samples.shape[1] / 1e3, params)
+            capped_fit = _fit_power(params, n_pc, n_d, need_pc, need_dc, weight, capped=True)
+            # A tie keeps full clocks.
+            freq_capped = _fit_score(*capped_fit, params) > _fit_score(*full_fit, params)
+            n_p, n_d, p_ok, att_p, att_d = capped_fit if freq_capped else full_fit
+            if freq_capped:
+                need_p, need_d = need_pc, need_dc
+            r_p = Reason("power_cap", float((need_p <= n_p).mean()), att_p)
+            r_d = Reason(r_d.binding if r_d.binding == "min_replicas" else "power_cap",
+                         float((need_d <= n_d).mean()), att_d)
     targets, reasons, since, peaks = [], {}, list(state.down_since_s), list(state.down_peak)
     for i, (pool, n, reason) in enumerate(zip(POOLS, (n_p, n_d), (r_p, r_d))):
         current = getattr(snapshot, pool).target
@@ -253,6 +254,51 @@ def decide(snapshot: Snapshot, state: DecisionState, params: DecisionParams) -> 
             reasons[pool] = replace(reason, binding="hysteresis")
     decision = Decision(targets[0], targets[1], reasons, freq_capped, p_ok)
     return decision, DecisionState(tuple(since), tuple(peaks))
+
+
+def _expected_attainment(n: int, need: np.ndarray, weight: np.ndarray) -> float:
+    """Request-weighted expected attainment of ``n`` replicas against ``need`` ``[S, H]``."""
+    total = float(weight.sum())
+    return float((np.minimum(1.0, n / np.maximum(need, 1e-9)) * weight).sum() / total) if total > 0 else 1.0
+
+
+def _fit_score(n_p: int, n_d: int, p_ok: float, att_p: float, att_d: float,
+               params: DecisionParams) -> tuple[bool, float, int]:
+    """Order of counts that fit the cap: both pools at the target first, then the cheapest; short
+    of it, the most requests served, counting each pool's misses (a request needs both SLOs; at
+    worst the two pools miss different requests, so the share served is at least
+    ``att_p + att_d - 1``)."""
+    ok = min(att_p, att_d) >= params.attainment_target
+    return ok, 0.0 if ok else att_p + att_d - 1.0, -(n_p + n_d)
+
+
+def _fit_power(params: DecisionParams, n_p: int, n_d: int, need_p: np.ndarray, need_d: np.ndarray,
+               weight: np.ndarray, capped: bool) -> tuple[int, int, float, float, float]:
+    """The counts at most ``(n_p, n_d)`` with P(serving power <= cap) >= 1 - eps at the given clocks.
+
+    For each decode count, the most prefill replicas that fit beside it (power grows with the
+    count); of those, the best by :func:`_fit_score`. If nothing fits, the minimum counts.
+    Returns ``(n_p, n_d, P(power ok), expected attainment prefill, decode)``.
+    """
+    lo_p, lo_d = params.min_replicas
+    ok = 1 - params.power_eps
+    best: tuple | None = None
+    for d in range(n_d, lo_d - 1, -1):
+        lo, hi = lo_p, n_p
+        if _p_power_ok(params, lo, d, need_p, need_d, capped=capped) < ok:
+            continue
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if _p_power_ok(params, mid, d, need_p, need_d, capped=capped) >= ok:
+                lo = mid
+            else:
+                hi = mid - 1
+        fit = (lo, d, 1.0, _expected_attainment(lo, need_p, weight), _expected_attainment(d, need_d, weight))
+        if best is None or _fit_score(*fit, params) > _fit_score(*best, params):
+            best = fit
+    n_p, n_d = (best[0], best[1]) if best is not None else (lo_p, lo_d)
+    return (n_p, n_d, _p_power_ok(params, n_p, n_d, need_p, need_d, capped=capped),
+            _expected_attainment(n_p, need_p, weight), _expected_attainment(n_d, need_d, weight))
 
 
 def _p_power_ok(params: DecisionParams, n_p: int, n_d: int, need_p: np.ndarray, need_d: np.ndarray,

@@ -124,3 +124,39 @@ def test_decide_refuses_a_snapshot_without_a_forecast(params):
         decide(snapshot(0, None), DecisionState(), params)
     with pytest.raises(DecisionError, match="min_replicas <= max_replicas"):
         replace(params, min_replicas=(5, 1), max_replicas=(2, 2))
+
+
+def test_clocks_stay_full_when_the_count_that_fits_capped_would_serve_less(params):
+    # Demand beyond what the cap allows either way: 12 prefill replicas fit at full clocks, 15 (the
+    # maximum) at capped clocks, which serve like 15 / 1.3 = 11.5. Capping would cost more for less.
+    tp = params.capacity.gpus_per_replica
+    fc = forecast(np.full((16, 2), 60.0), prompt=20_000.0, output=20.0)
+    need_p, need_d = pool_demand(fc.samples, params.capacity, params, 1000, 2000, 200)
+    assert need_p.min() > 15 and need_d.max() <= 1  # prefill wants more than any choice gives
+    cap_w = float(params.power.serving_w(12.5 * tp, 1.0, 1 * tp, 1.0, freq_capped=False))
+    assert float(params.power.serving_w(15 * tp, 1.0, 1 * tp, 1.0, freq_capped=True)) <= cap_w
+    bounded = replace(params, max_replicas=(15, 2), power_cap_w=cap_w)
+    d, _ = decide(snapshot(0, fc), DecisionState(), bounded)
+    assert (d.prefill, d.decode) == (12, 1) and not d.freq_cap_expected
+    assert d.reasons["prefill"].binding == "power_cap" and d.p_power_ok >= 0.99
+    capped_need = need_p * params.power.prefill_slowdown_capped
+    assert d.reasons["prefill"].expected_attainment > float(np.minimum(1.0, 15 / capped_need).mean())
+    # With room for the capped count to serve more (a cap that full clocks only meet at 9), POLCA's order holds.
+    low_w = float(params.power.serving_w(9.5 * tp, 1.0, 1 * tp, 1.0, freq_capped=False))
+    assert float(params.power.serving_w(15 * tp, 1.0, 1 * tp, 1.0, freq_capped=True)) > low_w
+    d, _ = decide(snapshot(0, fc), DecisionState(), replace(bounded, power_cap_w=low_w))
+    assert d.freq_cap_expected and d.prefill / params.power.prefill_slowdown_capped > 9
+
+
+def test_serving_refused_under_the_cap_comes_from_the_pool_that_loses_least(params):
+    # Prefill wants far more than fits, decode needs 1.5 replicas. Dropping the second decode replica
+    # would let one more prefill replica fit but lose a third of decode's requests (a request needs
+    # both SLOs): the cap is met by refusing prefill replicas only.
+    tp = params.capacity.gpus_per_replica
+    fc = forecast(np.full((16, 2), 60.0), prompt=20_000.0, output=30.0)
+    need_p, need_d = pool_demand(fc.samples, params.capacity, params, 1000, 2000, 200)
+    assert need_p.min() > 15 and 1 < need_d.max() < 2
+    cap_w = float(params.power.serving_w(12.5 * tp, 1.0, 2 * tp, 1.0, freq_capped=False))
+    d, _ = decide(snapshot(0, fc), DecisionState(), replace(params, max_replicas=(15, 2), power_cap_w=cap_w))
+    assert (d.prefill, d.decode) == (12, 2) and not d.freq_cap_expected and d.p_power_ok >= 0.99
+    assert d.reasons["decode"].expected_attainment > 0.99
