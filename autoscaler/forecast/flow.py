@@ -33,7 +33,7 @@ from .calibration import band_levels, stretch_tails, tail_factors, tail_levels, 
 from .features import LogScale, WindowSpec
 from .flow_model import FlowNet
 from .naive import season_steps
-from .quantile import QuantileRegression
+from .quantile import LEVELS, QuantileRegression
 
 
 @dataclass
@@ -81,6 +81,8 @@ class FlowConfig:
     calibration_knots: int = 4
     calibration_samples: int = 128
     sample_clip: float = 8.0
+    anchor_levels: tuple[float, ...] = (0.1, 0.5, 0.9)
+    blend_weight: float = 0.25
     train_threads: int = 1
     predict_threads: int = 1
     seed: int = 0
@@ -89,6 +91,9 @@ class FlowConfig:
         if self.context % self.patch:
             raise ForecastInputError(f"context {self.context} must be a multiple of patch {self.patch}")
         self.hidden_features = tuple(self.hidden_features)
+        self.anchor_levels = tuple(self.anchor_levels)
+        if 0.5 not in self.anchor_levels:
+            raise ForecastInputError(f"anchor_levels {self.anchor_levels} must include the median 0.5")
 
 
 @contextmanager
@@ -130,24 +135,54 @@ class FlowForecaster:
         self.z_mean, self.z_std = z.mean(axis=0), z.std(axis=0) + 1e-6
         self.d_std = np.diff(z, axis=0).std(axis=0) + 1e-6
         self.anchor = self._fit_anchor(history)
+        self.blend = self._fit_blend(history)
         origins = self._origins(z.shape[0])
-        dz = self.window.target(z, origins) - self._anchor(self.anchor, history, origins)
+        q = self._anchor(self.anchor, history, origins)
+        dz = self.window.target(z, origins) - self._point(q)
         self.t_mean, self.t_std = dz.mean(axis=0), dz.std(axis=0) + 1e-6  # [H, K]
 
     def _fit_anchor(self, history: np.ndarray) -> QuantileRegression:
-        anchor = QuantileRegression(horizon=self.config.horizon, levels=(0.5,), indicators=self.indicators)
+        anchor = QuantileRegression(horizon=self.config.horizon, levels=self.config.anchor_levels, indicators=self.indicators)
         anchor.fit(history, self.step_s)
         return anchor
 
+    def _fit_blend(self, history: np.ndarray) -> QuantileRegression | None:
+        if not self.config.blend_weight:
+            return None
+        blend = QuantileRegression(horizon=self.config.horizon, levels=LEVELS, indicators=self.indicators)
+        blend.fit(history, self.step_s)
+        return blend
+
+    def _blended(self, y: np.ndarray, history: np.ndarray, point: np.ndarray) -> np.ndarray:
+        """Residual samples ``y [S, H, K]`` (units ``t_std``) with each cell's quantile function averaged with
+        quantile regression's residual quantiles around ``point``, weight ``blend_weight`` on the latter
+        (Vincentization, quantile averaging). The sample of rank ``r`` moves to ``(1 - b) y + b Q((r + 0.5) / S)``:
+        a monotone map per cell, so every cell's ranks, and the joint structure, are as the flow drew them."""
+        b = self.config.blend_weight
+        if not b:
+            return y
+        lq = self.scale.to_log(self.blend.quantiles(history, self.config.horizon)) - point  # [Q, H, K]
+        u = (np.argsort(np.argsort(y, axis=0), axis=0) + 0.5) / y.shape[0]
+        flat_u, flat_q = u.reshape(u.shape[0], -1), lq.reshape(lq.shape[0], -1)
+        qr = np.stack([np.interp(flat_u[:, j], LEVELS, flat_q[:, j]) for j in range(flat_q.shape[1])], axis=1)
+        return (1 - b) * y + b * qr.reshape(y.shape) / self.t_std
+
     def _anchor(self, anchor: QuantileRegression, history: np.ndarray, origins: np.ndarray) -> np.ndarray:
-        """The anchor's predicted rows ``[N, H, K]`` on this forecaster's log scale, from rows up to each origin."""
-        return self.scale.to_log(anchor.quantiles_at(history, origins)[0])
+        """The anchor's predicted quantiles ``[Q, N, H, K]`` (``anchor_levels``) on this forecaster's log scale,
+        from rows up to each origin."""
+        return self.scale.to_log(anchor.quantiles_at(history, origins))
+
+    def _point(self, q: np.ndarray) -> np.ndarray:
+        """The anchor's median ``[N, H, K]`` from its quantiles ``q [Q, N, H, K]``."""
+        return q[self.config.anchor_levels.index(0.5)]
 
     def _origins(self, rows: int) -> np.ndarray:
         return np.arange(self.window.first_origin, rows - self.config.horizon)
 
-    def _inputs(self, z: np.ndarray, origins: np.ndarray, point: np.ndarray, own_level: bool = False) -> tuple[torch.Tensor, ...]:
-        """Changes relative to the origin's value in units of the fitted 1-step std, the level, the anchor's ``point``.
+    def _inputs(self, z: np.ndarray, origins: np.ndarray, q: np.ndarray, own_level: bool = False) -> tuple[torch.Tensor, ...]:
+        """Changes relative to the origin's value in units of the fitted 1-step std, the level, the anchor's quantiles
+        ``q [Q, N, H, K]`` (its median relative to the origin's value, other levels relative to the median;
+        concatenated along the step axis: ``[N, Q*H, K]``).
 
         The level is standardised with the fitted history's log mean/std, or with the series'
         own when ``own_level`` (extra training series of another scale).
@@ -158,22 +193,26 @@ class FlowForecaster:
         mean, std = (z.mean(axis=0), z.std(axis=0) + 1e-6) if own_level else (self.z_mean, self.z_std)
         level = (last - mean) / std
         as_t = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
-        return as_t(recent), as_t(seasonal), as_t(level), as_t((point - last[:, None]) / self.d_std)
+        point = self._point(q)
+        others = [q[i] - point for i, p in enumerate(self.config.anchor_levels) if p != 0.5]
+        anchor = np.concatenate([point - last[:, None], *others], axis=1) / self.d_std
+        return as_t(recent), as_t(seasonal), as_t(level), as_t(anchor)
 
     def _dataset(self, history: np.ndarray, anchor: QuantileRegression, own_level: bool = False) -> tuple[torch.Tensor, ...]:
         """Inputs and standardised residual targets (log rows minus the anchor's) at every origin."""
         z = self.scale.to_log(history)
         origins = self._origins(z.shape[0])
-        point = self._anchor(anchor, history, origins)
-        y = (self.window.target(z, origins) - point - self.t_mean) / self.t_std
+        q = self._anchor(anchor, history, origins)
+        y = (self.window.target(z, origins) - self._point(q) - self.t_mean) / self.t_std
         target = torch.as_tensor(y.reshape(len(origins), -1), dtype=torch.float32)
-        return (*self._inputs(z, origins, point, own_level), target)
+        return (*self._inputs(z, origins, q, own_level), target)
 
     def _build_net(self) -> FlowNet:
         cfg = self.config
         return FlowNet(
             n_indicators=len(self.indicators),
             horizon=cfg.horizon,
+            anchor_rows=len(cfg.anchor_levels),
             context=cfg.context,
             patch=cfg.patch,
             seasons=self.window.seasons,
@@ -304,6 +343,8 @@ class FlowForecaster:
             return
         self.history = np.concatenate([self.history, rows])
         self.anchor.update(rows)
+        if self.blend is not None:
+            self.blend.update(rows)
         self._since_update += rows.shape[0]
         if self._since_update * self.step_s >= self.config.update_every_s:
             self._since_update = 0
@@ -392,21 +433,23 @@ class FlowForecaster:
 
     @torch.no_grad()
     def _raw(self, history: np.ndarray, noise: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Uncalibrated residual samples ``[S, H, K]`` from ``noise [S, H*K]``, each cell's median moved to 0, and the
-        anchor ``[H, K]``: the forecast is ``anchor + residual * t_std`` in log rows.
+        """Uncalibrated residual samples ``[S, H, K]`` from ``noise [S, H*K]``, each cell's median moved to 0 (then
+        blended with quantile regression's, if ``blend_weight``), and the anchor ``[H, K]``: the forecast is
+        ``anchor + residual * t_std`` in log rows.
 
         The anchor is the median; the flow gives the shape, spread and joint structure around it. Its own
         shift of the median learns the training days' level too well: on ServeGen it was neutral on the
         development split and cost CRPS 30-60 min ahead on held-out days where the level moved.
         """
-        point = self._anchor(self.anchor, history, np.array([history.shape[0] - 1]))
+        q = self._anchor(self.anchor, history, np.array([history.shape[0] - 1]))
         tail = history[-(self.window.first_origin + 1) :]
         z = self.window.pad(self.scale.to_log(tail))
-        inputs = self._inputs(z, np.array([z.shape[0] - 1]), point)
+        inputs = self._inputs(z, np.array([z.shape[0] - 1]), q)
         with _threads(self.config.predict_threads):
             y = self.net.sample(noise, *inputs).numpy()
         y = y.reshape(len(noise), self.config.horizon, -1)
-        return y - np.median(y, axis=0), point[0]
+        point = self._point(q)[0]
+        return self._blended(y - np.median(y, axis=0), history, point), point
 
     def predict(self, history: np.ndarray, horizon: int, n_samples: int, rng: np.random.Generator) -> Forecast:
         """``n_samples`` joint paths ``[n_samples, horizon, K]`` from ``history``'s last row; seeded by ``rng``.
@@ -433,6 +476,7 @@ class FlowForecaster:
             raise ForecastInputError("flow: nothing to save before fit()")
         cfg = asdict(self.config)
         cfg["hidden_features"] = list(cfg["hidden_features"])
+        cfg["anchor_levels"] = list(cfg["anchor_levels"])
         torch.save(
             {
                 "config": cfg,
@@ -479,6 +523,9 @@ class FlowForecaster:
         rows = state["anchor_rows"]
         self.anchor = self._fit_anchor(self.history[:rows])
         self.anchor.update(self.history[rows:])
+        self.blend = self._fit_blend(self.history[:rows])
+        if self.blend is not None:
+            self.blend.update(self.history[rows:])
         self.train_log = state["train_log"]
         if self.bands.shape[1] != 2 * cfg.calibration_knots + 1:
             # Saved with the earlier one-band-per-side calibration: rebuild the tail bands from the saved history.

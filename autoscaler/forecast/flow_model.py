@@ -27,7 +27,8 @@ class IndicatorAttentionEncoder(nn.Module):
 
     Inputs (all already normalised): ``recent [B, context, K]`` (context divisible
     by ``patch``), ``seasonal [B, seasons, season_len, K]``, ``level [B, K]``,
-    ``anchor [B, horizon, K]`` (a point forecast's log-changes, see ``flow.py``).
+    ``anchor [B, anchor_rows * horizon, K]`` (a point forecast's log-changes, then optionally other quantiles'
+    offsets from it; see ``flow.py``).
     Output ``[B, context_features]``.
     """
 
@@ -44,6 +45,7 @@ class IndicatorAttentionEncoder(nn.Module):
         layers: int,
         context_features: int,
         dropout: float,
+        anchor_rows: int = 1,
     ) -> None:
         super().__init__()
         self.patch, self.seasons = patch, seasons
@@ -51,7 +53,7 @@ class IndicatorAttentionEncoder(nn.Module):
         self.recent_embed = nn.Linear(patch, d_model)
         self.season_embed = nn.Linear(season_len, d_model) if seasons else None
         self.level_embed = nn.Linear(1, d_model)
-        self.anchor_embed = nn.Linear(horizon, d_model)
+        self.anchor_embed = nn.Linear(anchor_rows * horizon, d_model)
         self.slot = nn.Parameter(torch.randn(n_slots, d_model) * 0.02)
         self.indicator = nn.Parameter(torch.randn(n_indicators, d_model) * 0.02)
         layer = nn.TransformerEncoderLayer(
@@ -62,7 +64,7 @@ class IndicatorAttentionEncoder(nn.Module):
         self.head = nn.Sequential(nn.Linear(n_indicators * d_model, context_features), nn.GELU())
         # A linear path from the raw last patch, earlier days, level and anchor: the strong linear
         # predictors stay one layer away while the attention learns the interactions.
-        n_direct = n_indicators * (patch + seasons * season_len + 1 + horizon)
+        n_direct = n_indicators * (patch + seasons * season_len + 1 + anchor_rows * horizon)
         self.direct = nn.Linear(n_direct, context_features)
 
     def forward(self, recent: torch.Tensor, seasonal: torch.Tensor, level: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
@@ -131,10 +133,12 @@ class FlowNet(nn.Module):
         hidden_features: tuple[int, ...] = (64, 64),
         bins: int = 8,
         dropout: float = 0.0,
+        anchor_rows: int = 1,
     ) -> None:
         super().__init__()
         self.encoder = IndicatorAttentionEncoder(
-            n_indicators, horizon, context, patch, seasons, season_len, d_model, heads, layers, context_features, dropout
+            n_indicators, horizon, context, patch, seasons, season_len, d_model, heads, layers, context_features, dropout,
+            anchor_rows,
         )
         features = horizon * n_indicators
         self.features = features
