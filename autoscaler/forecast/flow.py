@@ -4,9 +4,11 @@
 history (chronological hold-out of the last windows for early stopping; the
 future it is judged on is never seen). The flow models the log rows *relative to
 an anchor*, the median of linear quantile regression on lagged features (refitted
-daily, like the ``quantile`` baseline), and sees the anchor as input: the linear
-seasonal signal comes for free and the network spends its capacity on the shape,
-spread and joint structure around it (the anchor stays the median). ``update`` appends rows and, every
+daily, like the ``quantile`` baseline), and sees the anchor's median and 10%/90% quantiles as input: the
+linear seasonal signal and spread come for free and the network spends its capacity on the shape,
+spread and joint structure around it (the anchor stays the median). Each cell's residual quantile
+function is then averaged with quantile regression's (weight ``blend_weight``, Vincentization) by a
+rank-preserving map, so the joint structure stays the flow's. ``update`` appends rows and, every
 ``update_every_s`` of new data, takes a few optimiser steps biased to recent
 windows (online learning). ``predict`` is one encoder pass and one batched
 flow sample under ``torch.no_grad``: no training on the decision path.
@@ -48,6 +50,9 @@ class FlowConfig:
     the machine's speed). One torch thread trains faster than two on a shared 2-core machine. Calibration: the central ``calibration_level`` interval is kept as
     drawn; ``calibration_knots`` tail levels out to its ends (0.025, 0.05, 0.075, 0.1 and mirrored)
     are calibrated; the stretch returns to none one knot spacing inside (0.125 / 0.875).
+    ``anchor_levels``: the quantile-regression levels the network sees (the median, which is the
+    anchor, and offsets of the others from it); ``blend_weight``: the weight of quantile regression's
+    residual quantile function (15 levels) in each cell's, before the tail calibration (0: the flow's own).
     """
 
     horizon: int = 6

@@ -168,10 +168,11 @@ def test_flow_calibration_is_the_same_row_by_row_or_in_one_block(fitted):
     np.testing.assert_allclose(one.spread, block.spread)
 
 
-def test_flow_intervals_widen_to_near_nominal_coverage_when_volatility_rises_after_fit():
+def test_flow_tail_calibration_widens_to_near_nominal_coverage_when_volatility_rises_after_fit():
     # Calm while fitted (shocks 0.05), then three times as volatile: the fitted flow is too sharp.
+    # The tail calibration alone: a median-only anchor and no blend, whose spread does not follow the shift.
     x = correlated_series(rows=760, seed=3, shock_std=np.where(np.arange(760) < 500, 0.05, 0.15))
-    fc = make_forecaster("flow", **TINY)
+    fc = make_forecaster("flow", **TINY, anchor_levels=(0.5,), blend_weight=0.0)
     fc.fit(x[:500], STEP_S)
     before = fc.spread.copy()
     ev = rolling_evaluation(fc, x, 500, 3, 64, np.random.default_rng(0))
@@ -179,6 +180,22 @@ def test_flow_intervals_widen_to_near_nominal_coverage_when_volatility_rises_aft
     # Tail factors [side, level, step]: stretched by half again on average (a cell or two may stay put).
     assert fc.spread[..., 0].mean() > 1.5 * before[..., 0].mean()
     assert np.mean(fc.spread[..., 0] > before[..., 0]) > 0.9
+    assert 0.7 <= ev.cover80[day:, :, 0].mean() <= 0.9
+    assert 0.88 <= ev.cover95[day:, :, 0].mean() <= 0.99
+
+
+def test_flow_intervals_widen_to_near_nominal_coverage_when_volatility_rises_after_fit():
+    # As above with the default flow (quantile regression's 10/90% as input, its quantiles blended in):
+    # the network's own spread follows the shift too, so the outcome is checked, not the tail factors.
+    x = correlated_series(rows=760, seed=3, shock_std=np.where(np.arange(760) < 500, 0.05, 0.15))
+    fc = make_forecaster("flow", **TINY)
+    fc.fit(x[:500], STEP_S)
+    width = lambda f, end: np.diff(np.log(np.quantile(  # noqa: E731
+        f.predict(x[:end], 3, 512, np.random.default_rng(0)).samples[..., 0], [0.05, 0.95], axis=0)), axis=0)[0]
+    calm = width(fc, 500)
+    ev = rolling_evaluation(fc, x, 500, 3, 64, np.random.default_rng(0))
+    day = int(86_400 / STEP_S)
+    assert np.all(width(fc, 760) > 2 * calm)  # the 90% interval at every step, on the log scale
     assert 0.7 <= ev.cover80[day:, :, 0].mean() <= 0.9
     assert 0.88 <= ev.cover95[day:, :, 0].mean() <= 0.99
 
@@ -236,3 +253,74 @@ def test_flow_stops_early_after_patience_epochs_without_a_better_validation_loss
     log = fc.train_log
     assert log["stopped_by"] == "patience" and log["best_epoch"] == 1 and log["epochs"] == 3
     assert not log["wall_cap_hit"]
+
+
+QUANTILE_INPUT = dict(anchor_levels=(0.1, 0.5, 0.9))
+
+
+@pytest.fixture(scope="module")
+def blended() -> tuple[FlowForecaster, np.ndarray]:
+    x = correlated_series(seed=5)
+    fc = make_forecaster("flow", indicators=("a", "b"), **TINY, **QUANTILE_INPUT, blend_weight=0.5)
+    fc.fit(x[:500], STEP_S)
+    return fc, x
+
+
+def test_flow_anchor_token_carries_quantile_regressions_median_and_its_10_90_offsets(blended):
+    fc, x = blended
+    h = fc.config.horizon
+    z = fc.scale.to_log(x[:520])
+    origins = np.array([480, 500, 519])
+    q = fc._anchor(fc.anchor, x[:520], origins)  # [3 levels, N, H, K]
+    anchor = fc._inputs(z, origins, q)[3].numpy()
+    assert anchor.shape == (3, 3 * h, 2)
+    np.testing.assert_allclose(anchor[:, :h], (q[1] - z[origins][:, None]) / fc.d_std, rtol=1e-5, atol=1e-5)
+    assert np.all(anchor[:, h : 2 * h] <= 0) and np.all(anchor[:, 2 * h :] >= 0)  # 10% below, 90% above the median
+    assert np.any(anchor[:, 2 * h :] - anchor[:, h : 2 * h] > 0.5)  # a real spread, not a collapsed one
+    assert fc.net.encoder.anchor_embed.in_features == 3 * h
+
+
+def _with_blend(fc: FlowForecaster, weight: float) -> FlowForecaster:
+    out = copy.deepcopy(fc)
+    out.config.blend_weight = weight
+    out.spread = np.ones_like(out.spread)  # no tail stretch: compare the blend alone
+    return out
+
+
+def test_flow_blend_averages_its_quantile_function_with_quantile_regressions(blended):
+    fc, x = blended
+    draw = lambda f: np.log(f.predict(x[:520], 3, 2000, np.random.default_rng(9)).samples + f.scale.offset)  # noqa: E731
+    own, qr, half = draw(_with_blend(fc, 0.0)), draw(_with_blend(fc, 1.0)), draw(_with_blend(fc, 0.5))
+    # The blend is 0.5 x the flow's residual + 0.5 x quantile regression's quantile at the sample's rank, per cell.
+    np.testing.assert_allclose(half, (own + qr) / 2, atol=1e-6)
+    # With all weight on quantile regression, the samples' quantiles are quantile regression's.
+    expected = np.log(fc.blend.quantiles(x[:520], 3) + fc.scale.offset)  # [15 levels, H, K]
+    levels = list(fc.blend.levels)
+    for p in (0.1, 0.5, 0.9):
+        np.testing.assert_allclose(np.quantile(qr, p, axis=0), expected[levels.index(p)], atol=0.02)
+
+
+def test_flow_blend_keeps_the_joint_structure_of_the_flows_samples(blended):
+    fc, x = blended
+    own = _with_blend(fc, 0.0).predict(x[:520], 3, 256, np.random.default_rng(4)).samples
+    half = _with_blend(fc, 0.5).predict(x[:520], 3, 256, np.random.default_rng(4)).samples
+    # A monotone map per (step, indicator): every cell's ranks, and so the copula, are as the flow drew them.
+    np.testing.assert_array_equal(np.argsort(own, axis=0), np.argsort(half, axis=0))
+    assert not np.allclose(own, half)
+
+
+def test_flow_with_quantile_input_and_blend_saves_and_loads_to_the_same_samples(blended, tmp_path):
+    fc, x = blended
+    fc.save(tmp_path / "flow.pt")
+    loaded = FlowForecaster.load(tmp_path / "flow.pt")
+    assert loaded.config.anchor_levels == (0.1, 0.5, 0.9) and loaded.config.blend_weight == 0.5
+    np.testing.assert_allclose(
+        loaded.predict(x[:530], 3, 16, np.random.default_rng(1)).samples,
+        fc.predict(x[:530], 3, 16, np.random.default_rng(1)).samples,
+        rtol=1e-6,
+    )
+
+
+def test_flow_refuses_anchor_levels_without_the_median():
+    with pytest.raises(ForecastInputError, match="median"):
+        make_forecaster("flow", **TINY, anchor_levels=(0.1, 0.9))
