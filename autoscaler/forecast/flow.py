@@ -512,7 +512,9 @@ class FlowForecaster:
             raise ForecastInputError(
                 f"{path}: saved by an earlier flow version without anchor and calibration; fit and save it again"
             )
-        self = cls(indicators=tuple(state["indicators"]), **state["config"])
+        # Saved before the quantile inputs and the blend (commit 0831e5a): a median-only anchor, no blend.
+        config = {"anchor_levels": (0.5,), "blend_weight": 0.0, **state["config"]}
+        self = cls(indicators=tuple(state["indicators"]), **config)
         self.step_s = state["step_s"]
         self.window = WindowSpec(**state["window"])
         self.scale = LogScale(offset=state["offset"].numpy())

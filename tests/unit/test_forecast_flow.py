@@ -324,3 +324,20 @@ def test_flow_with_quantile_input_and_blend_saves_and_loads_to_the_same_samples(
 def test_flow_refuses_anchor_levels_without_the_median():
     with pytest.raises(ForecastInputError, match="median"):
         make_forecaster("flow", **TINY, anchor_levels=(0.1, 0.9))
+
+
+def test_flow_loads_a_file_saved_before_the_quantile_inputs_as_a_median_only_unblended_flow(tmp_path):
+    x = correlated_series(seed=6)
+    old = make_forecaster("flow", indicators=("a", "b"), **TINY, anchor_levels=(0.5,), blend_weight=0.0)
+    old.fit(x[:500], STEP_S)
+    old.save(tmp_path / "flow.pt")
+    state = torch.load(tmp_path / "flow.pt", weights_only=True)
+    del state["config"]["anchor_levels"], state["config"]["blend_weight"]  # the format before commit 0831e5a
+    torch.save(state, tmp_path / "old.pt")
+    loaded = FlowForecaster.load(tmp_path / "old.pt")
+    assert loaded.config.anchor_levels == (0.5,) and loaded.config.blend_weight == 0.0
+    np.testing.assert_allclose(
+        loaded.predict(x[:530], 3, 16, np.random.default_rng(1)).samples,
+        old.predict(x[:530], 3, 16, np.random.default_rng(1)).samples,
+        rtol=1e-6,
+    )
