@@ -39,6 +39,7 @@ class Harness:
     def __init__(self, cluster, manager, config):
         self.cluster, self.manager, self.config = cluster, manager, config
         self._n = 0
+        self.live_jobs: set[str] = set()
 
     def ensure_train_nodes(self, n: int) -> None:
         while len(self.cluster.nodes(Pool.TRAIN)) < n:
@@ -70,7 +71,13 @@ class Harness:
         self.settle()
         self._n += 1
         spec = parse_job_spec({**JOB, "name": f"it-{self._n}-{int(time.time()) % 100000}", **overrides})
-        return spec, self.manager.submit(spec)
+        job_id = self.manager.submit(spec)
+        self.live_jobs.add(job_id)
+        return spec, job_id
+
+    def stop(self, job_id: str) -> None:
+        self.manager.stop(job_id)
+        self.live_jobs.discard(job_id)
 
     def wait_for(self, job_id, predicate, timeout_s: float, what: str) -> dict:
         deadline = time.monotonic() + timeout_s
@@ -92,7 +99,7 @@ class Harness:
         digests = {sha for _, sha in status["final_digests"].values()}
         assert status["last_commit_step"] == spec.steps
         assert digests == {reference.sha256}, "final state differs from the reference run"
-        self.manager.stop(job_id)
+        self.stop(job_id)
         return status
 
 
@@ -120,6 +127,15 @@ def harness(tmp_path_factory):
         cluster.shutdown()
         if previous:
             connect(previous)
+
+
+@pytest.fixture(autouse=True)
+def stop_left_jobs(harness):
+    """Stop what a test left running when it failed before ``finish``: its job (coordinator and
+    peers) would otherwise live on beside the tests after it, on the same few cores."""
+    yield
+    for job_id in list(harness.live_jobs):
+        harness.stop(job_id)
 
 
 def _commits_before(status: dict, t: float) -> int:
@@ -347,7 +363,7 @@ def test_gpu_pool_job_runs_nccl_on_cuda_and_its_state_verifies_on_the_cpu(harnes
         optimizer = resolve(task.optimizer_fn, "optimizer_fn")(trainable(model))
         assert all(t.device.type == "cpu" for t in torch.load(io.BytesIO(blob), weights_only=True)["model"].values())
         assert state_io.load(blob, model, optimizer, reference) == spec.steps
-        harness.manager.stop(job)
+        harness.stop(job)
     finally:
         harness.ensure_train_nodes(0)
 
