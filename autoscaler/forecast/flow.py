@@ -86,7 +86,7 @@ class FlowConfig:
     calibration_knots: int = 4
     calibration_samples: int = 128
     sample_clip: float = 8.0
-    anchor_levels: tuple[float, ...] = (0.1, 0.5, 0.9)
+    anchor_levels: tuple[float, ...] = (0.5,)
     blend_weight: float = 0.25
     train_threads: int = 1
     predict_threads: int = 1

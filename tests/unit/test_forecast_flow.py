@@ -185,7 +185,7 @@ def test_flow_tail_calibration_widens_to_near_nominal_coverage_when_volatility_r
 
 
 def test_flow_intervals_widen_to_near_nominal_coverage_when_volatility_rises_after_fit():
-    # As above with the default flow (quantile regression's 10/90% as input, its quantiles blended in):
+    # As above with the default flow (quantile regression's quantiles blended in):
     # the network's own spread follows the shift too, so the outcome is checked, not the tail factors.
     x = correlated_series(rows=760, seed=3, shock_std=np.where(np.arange(760) < 500, 0.05, 0.15))
     fc = make_forecaster("flow", **TINY)
