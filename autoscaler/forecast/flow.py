@@ -4,8 +4,8 @@
 history (chronological hold-out of the last windows for early stopping; the
 future it is judged on is never seen). The flow models the log rows *relative to
 an anchor*, the median of linear quantile regression on lagged features (refitted
-daily, like the ``quantile`` baseline), and sees the anchor's median and 10%/90% quantiles as input: the
-linear seasonal signal and spread come for free and the network spends its capacity on the shape,
+daily, like the ``quantile`` baseline), and sees the anchor as input (its median; other quantile levels
+with ``anchor_levels``): the linear seasonal signal comes for free and the network spends its capacity on the shape,
 spread and joint structure around it (the anchor stays the median). Each cell's residual quantile
 function is then averaged with quantile regression's (weight ``blend_weight``, Vincentization) by a
 rank-preserving map, so the joint structure stays the flow's. ``update`` appends rows and, every
