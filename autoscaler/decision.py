@@ -163,10 +163,8 @@ def _choose(need: np.ndarray, weight: np.ndarray, lo: int, hi: int, gpu_h_per_re
     and steps, so a step that carries more requests counts for more.
     """
     counts = np.arange(lo, hi + 1, dtype=float)
-    att = np.minimum(1.0, counts[:, None, None] / np.maximum(need[None], 1e-9))  # [N, S, H]
-    total = float(weight.sum())
-    # No requests expected anywhere: every count attains the SLO (there is nothing to miss).
-    expected = (att * weight[None]).sum(axis=(1, 2)) / total if total > 0 else np.ones(counts.size)
+    att = _attainment(counts, need)
+    expected = _expected_attainment(att, weight)
     missed = ((1.0 - att) * weight[None]).mean(axis=1).sum(axis=1)  # expected misses over the window
     cost = counts * (gpu_h_per_replica + params.energy_gpu_h_per_kwh * kwh_per_replica) + params.miss_penalty_gpu_h * missed
     feasible = expected >= params.attainment_target
@@ -256,10 +254,20 @@ def decide(snapshot: Snapshot, state: DecisionState, params: DecisionParams) -> 
     return decision, DecisionState(tuple(since), tuple(peaks))
 
 
-def _expected_attainment(n: int, need: np.ndarray, weight: np.ndarray) -> float:
-    """Request-weighted expected attainment of ``n`` replicas against ``need`` ``[S, H]``."""
+def _attainment(counts: np.ndarray, need: np.ndarray) -> np.ndarray:
+    """Attainment ``[N, S, H]`` of each of ``counts [N]`` replicas in each sample-step of ``need [S, H]``."""
+    return np.minimum(1.0, np.asarray(counts, dtype=float)[:, None, None] / np.maximum(need[None], 1e-9))
+
+
+def _expected_attainment(att: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Request-weighted mean ``[N]`` of :func:`_attainment` over samples and steps."""
     total = float(weight.sum())
-    return float((np.minimum(1.0, n / np.maximum(need, 1e-9)) * weight).sum() / total) if total > 0 else 1.0
+    # No requests expected anywhere: every count attains the SLO (there is nothing to miss).
+    return (att * weight[None]).sum(axis=(1, 2)) / total if total > 0 else np.ones(att.shape[0])
+
+
+def _pool_attainment(n: int, need: np.ndarray, weight: np.ndarray) -> float:
+    return float(_expected_attainment(_attainment([n], need), weight)[0])
 
 
 def _fit_score(n_p: int, n_d: int, p_ok: float, att_p: float, att_d: float,
@@ -293,12 +301,13 @@ def _fit_power(params: DecisionParams, n_p: int, n_d: int, need_p: np.ndarray, n
                 lo = mid
             else:
                 hi = mid - 1
-        fit = (lo, d, 1.0, _expected_attainment(lo, need_p, weight), _expected_attainment(d, need_d, weight))
+        fit = (lo, d, ok, _pool_attainment(lo, need_p, weight), _pool_attainment(d, need_d, weight))
         if best is None or _fit_score(*fit, params) > _fit_score(*best, params):
             best = fit
-    n_p, n_d = (best[0], best[1]) if best is not None else (lo_p, lo_d)
-    return (n_p, n_d, _p_power_ok(params, n_p, n_d, need_p, need_d, capped=capped),
-            _expected_attainment(n_p, need_p, weight), _expected_attainment(n_d, need_d, weight))
+    if best is None:
+        best = (lo_p, lo_d, 0.0, _pool_attainment(lo_p, need_p, weight), _pool_attainment(lo_d, need_d, weight))
+    n_p, n_d, _, att_p, att_d = best
+    return n_p, n_d, _p_power_ok(params, n_p, n_d, need_p, need_d, capped=capped), att_p, att_d
 
 
 def _p_power_ok(params: DecisionParams, n_p: int, n_d: int, need_p: np.ndarray, need_d: np.ndarray,
