@@ -99,6 +99,9 @@ class FlowConfig:
         self.anchor_levels = tuple(self.anchor_levels)
         if 0.5 not in self.anchor_levels:
             raise ForecastInputError(f"anchor_levels {self.anchor_levels} must include the median 0.5")
+        if self.blend_weight and not set(self.anchor_levels) <= set(LEVELS):
+            # One quantile regression serves the anchor and the blend: its levels are LEVELS.
+            raise ForecastInputError(f"with blend_weight, anchor_levels {self.anchor_levels} must be among {LEVELS}")
 
 
 @contextmanager
@@ -139,43 +142,44 @@ class FlowForecaster:
         z = self.scale.to_log(history)
         self.z_mean, self.z_std = z.mean(axis=0), z.std(axis=0) + 1e-6
         self.d_std = np.diff(z, axis=0).std(axis=0) + 1e-6
-        self.anchor = self._fit_anchor(history)
-        self.blend = self._fit_blend(history)
+        self.qr = self._fit_qr(history)
         origins = self._origins(z.shape[0])
-        q = self._anchor(self.anchor, history, origins)
+        q = self._anchor(self.qr, history, origins)
         dz = self.window.target(z, origins) - self._point(q)
         self.t_mean, self.t_std = dz.mean(axis=0), dz.std(axis=0) + 1e-6  # [H, K]
 
-    def _fit_anchor(self, history: np.ndarray) -> QuantileRegression:
-        anchor = QuantileRegression(horizon=self.config.horizon, levels=self.config.anchor_levels, indicators=self.indicators)
-        anchor.fit(history, self.step_s)
-        return anchor
+    def _fit_qr(self, history: np.ndarray, anchor_only: bool = False) -> QuantileRegression:
+        """Quantile regression for the anchor's levels and, with the blend, all of ``LEVELS`` (one model serves both)."""
+        cfg = self.config
+        levels = LEVELS if cfg.blend_weight and not anchor_only else cfg.anchor_levels
+        qr = QuantileRegression(horizon=cfg.horizon, levels=levels, indicators=self.indicators)
+        qr.fit(history, self.step_s)
+        return qr
 
-    def _fit_blend(self, history: np.ndarray) -> QuantileRegression | None:
-        if not self.config.blend_weight:
-            return None
-        blend = QuantileRegression(horizon=self.config.horizon, levels=LEVELS, indicators=self.indicators)
-        blend.fit(history, self.step_s)
-        return blend
-
-    def _blended(self, y: np.ndarray, history: np.ndarray, point: np.ndarray) -> np.ndarray:
+    def _blended(self, y: np.ndarray, lq: np.ndarray, point: np.ndarray) -> np.ndarray:
         """Residual samples ``y [S, H, K]`` (units ``t_std``) with each cell's quantile function averaged with
-        quantile regression's residual quantiles around ``point``, weight ``blend_weight`` on the latter
-        (Vincentization, quantile averaging). The sample of rank ``r`` moves to ``(1 - b) y + b Q((r + 0.5) / S)``:
-        a monotone map per cell, so every cell's ranks, and the joint structure, are as the flow drew them."""
+        quantile regression's (its log quantiles ``lq [Q, H, K]`` at ``LEVELS``, relative to ``point``), weight
+        ``blend_weight`` on the latter (Vincentization, quantile averaging). The sample of rank ``r`` moves to
+        ``(1 - b) y + b Q((r + 0.5) / S)``: a monotone map per cell, so every cell's ranks, and the joint
+        structure, are as the flow drew them."""
         b = self.config.blend_weight
         if not b:
             return y
-        lq = self.scale.to_log(self.blend.quantiles(history, self.config.horizon)) - point  # [Q, H, K]
+        lq = lq - point
         u = (np.argsort(np.argsort(y, axis=0), axis=0) + 0.5) / y.shape[0]
         flat_u, flat_q = u.reshape(u.shape[0], -1), lq.reshape(lq.shape[0], -1)
         qr = np.stack([np.interp(flat_u[:, j], LEVELS, flat_q[:, j]) for j in range(flat_q.shape[1])], axis=1)
         return (1 - b) * y + b * qr.reshape(y.shape) / self.t_std
 
-    def _anchor(self, anchor: QuantileRegression, history: np.ndarray, origins: np.ndarray) -> np.ndarray:
+    def _anchor(self, qr: QuantileRegression, history: np.ndarray, origins: np.ndarray) -> np.ndarray:
         """The anchor's predicted quantiles ``[Q, N, H, K]`` (``anchor_levels``) on this forecaster's log scale,
         from rows up to each origin."""
-        return self.scale.to_log(anchor.quantiles_at(history, origins))
+        return self._anchor_rows(self.scale.to_log(qr.quantiles_at(history, origins)), qr)
+
+    def _anchor_rows(self, q: np.ndarray, qr: QuantileRegression) -> np.ndarray:
+        """The ``anchor_levels`` rows of ``q``, quantiles at ``qr``'s levels."""
+        levels = list(qr.levels)
+        return q[[levels.index(p) for p in self.config.anchor_levels]]
 
     def _point(self, q: np.ndarray) -> np.ndarray:
         """The anchor's median ``[N, H, K]`` from its quantiles ``q [Q, N, H, K]``."""
@@ -203,11 +207,11 @@ class FlowForecaster:
         anchor = np.concatenate([point - last[:, None], *others], axis=1) / self.d_std
         return as_t(recent), as_t(seasonal), as_t(level), as_t(anchor)
 
-    def _dataset(self, history: np.ndarray, anchor: QuantileRegression, own_level: bool = False) -> tuple[torch.Tensor, ...]:
+    def _dataset(self, history: np.ndarray, qr: QuantileRegression, own_level: bool = False) -> tuple[torch.Tensor, ...]:
         """Inputs and standardised residual targets (log rows minus the anchor's) at every origin."""
         z = self.scale.to_log(history)
         origins = self._origins(z.shape[0])
-        q = self._anchor(anchor, history, origins)
+        q = self._anchor(qr, history, origins)
         y = (self.window.target(z, origins) - self._point(q) - self.t_mean) / self.t_std
         target = torch.as_tensor(y.reshape(len(origins), -1), dtype=torch.float32)
         return (*self._inputs(z, origins, q, own_level), target)
@@ -249,7 +253,7 @@ class FlowForecaster:
         self._setup(arr, step_s)
         self.history = arr
         self.net = self._build_net()
-        data = self._dataset(arr, self.anchor)
+        data = self._dataset(arr, self.qr)
         n = data[0].shape[0]
         n_val = max(1, int(cfg.val_frac * n))
         # A gap of `horizon` windows keeps validation targets out of the training windows.
@@ -260,7 +264,7 @@ class FlowForecaster:
         extra = []
         for h in extra_histories:
             h = check_history(h, arr.shape[1], min_rows=self.window.first_origin + cfg.horizon + 2)
-            extra.append(self._dataset(h, self._fit_anchor(h), own_level=True))
+            extra.append(self._dataset(h, self._fit_qr(h, anchor_only=True), own_level=True))
         if extra:
             train = tuple(torch.cat([d, *e]) for d, *e in zip(train, *extra))
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -347,9 +351,7 @@ class FlowForecaster:
         if rows.shape[0] == 0:
             return
         self.history = np.concatenate([self.history, rows])
-        self.anchor.update(rows)
-        if self.blend is not None:
-            self.blend.update(rows)
+        self.qr.update(rows)
         self._since_update += rows.shape[0]
         if self._since_update * self.step_s >= self.config.update_every_s:
             self._since_update = 0
@@ -358,7 +360,7 @@ class FlowForecaster:
 
     def _fine_tune(self) -> None:
         cfg = self.config
-        data = self._dataset(self.history, self.anchor)
+        data = self._dataset(self.history, self.qr)
         n = data[0].shape[0]
         recent = max(cfg.batch_size, int(cfg.recent_days * 86_400 / self.step_s))
         gen = torch.Generator().manual_seed(cfg.seed + n)
@@ -446,7 +448,8 @@ class FlowForecaster:
         shift of the median learns the training days' level too well: on ServeGen it was neutral on the
         development split and cost CRPS 30-60 min ahead on held-out days where the level moved.
         """
-        q = self._anchor(self.anchor, history, np.array([history.shape[0] - 1]))
+        lq = self.scale.to_log(self.qr.quantiles_at(history, np.array([history.shape[0] - 1])))  # [Q, 1, H, K]
+        q = self._anchor_rows(lq, self.qr)
         tail = history[-(self.window.first_origin + 1) :]
         z = self.window.pad(self.scale.to_log(tail))
         inputs = self._inputs(z, np.array([z.shape[0] - 1]), q)
@@ -454,7 +457,7 @@ class FlowForecaster:
             y = self.net.sample(noise, *inputs).numpy()
         y = y.reshape(len(noise), self.config.horizon, -1)
         point = self._point(q)[0]
-        return self._blended(y - np.median(y, axis=0), history, point), point
+        return self._blended(y - np.median(y, axis=0), lq[:, 0], point), point
 
     def predict(self, history: np.ndarray, horizon: int, n_samples: int, rng: np.random.Generator) -> Forecast:
         """``n_samples`` joint paths ``[n_samples, horizon, K]`` from ``history``'s last row; seeded by ``rng``.
@@ -491,7 +494,7 @@ class FlowForecaster:
                 "offset": torch.as_tensor(self.scale.offset),
                 "arrays": {k: torch.as_tensor(getattr(self, k)) for k in self._ARRAYS},
                 "since_update": self._since_update,
-                "anchor_rows": self.anchor.fitted_rows,
+                "anchor_rows": self.qr.fitted_rows,
                 "net": self.net.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "train_log": self.train_log,
@@ -528,11 +531,8 @@ class FlowForecaster:
         self.optimizer.load_state_dict(state["optimizer"])
         self._since_update = state["since_update"]
         rows = state["anchor_rows"]
-        self.anchor = self._fit_anchor(self.history[:rows])
-        self.anchor.update(self.history[rows:])
-        self.blend = self._fit_blend(self.history[:rows])
-        if self.blend is not None:
-            self.blend.update(self.history[rows:])
+        self.qr = self._fit_qr(self.history[:rows])
+        self.qr.update(self.history[rows:])
         self.train_log = state["train_log"]
         if self.bands.shape[1] != 2 * cfg.calibration_knots + 1:
             # Saved with the earlier one-band-per-side calibration: rebuild the tail bands from the saved history.

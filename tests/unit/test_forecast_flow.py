@@ -271,7 +271,8 @@ def test_flow_anchor_token_carries_quantile_regressions_median_and_its_10_90_off
     h = fc.config.horizon
     z = fc.scale.to_log(x[:520])
     origins = np.array([480, 500, 519])
-    q = fc._anchor(fc.anchor, x[:520], origins)  # [3 levels, N, H, K]
+    q = fc._anchor(fc.qr, x[:520], origins)  # [3 levels, N, H, K]
+    np.testing.assert_allclose(q, fc.scale.to_log(fc.qr.quantiles_at(x[:520], origins))[[3, 7, 11]])  # LEVELS' 10/50/90%
     anchor = fc._inputs(z, origins, q)[3].numpy()
     assert anchor.shape == (3, 3 * h, 2)
     np.testing.assert_allclose(anchor[:, :h], (q[1] - z[origins][:, None]) / fc.d_std, rtol=1e-5, atol=1e-5)
@@ -294,8 +295,8 @@ def test_flow_blend_averages_its_quantile_function_with_quantile_regressions(ble
     # The blend is 0.5 x the flow's residual + 0.5 x quantile regression's quantile at the sample's rank, per cell.
     np.testing.assert_allclose(half, (own + qr) / 2, atol=1e-6)
     # With all weight on quantile regression, the samples' quantiles are quantile regression's.
-    expected = np.log(fc.blend.quantiles(x[:520], 3) + fc.scale.offset)  # [15 levels, H, K]
-    levels = list(fc.blend.levels)
+    expected = np.log(fc.qr.quantiles(x[:520], 3) + fc.scale.offset)  # [15 levels, H, K]
+    levels = list(fc.qr.levels)
     for p in (0.1, 0.5, 0.9):
         np.testing.assert_allclose(np.quantile(qr, p, axis=0), expected[levels.index(p)], atol=0.02)
 
@@ -324,6 +325,10 @@ def test_flow_with_quantile_input_and_blend_saves_and_loads_to_the_same_samples(
 def test_flow_refuses_anchor_levels_without_the_median():
     with pytest.raises(ForecastInputError, match="median"):
         make_forecaster("flow", **TINY, anchor_levels=(0.1, 0.9))
+    # One quantile regression at the blend's 15 levels also gives the anchor: its levels must be among them.
+    with pytest.raises(ForecastInputError, match="must be among"):
+        make_forecaster("flow", **TINY, anchor_levels=(0.15, 0.5), blend_weight=0.25)
+    assert make_forecaster("flow", **TINY, anchor_levels=(0.15, 0.5), blend_weight=0.0).config.anchor_levels == (0.15, 0.5)
 
 
 def test_flow_loads_a_file_saved_before_the_quantile_inputs_as_a_median_only_unblended_flow(tmp_path):
