@@ -187,6 +187,15 @@ class TrainingConfig(_Strict):
         2.0, gt=0, description="A peer that does not answer a ping within this at a re-formation is dropped."
     )
     node_poll_s: float = Field(1.0, gt=0, description="How often a job looks for train-pool nodes that joined or left.")
+    peer_start_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description=(
+            "A peer that has not reached its first step boundary this long after it was spawned (its Ray actor never "
+            "scheduled, e.g. the node's CPUs are held by other actors, or its start hung) is dropped and its node tried "
+            "again; a job none of whose peers ever started fails with an error naming the nodes."
+        ),
+    )
     metrics_port: int | None = Field(
         None, ge=1, le=65535, description="Port for each job's Prometheus endpoint; None serves metrics only through status."
     )

@@ -8,6 +8,7 @@ within the notice period, and come back when the nodes are returned.
 
 from __future__ import annotations
 
+import logging
 import time
 
 import ray
@@ -19,6 +20,9 @@ from workers.elastic.coordinator import ElasticCoordinator
 
 ACTOR_PREFIX = "flowtide-train-"
 FINISH_GRACE_S = 5.0
+STOP_TIMEOUT_S = 30.0
+
+log = logging.getLogger(__name__)
 
 
 def pool_node_gpus(pool: str) -> list[float]:
@@ -125,8 +129,15 @@ class TrainingJobManager:
         """Return every node lent by the job; it grows back onto them (up to ``max_peers``)."""
         return ray.get(self._job(job_id).reclaim_nodes.remote())
 
-    def stop(self, job_id: str) -> None:
-        """Kill the job's peers and coordinator."""
+    def stop(self, job_id: str, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Kill the job's peers and coordinator.
+
+        Killing the coordinator kills its peers too (they are its actors), so a coordinator that
+        does not answer ``shutdown`` within ``timeout_s`` is killed all the same.
+        """
         coordinator = self._jobs.pop(job_id)
-        ray.get(coordinator.shutdown.remote())
+        try:
+            ray.get(coordinator.shutdown.remote(), timeout=timeout_s)
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError) as exc:
+            log.warning("job %s: shutdown did not complete (%s); killing its coordinator", job_id, exc)
         ray.kill(coordinator, no_restart=True)

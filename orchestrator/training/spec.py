@@ -132,6 +132,7 @@ class TrainingJobSpec(BaseModel):
             collective_timeout_s=training.collective_timeout_s,
             liveness_timeout_s=training.liveness_timeout_s,
             node_poll_s=training.node_poll_s,
+            peer_start_timeout_s=training.peer_start_timeout_s,
             peer_num_cpus=self.num_cpus_per_peer,
             peer_label_selector={"pool": self.pool},
             backend=resolve_backend(self.backend, self.pool, node_gpus, nccl_available()),

@@ -79,15 +79,46 @@ class Harness:
         self.manager.stop(job_id)
         self.live_jobs.discard(job_id)
 
-    def wait_for(self, job_id, predicate, timeout_s: float, what: str) -> dict:
+    def wait_for(self, job_id, predicate, timeout_s: float, what: str, manager=None) -> dict:
+        manager = manager or self.manager
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            status = self.manager.status(job_id)
+            status = manager.status(job_id)
             assert status["phase"] != "failed", status["error"]
             if predicate(status):
                 return status
+            # A finished job changes no more: say so now rather than time out.
+            assert status["phase"] != "finished", f"the job finished before {what}: {_brief(status)}"
             time.sleep(0.2)
-        raise AssertionError(f"timed out waiting for {what}: {self.manager.status(job_id)}")
+        raise AssertionError(f"timed out waiting for {what}: {_brief(manager.status(job_id))}")
+
+    def busy_nodes(self) -> dict[str, dict]:
+        """Our alive nodes whose CPUs or GPUs are not all free: node id -> (available, total)."""
+        from ray._private import state
+
+        ours = {n.node_id for pool in Pool for n in self.cluster.nodes(pool)}
+        total, available = state.total_resources_per_node(), state.available_resources_per_node()
+        busy = {}
+        for node_id in ours & set(total):
+            free = available.get(node_id, {})
+            held = {
+                r: (free.get(r, 0.0), total[node_id][r])
+                for r in ("CPU", "GPU")
+                if free.get(r, 0.0) < total[node_id].get(r, 0.0)
+            }
+            if held:
+                busy[node_id] = held
+        return busy
+
+    def assert_nodes_free(self, timeout_s: float = 30.0) -> None:
+        """Every CPU and GPU of our nodes is free again (a stopped job's actors are gone).
+
+        Whatever still holds one would make the next test's peers wait for it forever.
+        """
+        deadline = time.monotonic() + timeout_s
+        while (busy := self.busy_nodes()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not busy, f"resources still held {timeout_s} s after every job stopped (available, total): {busy}"
 
     def reference_task(self, spec):
         """The job as ``reference_run`` takes it (one process, no collectives: the backend does not matter)."""
@@ -132,10 +163,24 @@ def harness(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def stop_left_jobs(harness):
     """Stop what a test left running when it failed before ``finish``: its job (coordinator and
-    peers) would otherwise live on beside the tests after it, on the same few cores."""
+    peers) would otherwise live on beside the tests after it, on the same few cores, and its peers
+    would hold the train nodes' CPUs, so that every later job's peers wait for them for ever (a CI
+    run once failed the joiner test and all seven after it so). Then check that the nodes are free."""
     yield
+    errors = []
     for job_id in list(harness.live_jobs):
-        harness.stop(job_id)
+        try:
+            harness.stop(job_id)
+        except Exception as exc:  # stop the others all the same
+            errors.append(f"{job_id}: {exc!r}")
+    assert not errors, f"could not stop jobs: {errors}"
+    harness.assert_nodes_free()
+
+
+def _brief(status: dict) -> dict:
+    """The parts of a status that explain a wait (no per-step lists)."""
+    keys = ("phase", "error", "epoch", "world_size", "members", "pending_peers", "last_commit_step", "total_steps")
+    return {k: status.get(k) for k in keys}
 
 
 def _commits_before(status: dict, t: float) -> int:
@@ -164,7 +209,9 @@ def test_peer_node_death_survivors_continue_without_restart_losing_at_most_one_s
 
 def test_joining_peer_receives_live_state_with_verified_hash_and_world_grows(harness):
     harness.ensure_train_nodes(1)
-    spec, job = harness.submit(steps=260, step_delay_s=0.02)
+    # The joiner must arrive before the job ends: adding a node and starting a peer on it took
+    # ~10 s under CPU load (CI), while 260 steps at 0.02 s could end sooner; at 0.1 s they take > 26 s.
+    spec, job = harness.submit(steps=260, step_delay_s=0.1)
     harness.wait_for(job, lambda s: s["world_size"] == 1 and s["last_commit_step"] >= 10, 120, "1 peer")
     harness.cluster.add_node(Pool.TRAIN)
     grown = harness.wait_for(job, lambda s: s["world_size"] == 2, 120, "the joiner")
@@ -176,6 +223,75 @@ def test_joining_peer_receives_live_state_with_verified_hash_and_world_grows(har
     assert len(digests) == 2
     final = harness.finish(spec, job)
     assert len(final["final_digests"]) == 2
+
+
+def _blocker(**selector):
+    """An actor that holds one CPU of the node(s) matching ``selector``, as another job's peer would."""
+    import ray
+
+    @ray.remote(num_cpus=1, label_selector=selector)
+    class Blocker:
+        def ping(self) -> bool:
+            return True
+
+    blocker = Blocker.remote()
+    ray.get(blocker.ping.remote(), timeout=60)
+    return blocker
+
+
+def test_job_whose_peers_are_never_scheduled_fails_with_an_error_naming_the_nodes(harness):
+    """A node whose CPU another actor holds: the peer's lease is never granted. The job must not
+    sit in 'starting' for ever (how one leaked job once failed every test after it)."""
+    import ray
+
+    from orchestrator.training.manager import TrainingJobManager
+
+    harness.ensure_train_nodes(1)
+    harness.settle()  # a removed node, not yet noticed, would be the job's second node
+    (node,) = harness.cluster.nodes(Pool.TRAIN)
+    blocker = _blocker(**{"ray.io/node-id": node.node_id})
+    manager = TrainingJobManager(harness.config.training.model_copy(update={"peer_start_timeout_s": 10.0}))
+    spec = parse_job_spec({**JOB, "name": f"it-blocked-{int(time.time()) % 100000}", "steps": 20})
+    job = manager.submit(spec)
+    try:
+        t0, pending = time.monotonic(), {}
+        deadline = t0 + 10.0 + 15.0  # the start timeout, a few node polls, slack for load
+        while (status := manager.status(job))["phase"] != "failed" and time.monotonic() < deadline:
+            assert status["phase"] == "starting" and status["world_size"] == 0
+            pending.update(status.get("pending_peers", {}))
+            time.sleep(0.2)
+        waited = time.monotonic() - t0
+        assert status["phase"] == "failed", f"still {status['phase']} after {waited:.0f} s: {_brief(status)}"
+        assert "no peer started" in status["error"] and node.node_id in status["error"], status["error"]
+        assert pending == {f"{spec.name}-peer-0": node.node_id}, "status must show the peer that waits"
+        assert status["pending_peers"] == {} and status["peer_start_timeouts"] == 1
+    finally:
+        manager.stop(job)
+        ray.kill(blocker)
+
+
+def test_peer_starting_after_the_job_finished_does_not_keep_its_node(harness):
+    """A joiner slower than the job's last steps (the CI failure: a job of 260 fast steps ended before
+    its joiner, started under load, arrived). It must not hold its node after the job ends."""
+    import ray
+
+    harness.ensure_train_nodes(2)
+    harness.settle()
+    first, second = harness.cluster.nodes(Pool.TRAIN)
+    blocker = _blocker(**{"ray.io/node-id": second.node_id})  # the second peer's lease waits for this CPU
+    try:
+        spec, job = harness.submit(steps=30)  # starts on the first node alone after the start grace
+        harness.manager.wait(job, timeout_s=120)
+    finally:
+        ray.kill(blocker)  # the waiting lease can be granted now, if the job still wants it
+    deadline = time.monotonic() + 20.0  # a peer starts in ~5-10 s here, under load
+    while time.monotonic() < deadline:
+        assert not _peer_processes(second), "a peer started on the second node after the job had finished"
+        time.sleep(0.5)
+    assert second.node_id not in harness.busy_nodes(), "the second node's CPU is still held"
+    status = harness.manager.status(job)
+    assert status["pending_peers"] == {} and list(status["members"].values()) == [first.node_id]
+    harness.finish(spec, job)
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ from torch.distributed import TCPStore
 
 from workers.elastic import state as state_io
 from workers.elastic.backend import Backend, EpochGroup, PeerLost, new_group, peer_device
-from workers.elastic.coordinator import NODE_ID_LABEL, eligible_nodes, peer_options
+from workers.elastic.coordinator import NODE_ID_LABEL, PeerRecord, eligible_nodes, overdue_peers, peer_options
 from workers.elastic.mlp import build_model, build_optimizer
 from workers.elastic.step_math import EXTRA_COLS, apply_rows, num_grad_elements, trainable
 from tests.unit.training_tasks import mlp_task
@@ -186,3 +186,14 @@ def test_state_hash_and_blob_are_made_from_cpu_copies(monkeypatch):
     moved.clear()
     state_io.dump(model, opt, 1, 0)
     assert len(moved) == tensors, "every tensor is serialized from a CPU copy"
+
+
+def test_overdue_peers_are_those_that_never_reached_a_boundary_within_the_timeout():
+    peers = {
+        "late": PeerRecord(handle=None, node_id="a", spawned_at=100.0),
+        "young": PeerRecord(handle=None, node_id="b", spawned_at=150.0),
+        "started": PeerRecord(handle=None, node_id="c", spawned_at=0.0, arrived=True),
+    }
+    assert overdue_peers(peers, now=161.0, timeout_s=60.0) == ["late"]
+    assert overdue_peers(peers, now=160.0, timeout_s=60.0) == []  # exactly at the timeout: not yet
+    assert overdue_peers(peers, now=1000.0, timeout_s=60.0) == ["late", "young"]

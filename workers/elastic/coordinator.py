@@ -15,7 +15,7 @@ import datetime
 import itertools
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import ray
@@ -74,6 +74,17 @@ def peer_options(task: TrainTask, node_id: str, offered: bool) -> dict[str, Any]
 class PeerRecord:
     handle: ray.actor.ActorHandle
     node_id: str
+    spawned_at: float = field(default_factory=time.monotonic)
+    arrived: bool = False  # reached its first step boundary (``join_epoch``): its actor was scheduled and built
+
+
+def overdue_peers(peers: dict[str, PeerRecord], now: float, timeout_s: float) -> list[str]:
+    """Peers spawned more than ``timeout_s`` before ``now`` (monotonic) that never reached a step boundary.
+
+    Their actor was never scheduled (a lease waiting for resources that other actors hold) or
+    their start hung; either way they hold a ``max_peers`` slot and would keep the job waiting.
+    """
+    return [p for p, r in peers.items() if not r.arrived and now - r.spawned_at > timeout_s]
 
 
 @dataclass
@@ -108,6 +119,8 @@ class JobStatus:
     churn_lost_s: float
     lent_nodes: list[str]
     offered_nodes: list[str]
+    pending_peers: dict[str, str]  # peer id -> node id: spawned, not yet at their first step boundary
+    peer_start_timeouts: int  # peers dropped for not starting within peer_start_timeout_s
     losses: list[tuple[int, float]]
     commits: list[tuple[int, float, int, int]]  # (step, time, epoch, world size)
     reformations: list[dict]
@@ -163,8 +176,15 @@ class ElasticCoordinator:
         self, peer_id: str, step: int, sha256: str | None, prev_rank: int | None, reason: str
     ) -> Plan:
         """Wait at a step boundary until the next epoch is formed; returns this peer's plan."""
-        if peer_id not in self.peers or self.phase in ("finished", "failed"):
+        record = self.peers.get(peer_id)
+        if record is None:
             return Plan(stop=True)
+        if self.phase in ("finished", "failed"):
+            # It started after the job ended (a joiner slower than the last steps): nothing to do,
+            # and alive it would hold its node's resources until the job is stopped.
+            self._drop_peer(peer_id, f"reached its first step boundary after the job {self.phase}")
+            return Plan(stop=True)
+        record.arrived = True
         if reason == "failure" and self._failure_at is None:
             self._failure_at = time.time()
         future = asyncio.get_running_loop().create_future()
@@ -196,14 +216,12 @@ class ElasticCoordinator:
         self.final_digests[peer_id] = (digest.step, digest.sha256)
         if self.phase != "failed":
             self.phase = "finished"
+        self._drop_non_members(f"job {self.phase}")
         self._wake.set()
 
     def peer_failed(self, peer_id: str, error: str) -> None:
         """A peer hit a non-recoverable error (user code, divergence): the job fails, visibly."""
-        self.phase = "failed"
-        self.error = f"{peer_id}: {error}"
-        log.error("job %s failed: %s", self.task.job_id, self.error)
-        self._wake.set()
+        self._fail(f"{peer_id}: {error}")
 
     # --- the controller calls these (through orchestrator.training) -------------------------
     async def release_nodes(self, n: int, notice_s: float) -> list[str]:
@@ -277,6 +295,8 @@ class ElasticCoordinator:
                 churn_lost_s=self.churn_lost_s,
                 lent_nodes=sorted(self.lent_nodes),
                 offered_nodes=sorted(self.offered_nodes),
+                pending_peers={p: r.node_id for p, r in self.peers.items() if not r.arrived},
+                peer_start_timeouts=self.counts["peer_start_timeouts"],
                 losses=list(self.losses),
                 commits=list(self.commits),
                 reformations=[asdict(r) for r in self.reformations],
@@ -342,6 +362,45 @@ class ElasticCoordinator:
             if p in self.peers and p not in self.arrivals:
                 self.peers[p].handle.abort_epoch.remote(self.epoch)
 
+    def _fail(self, error: str) -> None:
+        self.phase = "failed"
+        self.error = error
+        log.error("job %s failed: %s", self.task.job_id, self.error)
+        self._drop_non_members("job failed")
+        self._wake.set()
+
+    def _drop_non_members(self, why: str) -> None:
+        """The job has ended: peers outside the last epoch (spawns still starting or waiting for a lease,
+        joiners at a boundary) will never train; drop them so that they free their nodes now, not at
+        ``stop``. Members stay: they report their final digests, and ``final_state`` reads from one."""
+        for p in [p for p in self.peers if p not in self.members]:
+            self._drop_peer(p, why)
+
+    def _drop_overdue_peers(self) -> None:
+        """Drop peers that did not start within ``peer_start_timeout_s``; their nodes are tried again.
+
+        A job none of whose peers ever started fails: its peers' actors are not being scheduled
+        (the nodes' resources are held by other actors) or their start hangs, and waiting in
+        'starting' would hide that.
+        """
+        overdue = overdue_peers(self.peers, time.monotonic(), self.task.peer_start_timeout_s)
+        if not overdue:
+            return
+        nodes = sorted(self.peers[p].node_id for p in overdue)
+        for p in overdue:
+            self._drop_peer(p, f"did not start within {self.task.peer_start_timeout_s:.0f} s")
+        self.counts["peer_start_timeouts"] += len(overdue)
+        log.warning(
+            "job %s: %d peer(s) did not start within %.0f s on nodes %s",
+            self.task.job_id, len(overdue), self.task.peer_start_timeout_s, [n[:8] for n in nodes],
+        )
+        if self.epoch == 0 and not any(r.arrived for r in self.peers.values()):
+            self._fail(
+                f"no peer started within peer_start_timeout_s={self.task.peer_start_timeout_s:.0f} s on nodes "
+                f"{nodes}: their Ray actors were not scheduled (are the nodes' CPUs/GPUs held by other actors, "
+                "e.g. another job's peers?) or their start hung"
+            )
+
     def _drop_peer(self, peer_id: str, why: str) -> None:
         record = self.peers.pop(peer_id, None)
         if record is None:
@@ -373,6 +432,9 @@ class ElasticCoordinator:
                 self._wake.set()
             if lost_member:
                 self._abort_epoch()
+            self._drop_overdue_peers()
+            if self.phase == "failed":
+                return
             used = {r.node_id for r in self.peers.values()}
             free = sorted(alive - used - self.lent_nodes)
             for node_id in free[: max(0, self.task.max_peers - len(self.peers))]:
@@ -416,9 +478,10 @@ class ElasticCoordinator:
             await self._wake.wait()
             self._wake.clear()
             if self.phase in ("finished", "failed"):
-                for peer_id, (_, future) in list(self.arrivals.items()):
-                    if not future.done():
-                        future.set_result(Plan(stop=True))
+                for peer_id in list(self.arrivals):
+                    # Told to stop (Plan(stop=True)) and dropped: it will not train again, so it must
+                    # not hold its node until the job is stopped.
+                    self._drop_peer(peer_id, f"at a step boundary after the job {self.phase}")
                 self.arrivals.clear()
                 if self.phase == "finished":
                     continue
