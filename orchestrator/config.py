@@ -188,12 +188,13 @@ class TrainingConfig(_Strict):
     )
     node_poll_s: float = Field(1.0, gt=0, description="How often a job looks for train-pool nodes that joined or left.")
     peer_start_timeout_s: float = Field(
-        60.0,
+        300.0,
         gt=0,
         description=(
             "A peer that has not reached its first step boundary this long after it was spawned (its Ray actor never "
             "scheduled, e.g. the node's CPUs are held by other actors, or its start hung) is dropped and its node tried "
-            "again; a job none of whose peers ever started fails with an error naming the nodes."
+            "again; a job none of whose peers ever started fails with an error naming the nodes. Generous by default: "
+            "a GPU peer's start (CUDA and NCCL set-up, building the model) can take minutes."
         ),
     )
     metrics_port: int | None = Field(

@@ -29,7 +29,7 @@ def test_good_spec_builds_a_task():
 def test_the_task_carries_the_configured_peer_start_timeout():
     training = TrainingConfig(checkpoint_dir="/tmp/ckpt", peer_start_timeout_s=12.5)
     assert parse_job_spec(GOOD).to_task(training, node_gpus=[0.0]).peer_start_timeout_s == 12.5
-    assert TrainingConfig().peer_start_timeout_s == 60.0
+    assert TrainingConfig().peer_start_timeout_s == 300.0
     with pytest.raises(ValueError):
         TrainingConfig(peer_start_timeout_s=0)
 

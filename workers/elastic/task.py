@@ -63,7 +63,7 @@ class TrainTask:
     collective_timeout_s: float = 10.0
     liveness_timeout_s: float = 2.0
     node_poll_s: float = 1.0
-    peer_start_timeout_s: float = 60.0
+    peer_start_timeout_s: float = 300.0
     peer_num_cpus: float = 1.0
     peer_label_selector: dict[str, str] = field(default_factory=lambda: {"pool": "train"})
     backend: Backend = Backend.GLOO  # resolved at submit (``orchestrator.training.spec``), never "auto"
