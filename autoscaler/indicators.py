@@ -66,10 +66,6 @@ class IndicatorSeries:
     def column(self, name: str) -> np.ndarray:
         return self.values[:, self.names.index(name)]
 
-    def select(self, names: tuple[str, ...]) -> np.ndarray:
-        """``[T, len(names)]`` in the given order (what a forecaster's history is)."""
-        return self.values[:, [self.names.index(n) for n in names]]
-
     def window(self, end_tick: int, length: int) -> np.ndarray:
         """The ``length`` rows before ``end_tick`` (fewer at the start), never rows at or after it."""
         return self.values[max(0, end_tick - length):end_tick]

@@ -34,8 +34,7 @@ class PowerModel:
     decode_w: float
     tdp_w: float
     freq_cap_fraction: float = 0.70
-    prefill_slowdown_capped: float = 1.30
-    decode_slowdown_capped: float = 1.00
+    prefill_slowdown_capped: float = 1.30  # decode is memory-bound: ~1.0x at the cap (Splitwise), so unaffected
 
     @classmethod
     def for_hardware(cls, hardware: str) -> PowerModel:

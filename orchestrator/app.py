@@ -8,6 +8,7 @@ Each server selects its pool by Ray node label, never by host.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -122,13 +123,57 @@ def build_app(config: FlowtideConfig, model_path: str | None = None) -> serve.Ap
     )
 
 
-def deploy(config: FlowtideConfig, model_path: str | None = None, blocking_timeout_s: float = 300.0) -> str:
-    """Start Serve on the connected cluster, run the app, and return the endpoint's base URL."""
+DELETE_WAIT_S = 30.0
+
+
+class DeployError(RuntimeError):
+    """The application did not come up: its deployments' states and Serve's messages say why."""
+
+
+def deploy(config: FlowtideConfig, model_path: str | None = None) -> str:
+    """Start Serve on the connected cluster, run the app, and return the endpoint's base URL.
+
+    ``serve.run`` waits for every replica with no limit, so a replica that can never be scheduled
+    (a pool without the CPUs/GPUs it asks for) would hang the caller; after
+    ``serving.deploy_timeout_s`` this raises :class:`DeployError` naming the deployments not yet
+    healthy, with Serve's own message (e.g. the resources a replica waits for).
+    """
     serving = config.serving
     serve.start(
         proxy_location=ProxyLocation.HeadOnly,
         http_options=HTTPOptions(host=serving.http_host, port=serving.http_port,
                                  request_timeout_s=serving.request_timeout_s),
     )
-    serve.run(build_app(config, model_path), name=serving.app_name, route_prefix=serving.route_prefix)
+    app = build_app(config, model_path)
+    done, failed = threading.Event(), []
+
+    def run() -> None:
+        try:
+            serve.run(app, name=serving.app_name, route_prefix=serving.route_prefix)
+        except Exception as exc:  # noqa: BLE001 - handed to the caller below
+            failed.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="serve-run", daemon=True).start()
+    if not done.wait(serving.deploy_timeout_s):
+        why = _not_healthy(serving.app_name)
+        # Deleting the application ends serve.run's wait (it raises once the application is gone),
+        # so no thread is left polling a cluster the caller is about to shut down.
+        serve.delete(serving.app_name)
+        done.wait(DELETE_WAIT_S)
+        raise DeployError(f"application {serving.app_name!r} not running after serving.deploy_timeout_s="
+                          f"{serving.deploy_timeout_s:.0f} s (deleted): {why}")
+    if failed:
+        raise DeployError(f"application {serving.app_name!r} failed to deploy: {failed[0]}") from failed[0]
     return f"http://{serving.http_host}:{serving.http_port}"
+
+
+def _not_healthy(app_name: str) -> str:
+    """The application's deployments that are not healthy, with Serve's status messages."""
+    app = serve.status().applications.get(app_name)
+    if app is None:
+        return "Serve has no such application yet"
+    lines = [f"{name} {d.status.value}: {d.message or 'no message'}"
+             for name, d in app.deployments.items() if d.status.value != "HEALTHY"]
+    return "; ".join(lines) or f"application {app.status.value}: {app.message or 'no message'}"

@@ -36,11 +36,6 @@ HEAD_POOL = "head"
 CLUSTER_TAG_ENV = "FLOWTIDE_LOCAL_CLUSTER"
 
 
-def pool_selector(pool: Pool | str) -> dict[str, str]:
-    """The Ray ``label_selector`` that pins an actor to ``pool``."""
-    return {POOL_LABEL: Pool(pool).value if not isinstance(pool, Pool) else pool.value}
-
-
 @dataclass
 class LocalCluster:
     """Owns the raylets it starts; :meth:`shutdown` removes exactly those (never ``ray stop``).

@@ -154,6 +154,10 @@ class ServingConfig(_Strict):
     route_prefix: str = Field("/", description="Route prefix of the application.")
     max_batch_size: int = Field(32, ge=1, description="Most sequences one decode replica steps together.")
     request_timeout_s: float = Field(120.0, gt=0, description="A request still running after this is cancelled.")
+    deploy_timeout_s: float = Field(
+        600.0, gt=0, description="`up` fails, naming the deployments not yet healthy and why, if the app is not running "
+        "after this (e.g. a pool lacks the CPUs/GPUs a replica asks for; Serve itself would wait forever)."
+    )
     access_log: bool = Field(False, description="Log every request in the Serve replica logs (costs latency).")
     metrics_push_interval_s: float = Field(
         5.0, gt=0, description="How often replicas publish their metrics to /metrics (rendering costs CPU on the "

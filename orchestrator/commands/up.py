@@ -34,7 +34,7 @@ def _overrides(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, **_overrides(args))
     from orchestrator import runstate
-    from orchestrator.app import deploy, resolve_model_path
+    from orchestrator.app import DeployError, deploy, resolve_model_path
     from orchestrator.cluster import LocalCluster, connect
     from orchestrator.ingress import check_cluster_env
 
@@ -56,7 +56,11 @@ def run(args: argparse.Namespace) -> int:
         pools = ", ".join(f"{p.value}={c.nodes}" for p, c in config.cluster.pools.items())
         console.print(f"[green]cluster up[/] at {address} (head + nodes per pool: {pools})")
         with console.status(f"deploying the {config.serving.mode} Serve app ({config.engine.kind} engine)"):
-            endpoint = deploy(config, model_path)
+            try:
+                endpoint = deploy(config, model_path)
+            except DeployError as exc:
+                console.print(f"flowtide up: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
+                return 1
         runstate.save(runstate.RunState(address, endpoint, config.serving.app_name, os.getpid()))
         _print_ready(config, endpoint, model_path)
         if not args.exit_after_ready:

@@ -10,9 +10,11 @@ import sys
 import time
 
 import httpx
+import psutil
 import pytest
 from openai import OpenAI
 
+from orchestrator.cluster import CLUSTER_TAG_ENV
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -21,6 +23,19 @@ pytestmark = pytest.mark.slow
 def flowtide(*args: str, env: dict, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
+
+
+def cluster_tags(processes=None) -> set[str]:
+    """The local-cluster tags the given processes (default: all) carry in their environment."""
+    tags = set()
+    for proc in psutil.process_iter() if processes is None else processes:
+        try:
+            tag = proc.environ().get(CLUSTER_TAG_ENV)
+        except (psutil.Error, OSError):
+            continue
+        if tag:
+            tags.add(tag)
+    return tags
 
 
 def haproxy_pids() -> set[int]:
@@ -69,3 +84,28 @@ def test_up_serves_status_shows_placement_and_ctrl_c_leaves_no_raylet(tmp_path):
     leftover = subprocess.run(["pgrep", "-f", f"gcs.address=127.0.0.1:{gcs_port}"], capture_output=True, text=True)
     assert leftover.stdout.strip() == "", f"raylets still running: {leftover.stdout}"
     assert not ours & haproxy_pids(), "HAProxy outlived the cluster"
+
+
+def test_up_fails_naming_a_deployment_that_cannot_be_scheduled_and_leaves_no_raylet(tmp_path):
+    # Prefill replicas ask for more CPUs than the prefill pool has: Serve would wait for them forever.
+    config = tmp_path / "unschedulable.yaml"
+    config.write_text("serving:\n  deploy_timeout_s: 45\n  prefill:\n    num_cpus: 64\n")
+    env = {**os.environ, "FLOWTIDE_STATE_FILE": str(tmp_path / "run.json")}
+    log = tmp_path / "up.log"
+    with log.open("w") as out_file:
+        proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "up", "--config", str(config), "--port",
+                                 str(free_port())], env=env, text=True, stdout=out_file, stderr=subprocess.STDOUT)
+        ours: set[str] = set()  # the tags of the processes `up` starts (its cluster's)
+        deadline = time.monotonic() + 400
+        while proc.poll() is None:
+            assert time.monotonic() < deadline, "flowtide up neither came up nor failed"
+            ours |= cluster_tags(psutil.Process(proc.pid).children(recursive=True))
+            time.sleep(1)
+    out = log.read_text()
+    assert proc.returncode == 1, out
+    assert "not running after serving.deploy_timeout_s=45 s (deleted)" in out, out
+    why = out.split("deploy_timeout_s=45 s (deleted)", 1)[1]
+    assert "PrefillServer" in why and "DecodeServer" not in why, out
+    assert not (tmp_path / "run.json").exists()
+    assert ours, "no process of the cluster `up` started was seen"
+    assert not ours & cluster_tags(), "processes of the failed `up`'s cluster outlived it"
