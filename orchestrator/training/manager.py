@@ -19,7 +19,6 @@ from orchestrator.training.spec import JobSpecError, TrainingJobSpec
 from workers.elastic.coordinator import ElasticCoordinator
 
 ACTOR_PREFIX = "flowtide-train-"
-FINISH_GRACE_S = 5.0
 STOP_TIMEOUT_S = 30.0
 
 log = logging.getLogger(__name__)
@@ -88,28 +87,29 @@ class TrainingJobManager:
         return ray.get(self._job(job_id).peer_digests.remote())
 
     def final_state(self, job_id: str) -> bytes:
+        """The finished job's serialized state (``workers.elastic.state.dump``); works after its peers are gone."""
         return ray.get(self._job(job_id).final_state.remote())
 
     def wait(self, job_id: str, timeout_s: float, poll_s: float = 0.5, on_status=None) -> dict:
-        """Block until the job finishes; returns its final status.
+        """Block until the job finishes and has freed its nodes; returns its final status.
+
+        A finished job kills its peers by itself once every member has reported its final digest
+        (a member lost at the very end is not waited for) and its final state is secured
+        (``status["final_state_source"]``); ``stop`` is needed only to end the coordinator.
 
         Raises:
             TrainingJobFailed: the job failed.
             TimeoutError: still running after ``timeout_s``.
         """
         deadline = time.monotonic() + timeout_s
-        finished_at = None
         while True:
             status = self.status(job_id)
             if on_status is not None:
                 on_status(status)
             if status["phase"] == "failed":
                 raise TrainingJobFailed(f"training job {job_id} failed: {status['error']}")
-            if status["phase"] == "finished":
-                finished_at = finished_at or time.monotonic()
-                # Every member reports its final digest; one lost at the very end is not waited for.
-                if set(status["members"]) <= set(status["final_digests"]) or time.monotonic() - finished_at > FINISH_GRACE_S:
-                    return status
+            if status["phase"] == "finished" and status["peers_released"]:
+                return status
             if time.monotonic() > deadline:
                 raise TimeoutError(f"training job {job_id} still {status['phase']} at step {status['last_commit_step']}")
             time.sleep(poll_s)
@@ -130,7 +130,7 @@ class TrainingJobManager:
         return ray.get(self._job(job_id).reclaim_nodes.remote())
 
     def stop(self, job_id: str, timeout_s: float = STOP_TIMEOUT_S) -> None:
-        """Kill the job's peers and coordinator.
+        """Kill the job's coordinator and the peers it still has (a finished or failed job has none left).
 
         Killing the coordinator kills its peers too (they are its actors), so a coordinator that
         does not answer ``shutdown`` within ``timeout_s`` is killed all the same.

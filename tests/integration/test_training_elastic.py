@@ -294,6 +294,76 @@ def test_peer_starting_after_the_job_finished_does_not_keep_its_node(harness):
     harness.finish(spec, job)
 
 
+def _load_verified(harness, spec, blob: bytes, expected) -> int:
+    """Load ``blob`` into a fresh model of the job, checking it hashes to ``expected``; returns its step."""
+    task = harness.reference_task(spec)
+    torch.manual_seed(task.seed)
+    model = resolve(task.model_fn, "model_fn")()
+    optimizer = resolve(task.optimizer_fn, "optimizer_fn")(trainable(model))
+    return state_io.load(blob, model, optimizer, expected)
+
+
+@pytest.mark.parametrize("checkpoints_work", [True, False], ids=["final-checkpoint", "checkpoint-writes-fail"])
+def test_finished_job_frees_every_node_without_stop_and_keeps_its_final_state(harness, tmp_path, checkpoints_work):
+    """The train pool's nodes are lent to serving: a finished job must not hold them until someone calls
+    ``stop``. Its status, digests and final state must stay as they were, read without its peers: from the
+    final checkpoint, or, when there is none (every write fails: the directory is a file), from the copy
+    the coordinator fetched from a finished peer before killing it."""
+    from orchestrator.training.manager import TrainingJobManager
+
+    harness.ensure_train_nodes(2)
+    harness.settle()
+    config = harness.config.training
+    if not checkpoints_work:
+        (tmp_path / "not-a-dir").write_text("")
+        config = config.model_copy(update={"checkpoint_dir": str(tmp_path / "not-a-dir")})
+    manager = TrainingJobManager(config)
+    name = f"it-free-{int(checkpoints_work)}-{int(time.time()) % 100000}"
+    spec = parse_job_spec({**JOB, "name": name, "steps": 120, "step_delay_s": 0.05})
+    job = manager.submit(spec)
+    try:
+        harness.wait_for(job, lambda s: s["world_size"] == 2, 120, "2 peers", manager=manager)
+        status = manager.wait(job, timeout_s=240)
+        harness.assert_nodes_free()  # no stop: every peer is gone, every CPU free again
+        reference, _ = reference_run(harness.reference_task(spec))
+        assert status["phase"] == "finished" and status["peers_released"] and status["pending_peers"] == {}
+        assert status["final_state_source"] == ("checkpoint" if checkpoints_work else "coordinator")
+        assert status["world_size"] == 2 and len(status["members"]) == 2, "the last members stay in the status"
+        assert {sha for _, sha in status["final_digests"].values()} == {reference.sha256}
+        assert set(status["final_digests"]) == set(status["members"])
+        assert manager.peer_digests(job) == status["final_digests"]
+        # The final state, after the peers are gone, equals the reference bit for bit.
+        assert _load_verified(harness, spec, manager.final_state(job), reference) == spec.steps
+        again = manager.status(job)
+        for key in ("phase", "world_size", "members", "final_digests", "last_commit_step", "commits", "error"):
+            assert again[key] == status[key], key
+    finally:
+        manager.stop(job)
+
+
+def test_failed_job_frees_its_members_nodes_at_once(harness):
+    """A job that fails (here: a peer's unrecoverable error, as a peer reports it) has nothing to keep:
+    its members are killed at once, not left holding their nodes until ``stop``."""
+    import ray
+
+    from orchestrator.training.manager import ACTOR_PREFIX, TrainingJobFailed
+
+    harness.ensure_train_nodes(2)
+    spec, job = harness.submit(steps=3000, step_delay_s=0.05)
+    harness.wait_for(job, lambda s: s["world_size"] == 2 and s["last_commit_step"] >= 5, 120, "2 peers")
+    coordinator = ray.get_actor(ACTOR_PREFIX + job, namespace=harness.manager.namespace)
+    ray.get(coordinator.peer_failed.remote("test", "an unrecoverable error in user code"))
+    status = harness.manager.status(job)
+    assert status["phase"] == "failed" and status["peers_released"] and len(status["members"]) == 2
+    harness.assert_nodes_free()
+    assert harness.manager.status(job)["last_commit_step"] < spec.steps
+    with pytest.raises(TrainingJobFailed, match="unrecoverable error in user code"):
+        harness.manager.wait(job, timeout_s=10)
+    with pytest.raises(RuntimeError, match="failed"):
+        harness.manager.final_state(job)
+    harness.stop(job)
+
+
 @pytest.mark.slow
 def test_release_gives_nodes_back_at_a_step_boundary_and_reclaim_regrows(harness):
     harness.ensure_train_nodes(2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from pathlib import Path
@@ -54,3 +55,23 @@ def test_checkpoint_is_a_ray_train_checkpoint_directory(tmp_path):
     saved = ckpt.write_atomic(tmp_path, 5, b"x", "h", 1)
     with saved.as_ray_checkpoint().as_directory() as d:
         assert (Path(d) / ckpt.STATE_FILE).read_bytes() == b"x"
+
+
+def test_find_complete_gives_the_final_checkpoint_only_if_whole_and_holding_that_state(tmp_path):
+    """What a finished job's coordinator relies on before it kills the peers that could give the state."""
+    ckpt.write_atomic(tmp_path, 10, b"state-10", "s10", 1)
+    assert ckpt.find_complete(tmp_path, 20, "s20") is None  # not written (yet)
+    (tmp_path / ".tmp-step-0000000020-1-1").mkdir()  # being written, or its writer was killed
+    (tmp_path / ".tmp-step-0000000020-1-1" / ckpt.STATE_FILE).write_bytes(b"state-20")
+    assert ckpt.find_complete(tmp_path, 20, "s20") is None
+    saved = ckpt.write_atomic(tmp_path, 20, b"state-20", "s20", 1)
+    assert ckpt.find_complete(tmp_path, 20, "s20") == saved
+    assert ckpt.find_complete(tmp_path, 20, "other") is None  # another state at that step
+    (saved.path / ckpt.STATE_FILE).write_bytes(b"bit rot!")
+    assert ckpt.find_complete(tmp_path, 20, "s20") is None
+
+
+def test_file_sha256_reads_in_chunks_and_matches_the_manifest(tmp_path):
+    blob = bytes(range(256)) * 1000
+    saved = ckpt.write_atomic(tmp_path, 1, blob, "h", 1)
+    assert ckpt.file_sha256(saved.path / ckpt.STATE_FILE, chunk_bytes=1000) == hashlib.sha256(blob).hexdigest()

@@ -86,6 +86,23 @@ def test_state_transfer_reproduces_the_hash_and_detects_tampering():
         state_io.load(blob, dst, dst_opt, wrong)
 
 
+def test_blob_digest_equals_the_digest_of_the_state_it_was_dumped_from():
+    """A finished job keeps its final state without a model to load it into (its peers are gone):
+    hashing the blob alone must give the digest the peers reported, and see any change."""
+    task = mlp_task()
+    torch.manual_seed(0)
+    model = resolve(task.model_fn, "m")()
+    opt = resolve(task.optimizer_fn, "o")(trainable(model))
+    for _ in range(3):  # non-empty Adam state (step, exp_avg, exp_avg_sq)
+        apply_rows(model, opt, torch.randn(task.num_micro_batches, num_grad_elements(model) + EXTRA_COLS))
+    blob = state_io.dump(model, opt, 3, 7)
+    assert state_io.blob_digest(blob) == state_io.digest(model, opt, 3, 7)
+    with torch.no_grad():
+        next(model.parameters()).view(-1).view(torch.int32)[0] ^= 1
+    assert state_io.blob_digest(state_io.dump(model, opt, 3, 7)) != state_io.blob_digest(blob)
+    assert state_io.blob_digest(state_io.dump(model, opt, 3, 7)) == state_io.digest(model, opt, 3, 7)
+
+
 def test_digest_changes_with_any_single_bit():
     task = mlp_task()
     torch.manual_seed(0)

@@ -59,6 +59,33 @@ class SavedCheckpoint:
         return blob
 
 
+def file_sha256(path: Path, chunk_bytes: int = 1 << 22) -> str:
+    """SHA-256 of a file, read in chunks (a checkpoint can be larger than the memory to spare)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def find_complete(root: Path, step: int, state_sha256: str) -> SavedCheckpoint | None:
+    """The checkpoint of ``step`` under ``root`` that holds the state hashing to ``state_sha256``, if it is
+    complete: renamed into place (never a ``.tmp-*``), its manifest names that state, and its file matches
+    the manifest (hashed in chunks, not loaded). None otherwise."""
+    for saved in list_checkpoints(root):
+        if saved.step != step or saved.state_sha256 != state_sha256:
+            continue
+        try:
+            manifest = json.loads((saved.path / MANIFEST_FILE).read_text())
+            if file_sha256(saved.path / STATE_FILE) == manifest["file_sha256"]:
+                return saved
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("checkpoint %s is not usable: %s", saved.path, exc)
+            continue
+        log.warning("checkpoint %s: %s does not match its manifest", saved.path, STATE_FILE)
+    return None
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

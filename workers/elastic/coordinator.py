@@ -3,8 +3,10 @@
 It spawns one peer per eligible node (label selector + node id, and a free GPU for
 NCCL jobs), hosts the TCPStore that every epoch's process group rendezvouses on (a fresh
 key prefix per epoch), forms epochs with :func:`workers.elastic.membership.form`, and
-carries out releases and reclaims for the serving side. It never touches tensors; peers
-hold all training state.
+carries out releases and reclaims for the serving side. It never touches tensors while the
+job runs; peers hold all training state. When the job ends it frees every node at once: a
+finished job first secures its final state (the final checkpoint, verified, or else one copy
+in the object store of the coordinator's node), then kills all its peers.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from workers.elastic import checkpoint as ckpt
 from workers.elastic.backend import Backend, nccl_peer_env
 from workers.elastic.membership import Arrival, Formation, Plan, Restore, form
 from workers.elastic.metrics import TrainMetrics
-from workers.elastic.peer import ElasticPeer, job_checkpoint_dir
-from workers.elastic.state import StateDigest
+from workers.elastic.peer import FINAL_FLUSH_S, ElasticPeer, job_checkpoint_dir
+from workers.elastic.state import StateDigest, blob_digest
 from workers.elastic.task import TrainTask
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,10 @@ RATE_WINDOW_S = 10.0
 # Peers answer coordinator calls on extra threads while run() trains.
 PEER_MAX_CONCURRENCY = 4
 START_GRACE_S = 15.0
+# After the first member reports the end, the others are waited for this long before the silent ones
+# are pinged (a dead one is dropped); a live one is waited for up to FINAL_FLUSH_S more: rank 0
+# reports only once its final checkpoint is written (or FINAL_FLUSH_S has passed).
+FINISH_GRACE_S = 5.0
 
 
 def eligible_nodes(nodes: list[dict], task: TrainTask, offered: set[str]) -> set[str]:
@@ -125,6 +131,12 @@ class JobStatus:
     commits: list[tuple[int, float, int, int]]  # (step, time, epoch, world size)
     reformations: list[dict]
     final_digests: dict[str, tuple[int, str]]
+    # True once the job has ended and every peer was killed (its nodes are free). A finished job's
+    # members, world_size and final digests stay as they were at the end.
+    peers_released: bool = False
+    # Where ``final_state`` reads from once the peers are gone: "checkpoint" (the verified final
+    # checkpoint), "coordinator" (one copy in the object store), "lost" (neither could be had).
+    final_state_source: str | None = None
     error: str | None = None
 
 
@@ -162,6 +174,12 @@ class ElasticCoordinator:
         self._aborted_epoch = 0
         self._restore_ckpt: ckpt.SavedCheckpoint | None = None
         self._tasks: list[asyncio.Task] = []
+        self.peers_released = False
+        self.final_state_source: str | None = None
+        self._final: StateDigest | None = None  # the state final_state returns
+        self._final_ckpt: ckpt.SavedCheckpoint | None = None
+        self._final_ref: ray.ObjectRef | None = None
+        self._final_members: dict[str, str] | None = None  # the last members (peer -> node), kept for status
 
     async def start(self) -> None:
         """Start the node watcher and the formation loop (idempotent)."""
@@ -217,6 +235,8 @@ class ElasticCoordinator:
         if self.phase != "failed":
             self.phase = "finished"
         self._drop_non_members(f"job {self.phase}")
+        if self.phase == "finished" and not any(t.get_name() == "finish" for t in self._tasks):
+            self._tasks.append(asyncio.get_running_loop().create_task(self._finish(), name="finish"))
         self._wake.set()
 
     def peer_failed(self, peer_id: str, error: str) -> None:
@@ -283,8 +303,8 @@ class ElasticCoordinator:
                 backend=self.task.backend.value,
                 phase=self.phase,
                 epoch=self.epoch,
-                world_size=len(self.members),
-                members={p: self.peers[p].node_id for p in self.members if p in self.peers},
+                world_size=len(self._members_view()) if self.peers_released else len(self.members),
+                members=self._members_view(),
                 last_commit_step=self.commits[-1][0] if self.commits else 0,
                 last_commit_time=self.commits[-1][1] if self.commits else None,
                 total_steps=self.task.total_steps,
@@ -301,6 +321,8 @@ class ElasticCoordinator:
                 commits=list(self.commits),
                 reformations=[asdict(r) for r in self.reformations],
                 final_digests=dict(self.final_digests),
+                peers_released=self.peers_released,
+                final_state_source=self.final_state_source,
                 error=self.error,
             )
         )
@@ -309,7 +331,10 @@ class ElasticCoordinator:
         return generate_latest(self.metrics.registry).decode()
 
     async def peer_digests(self) -> dict[str, tuple[int, str]]:
-        """Every live member's current (step, sha256), read from the peers themselves."""
+        """Every live member's current (step, sha256), read from the peers themselves; once the job
+        has ended and its peers are gone, the last members' final digests."""
+        if self.peers_released:
+            return {p: self.final_digests[p] for p in self._members_view() if p in self.final_digests}
         out = {}
         for p in list(self.members):
             if p in self.peers:
@@ -318,17 +343,139 @@ class ElasticCoordinator:
         return out
 
     async def final_state(self) -> bytes:
-        """The serialized final state, from a finished peer."""
-        for p in self.final_digests:
-            if p in self.peers:
-                return await self.peers[p].handle.export_state.remote(self.final_digests[p][0])
-        raise RuntimeError("no finished peer is alive")
+        """The serialized final state.
+
+        From a finished peer while the job is still securing it (the peers are alive until then); after
+        that from the final checkpoint (its file checked against the manifest again, and the manifest
+        against the final digest) or from the copy in the object store.
+
+        Raises:
+            RuntimeError: the job failed, has not finished, or its final state was lost.
+            workers.elastic.checkpoint.CheckpointCorrupt: the final checkpoint changed since the end.
+        """
+        if self.phase == "failed":
+            raise RuntimeError(f"job {self.task.job_id} failed: {self.error}")
+        if not self.peers_released:
+            for p in self.final_digests:
+                if p in self.peers:
+                    return await self.peers[p].handle.export_state.remote(self.final_digests[p][0])
+            if self.phase != "finished":
+                raise RuntimeError(f"job {self.task.job_id} has not finished")
+            raise RuntimeError("no finished peer is alive")
+        if self._final_ckpt is not None:
+            saved = self._final_ckpt
+            found = await asyncio.to_thread(ckpt.list_checkpoints, saved.path.parent)
+            if not any(c.path == saved.path and c.state_sha256 == self._final.sha256 for c in found):
+                raise ckpt.CheckpointCorrupt(f"{saved.path}: gone, or no longer holds the final state")
+            return await asyncio.to_thread(saved.read)  # the file checked against the manifest
+        if self._final_ref is not None:
+            return await self._final_ref
+        raise RuntimeError(
+            f"job {self.task.job_id}: the final state was lost (no complete final checkpoint, and no finished peer "
+            "could hand it over before the peers were freed)"
+        )
 
     def shutdown(self) -> None:
         for t in self._tasks:
             t.cancel()
         for p in list(self.peers):
             self._drop_peer(p, "job shut down")
+
+    # --- the end of a job ------------------------------------------------------------------
+    def _members_view(self) -> dict[str, str]:
+        if self._final_members is not None:
+            return dict(self._final_members)
+        return {p: self.peers[p].node_id for p in self.members if p in self.peers}
+
+    def _release_all(self, why: str) -> None:
+        """The job has ended: kill every peer now, so that all its nodes are free without ``stop``.
+
+        The last members (peer -> node) are kept for ``status``."""
+        if self._final_members is None:
+            self._final_members = self._members_view()
+        for p in list(self.peers):
+            self._drop_peer(p, why)
+        self.peers_released = True
+
+    async def _finish(self) -> None:
+        """The job finished: wait for the members' final reports, secure the final state, free every node.
+
+        A member that is neither reporting nor at a boundary after ``FINISH_GRACE_S`` is pinged and
+        dropped if dead; a live one (rank 0 writing the final checkpoint) is waited for up to
+        ``FINAL_FLUSH_S`` more, then killed with the rest.
+        """
+        t0 = time.monotonic()
+        while self.phase == "finished":
+            # A member at a boundary (its last gather failed while the others committed) will not report.
+            silent = [
+                p for p in self.members if p in self.peers and p not in self.final_digests and p not in self.arrivals
+            ]
+            waited = time.monotonic() - t0
+            if not silent:
+                break
+            if waited > FINISH_GRACE_S + FINAL_FLUSH_S:
+                log.warning("job %s: members %s did not report the end within %.0f s", self.task.job_id, silent, waited)
+                break
+            if waited > FINISH_GRACE_S:
+                alive = await asyncio.gather(*(self._alive(p) for p in silent))
+                for p, ok in zip(silent, alive):
+                    if not ok:
+                        self._drop_peer(p, "lost at the end of the job")
+            await asyncio.sleep(0.1)
+        if self.phase != "finished":
+            return  # it failed meanwhile: _fail freed the nodes
+        try:
+            await self._secure_final_state()
+        finally:
+            if self.phase == "finished":
+                self._release_all("job finished")
+                log.info("job %s finished: peers freed, final state from %s", self.task.job_id, self.final_state_source)
+
+    async def _secure_final_state(self) -> None:
+        """Make ``final_state`` independent of the peers.
+
+        The final checkpoint if there is a complete one holding the final state (rank 0 writes it at
+        the last step and flushes it before it reports the end; the write can fail or outlast
+        FINAL_FLUSH_S, and rank 0 can die first, so it is checked, not assumed); else the state is
+        fetched once from a finished peer, checked against its final digest, and kept in the object
+        store of the coordinator's node (one full-replica copy per finished job, until ``stop``).
+        """
+        # Members in rank order first (rank 0 wrote the checkpoint), then any other reporter.
+        reporters = [p for p in dict.fromkeys([*self._members_view(), *self.final_digests]) if p in self.final_digests]
+        if not reporters:
+            self.final_state_source = "lost"
+            return
+        finals = {self.final_digests[p] for p in reporters}
+        if len(finals) > 1:
+            log.error("job %s: members ended with different states: %s", self.task.job_id, self.final_digests)
+        step, sha = self.final_digests[reporters[0]]
+        self._final = StateDigest(step, sha)
+        if self.task.checkpoint_dir:
+            found = await asyncio.to_thread(ckpt.find_complete, job_checkpoint_dir(self.task), step, sha)
+            if found is not None:
+                self._final_ckpt, self.final_state_source = found, "checkpoint"
+                return
+            log.warning(
+                "job %s: no complete final checkpoint of step %d holds the final state; keeping a copy of it",
+                self.task.job_id, step,
+            )
+        for p in reporters:
+            if p not in self.peers or self.final_digests[p] != (step, sha):
+                continue
+            try:
+                blob = await asyncio.wait_for(
+                    self.peers[p].handle.export_state.remote(step), self.task.collective_timeout_s
+                )
+                got = await asyncio.to_thread(blob_digest, blob)
+            except (ray.exceptions.RayError, asyncio.TimeoutError, RuntimeError) as exc:
+                log.warning("job %s: could not fetch the final state from %s: %s", self.task.job_id, p, exc)
+                continue
+            if got != self._final:
+                log.error("job %s: the final state from %s hashes to %s, not %s", self.task.job_id, p, got, self._final)
+                continue
+            self._final_ref, self.final_state_source = ray.put(blob), "coordinator"
+            return
+        self.final_state_source = "lost"
 
     # --- internals ----------------------------------------------------------------------
     def _rate(self, now: float) -> float:
@@ -366,13 +513,14 @@ class ElasticCoordinator:
         self.phase = "failed"
         self.error = error
         log.error("job %s failed: %s", self.task.job_id, self.error)
-        self._drop_non_members("job failed")
+        self._release_all("job failed")  # nothing to keep: every node is freed now
         self._wake.set()
 
     def _drop_non_members(self, why: str) -> None:
         """The job has ended: peers outside the last epoch (spawns still starting or waiting for a lease,
-        joiners at a boundary) will never train; drop them so that they free their nodes now, not at
-        ``stop``. Members stay: they report their final digests, and ``final_state`` reads from one."""
+        joiners at a boundary) will never train; drop them so that they free their nodes now. The
+        members follow once they have reported their final digests and the final state is secured
+        (``_finish``)."""
         for p in [p for p in self.peers if p not in self.members]:
             self._drop_peer(p, why)
 

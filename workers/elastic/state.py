@@ -52,11 +52,25 @@ def _feed(h: "hashlib._Hash", obj: Any) -> None:
         h.update(repr(obj).encode())
 
 
+def _digest_of(model_state: dict, optimizer_state: dict, step: int, seed: int) -> StateDigest:
+    h = hashlib.sha256()
+    _feed(h, {"step": step, "seed": seed, "model": model_state, "optimizer": optimizer_state})
+    return StateDigest(step=step, sha256=h.hexdigest())
+
+
 def digest(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, seed: int) -> StateDigest:
     """SHA-256 over every byte of the state, in a canonical order."""
-    h = hashlib.sha256()
-    _feed(h, {"step": step, "seed": seed, "model": model.state_dict(), "optimizer": optimizer.state_dict()})
-    return StateDigest(step=step, sha256=h.hexdigest())
+    return _digest_of(model.state_dict(), optimizer.state_dict(), step, seed)
+
+
+def blob_digest(blob: bytes) -> StateDigest:
+    """The digest of a serialized state (``dump``), without a model to load it into.
+
+    Equals ``digest`` of the model and optimizer the blob was dumped from (and of any it is
+    loaded into): the blob holds the same state dicts, as CPU copies, and the hash reads CPU copies.
+    """
+    data = torch.load(io.BytesIO(blob), weights_only=True)
+    return _digest_of(data["model"], data["optimizer"], int(data["step"]), int(data["seed"]))
 
 
 def _on_cpu(obj: Any) -> Any:
