@@ -197,3 +197,30 @@ def test_overdue_peers_are_those_that_never_reached_a_boundary_within_the_timeou
     assert overdue_peers(peers, now=161.0, timeout_s=60.0) == ["late"]
     assert overdue_peers(peers, now=160.0, timeout_s=60.0) == []  # exactly at the timeout: not yet
     assert overdue_peers(peers, now=1000.0, timeout_s=60.0) == ["late", "young"]
+
+
+def test_members_ending_with_different_states_fail_the_job_instead_of_keeping_either():
+    import asyncio
+
+    from workers.elastic.coordinator import ElasticCoordinator
+    from workers.elastic.state import StateDigest
+
+    async def end(digests: dict[str, str]) -> ElasticCoordinator:
+        coordinator = ElasticCoordinator(mlp_task(job_id="diverged", checkpoint_dir=None))
+        coordinator._wake = asyncio.Event()
+        coordinator.members = list(digests)
+        coordinator.phase = "finished"
+        for peer, sha in digests.items():
+            coordinator.peer_finished(peer, StateDigest(6, sha))
+        await coordinator._secure_final_state()
+        return coordinator
+
+    diverged = asyncio.run(end({"p0": "a" * 64, "p1": "b" * 64}))
+    assert diverged.phase == "failed" and "different states" in diverged.error
+    assert "aaaaaaaaaaaa" in diverged.error and "bbbbbbbbbbbb" in diverged.error
+    assert diverged.peers_released and diverged.final_state_source is None
+    with pytest.raises(RuntimeError, match="different states"):
+        asyncio.run(diverged.final_state())
+    # Agreeing members (no peer alive to copy from, no checkpoint dir): finished, the state lost, said so.
+    agreed = asyncio.run(end({"p0": "a" * 64, "p1": "a" * 64}))
+    assert agreed.phase == "finished" and agreed.final_state_source == "lost"

@@ -445,9 +445,13 @@ class ElasticCoordinator:
         if not reporters:
             self.final_state_source = "lost"
             return
-        finals = {self.final_digests[p] for p in reporters}
-        if len(finals) > 1:
-            log.error("job %s: members ended with different states: %s", self.task.job_id, self.final_digests)
+        if len({self.final_digests[p] for p in reporters}) > 1:
+            # Every member applies the same all-reduced update, so their states are identical by
+            # construction; ending with different ones means at least one is wrong, and no final
+            # state can be trusted.
+            ends = {p: f"step {self.final_digests[p][0]} sha256 {self.final_digests[p][1][:12]}" for p in reporters}
+            self._fail(f"members ended with different states ({ends}); none is kept as the final state")
+            return
         step, sha = self.final_digests[reporters[0]]
         self._final = StateDigest(step, sha)
         if self.task.checkpoint_dir:
