@@ -53,10 +53,21 @@ class SavedCheckpoint:
             CheckpointCorrupt: the file's hash differs from the manifest's.
         """
         blob = (self.path / STATE_FILE).read_bytes()
-        manifest = json.loads((self.path / MANIFEST_FILE).read_text())
-        if hashlib.sha256(blob).hexdigest() != manifest["file_sha256"]:
+        if hashlib.sha256(blob).hexdigest() != self._manifest_file_sha256():
             raise CheckpointCorrupt(f"{self.path}: {STATE_FILE} does not match its manifest")
         return blob
+
+    def verify(self) -> None:
+        """Check the file against the manifest without loading it (hashed in chunks).
+
+        Raises:
+            CheckpointCorrupt: the file's hash differs from the manifest's.
+        """
+        if file_sha256(self.path / STATE_FILE) != self._manifest_file_sha256():
+            raise CheckpointCorrupt(f"{self.path}: {STATE_FILE} does not match its manifest")
+
+    def _manifest_file_sha256(self) -> str:
+        return json.loads((self.path / MANIFEST_FILE).read_text())["file_sha256"]
 
 
 def file_sha256(path: Path, chunk_bytes: int = 1 << 22) -> str:
@@ -76,13 +87,11 @@ def find_complete(root: Path, step: int, state_sha256: str) -> SavedCheckpoint |
         if saved.step != step or saved.state_sha256 != state_sha256:
             continue
         try:
-            manifest = json.loads((saved.path / MANIFEST_FILE).read_text())
-            if file_sha256(saved.path / STATE_FILE) == manifest["file_sha256"]:
-                return saved
-        except (OSError, ValueError, KeyError) as exc:
+            saved.verify()
+        except (CheckpointCorrupt, OSError, ValueError, KeyError) as exc:
             log.warning("checkpoint %s is not usable: %s", saved.path, exc)
             continue
-        log.warning("checkpoint %s: %s does not match its manifest", saved.path, STATE_FILE)
+        return saved
     return None
 
 
