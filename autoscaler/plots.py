@@ -70,3 +70,36 @@ def plot_run(result: SimResult, prefill_tokens_per_s: float, out_dir: str | Path
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_frontier(trace: str, runs: dict[str, list[dict]], out_dir: str | Path, target: float = 0.99) -> Path:
+    """Write ``frontier.png``: SLO attainment against GPU-hours, one line per policy over its sweep.
+
+    ``runs`` maps a policy to its runs (dicts with ``gpu_hours``, ``slo_attainment`` and optionally
+    ``headroom``, written beside each point). A policy with one run is drawn as a star: that is
+    ours, whose point is compared with every baseline's curve at equal GPU-hours.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for name, points in runs.items():
+        points = sorted(points, key=lambda r: r["gpu_hours"])
+        x = [r["gpu_hours"] for r in points]
+        y = [100 * r["slo_attainment"] for r in points]
+        if len(points) == 1:
+            ax.plot(x, y, "*", ms=16, color="tab:red", label=name, zorder=5)
+            continue
+        ax.plot(x, y, "o-", lw=1.0, ms=4, label=name)
+        for r, xi, yi in zip(points, x, y):
+            if "headroom" in r:
+                ax.annotate(f"{r['headroom']:g}", (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    ax.axhline(100 * target, color="grey", ls="--", lw=0.8, label=f"{100 * target:g}% target")
+    ax.set_xlabel("GPU-hours")
+    ax.set_ylabel("requests within both SLOs (%)")
+    ax.set_title(f"{trace}: attainment against GPU-hours (baselines over their headroom)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path = out / "frontier.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -155,3 +155,20 @@ def test_flowtide_follows_a_step_in_demand_without_missing_the_slo(cluster):
 def test_make_policy_names_the_choices(cluster):
     with pytest.raises(ValueError, match="unknown policy"):
         make_policy("k8s-hpa", constant_trace(1.0), cluster)
+
+
+def test_plot_frontier_draws_each_policy(tmp_path):
+    import matplotlib.image as mpimg
+
+    from autoscaler.plots import plot_frontier
+
+    runs = {"dynamo": [{"headroom": h, "gpu_hours": g, "slo_attainment": a}
+                       for h, g, a in ((1.0, 10.2, 0.79), (1.5, 13.9, 0.9967), (2.0, 13.3, 0.807))],
+            "flowtide": [{"gpu_hours": 14.6, "slo_attainment": 0.9988}]}
+    path = plot_frontier("azure-conv", runs, tmp_path / "plots")
+    assert path == tmp_path / "plots" / "frontier.png"
+    image = mpimg.imread(path)
+    assert image.shape[:2] == (605, 880)
+    # Something besides the white background and axes was drawn: coloured pixels (lines, the star).
+    rgb = image[..., :3]
+    assert ((rgb.max(axis=2) - rgb.min(axis=2)) > 0.3).sum() > 500
