@@ -6,6 +6,7 @@ cores (Ray Serve's delay logic, the Bayesian :func:`autoscaler.decision.decide`)
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from autoscaler.decision import DecisionParams
@@ -24,6 +25,13 @@ SHORT_SAMPLES = 256
 
 class PolicyError(ValueError):
     """Unknown policy name or a parameter the policy cannot use."""
+
+
+def check_headroom(headroom: float) -> float:
+    """A baseline's sizing multiplier, as an operator tunes it: finite and > 0, else :class:`PolicyError`."""
+    if not (math.isfinite(headroom) and headroom > 0):
+        raise PolicyError(f"headroom must be a finite number > 0, got {headroom!r}")
+    return float(headroom)
 
 
 def decision_params(cluster: ClusterParams, **overrides) -> DecisionParams:
@@ -53,7 +61,7 @@ def make_policy(name: str, trace, cluster: ClusterParams, forecaster: str = "flo
     from autoscaler.policies.static import StaticPolicy
 
     if name == "static":
-        return StaticPolicy.for_peak(trace, cluster)
+        return StaticPolicy.for_peak(trace, cluster, **kw)
     if name == "ray-serve":
         return RayServePolicy(cluster, interval_s=trace.step_s, **kw)
     if name == "dynamo":

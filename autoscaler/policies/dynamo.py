@@ -17,15 +17,26 @@ from autoscaler.decision import Decision, Reason, Snapshot, pool_demand
 from autoscaler.forecast import ForecastInputError, make_forecaster
 from autoscaler.simulator import ClusterParams
 
-from . import decision_params
+from . import check_headroom, decision_params
 
 
 class DynamoPolicy:
+    """The planner. ``headroom`` (> 0) multiplies both pools' predicted need before rounding up.
+
+    ``predictions``: a dict shared by runs on the same trace with the same interval, forecaster and
+    fit settings, keyed by the number of interval rows observed. The rows are the trace's demand,
+    never the policy's own doing, so every such run predicts the same; the first run fills it and the
+    others read it (a 14-day trace's Kalman filtering takes minutes per run).
+    """
+
     name = "dynamo"
 
     def __init__(self, cluster: ClusterParams, interval_s: float = 180.0, forecaster: str = "kalman",
                  forecaster_kw: dict | None = None,
-                 min_fit_rows: int = 8, refit_every_rows: int = 480, seed: int = 0) -> None:
+                 min_fit_rows: int = 8, refit_every_rows: int = 480, seed: int = 0, headroom: float = 1.0,
+                 predictions: dict[int, np.ndarray] | None = None) -> None:
+        self.headroom = check_headroom(headroom)
+        self.predictions = predictions
         self.cluster = cluster
         self.params = decision_params(cluster)
         self.interval_s = interval_s
@@ -51,20 +62,41 @@ class DynamoPolicy:
                 self.rows.append(history[lo:hi].mean(axis=0))
             self.consumed_s += self.interval_s
 
+    def _fit_rows(self, n: int) -> int | None:
+        """How many rows the forecaster in use at ``n`` rows was fitted on: the first fit at
+        ``min_fit_rows``, a refit every ``refit_every_rows``; None before the first."""
+        if n < self.min_fit_rows:
+            return None
+        return self.min_fit_rows + (n - self.min_fit_rows) // self.refit_every_rows * self.refit_every_rows
+
     def predict(self) -> np.ndarray:
-        """Next interval's (rps, input tokens/s, output tokens/s); the last value until the predictor fits."""
+        """Next interval's (rps, input tokens/s, output tokens/s); the last value until the predictor fits.
+
+        Read from ``predictions`` when a run before filled it. A computed one is stored there; the
+        forecaster is fitted on the rows its schedule names (not on the rows at hand), so a cache
+        filled in part gives the same predictions as none when the forecaster draws no random
+        numbers (Kalman's point forecast draws none).
+        """
+        n = len(self.rows)
+        if self.predictions is not None and n in self.predictions:
+            return self.predictions[n].copy()
         hist = np.asarray(self.rows)
-        if hist.shape[0] >= self.min_fit_rows and (
-                self.forecaster is None or hist.shape[0] - self.fitted_at >= self.refit_every_rows):
+        fit_rows = self._fit_rows(n)
+        if fit_rows is not None and (self.forecaster is None or self.fitted_at != fit_rows):
             self.forecaster = make_forecaster(self.forecaster_name, **self.forecaster_kw)
-            self.forecaster.fit(hist, self.interval_s)
-            self.fitted_at = hist.shape[0]
+            self.forecaster.fit(hist[:fit_rows], self.interval_s)
+            self.fitted_at = fit_rows
         if self.forecaster is None:
-            return hist[-1]
-        try:
-            return self.forecaster.predict(hist, 1, 1, self.rng).samples[0, 0]
-        except ForecastInputError:
-            return hist[-1]
+            out = hist[-1]
+        else:
+            try:
+                out = self.forecaster.predict(hist, 1, 1, self.rng).samples[0, 0]
+            except ForecastInputError:
+                out = hist[-1]
+        out = np.array(out, dtype=float)
+        if self.predictions is not None:
+            self.predictions[n] = out.copy()
+        return out
 
     def step(self, snapshot: Snapshot) -> Decision:
         self._observe(snapshot)
@@ -76,8 +108,8 @@ class DynamoPolicy:
                                      snapshot.mean_prompt_tokens, snapshot.mean_prompt_tokens,
                                      snapshot.mean_output_tokens)
         lo, hi = self.cluster.min_replicas, self.cluster.max_replicas
-        p = min(max(math.ceil(float(need_p[0, 0])), lo[0]), hi[0])
-        d = min(max(math.ceil(float(need_d[0, 0])), lo[1]), hi[1])
+        p = min(max(math.ceil(self.headroom * float(need_p[0, 0])), lo[0]), hi[0])
+        d = min(max(math.ceil(self.headroom * float(need_d[0, 0])), lo[1]), hi[1])
         binding = "point_forecast"
         tp = self.cluster.capacity.gpus_per_replica
         budget = sum(hi) * tp

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from autoscaler.decision import Decision, Reason, Snapshot
 from autoscaler.simulator import ClusterParams
 
-from . import decision_params
+from . import check_headroom, decision_params
 
 
 @dataclass(frozen=True)
@@ -41,10 +41,13 @@ def apply_delay(desired: int, current: int, state: DelayState, now_s: float, ups
 
 
 class RayServePolicy:
+    """Serve's default policy per pool. ``headroom`` (> 0) divides target_ongoing_requests: above 1, more replicas."""
+
     name = "ray-serve"
 
     def __init__(self, cluster: ClusterParams, interval_s: float, look_back_s: float = 30.0,
-                 upscale_delay_s: float = 30.0, downscale_delay_s: float = 600.0) -> None:
+                 upscale_delay_s: float = 30.0, downscale_delay_s: float = 600.0, headroom: float = 1.0) -> None:
+        self.headroom = check_headroom(headroom)
         self.cluster = cluster
         self.params = decision_params(cluster)
         self.interval_s = interval_s
@@ -55,7 +58,7 @@ class RayServePolicy:
 
     def targets_per_replica(self, snapshot: Snapshot) -> tuple[float, float]:
         """target_ongoing_requests per pool: a replica's occupancy at its SLO load (Little's law,
-        L = lambda * mean TTFT, from the profile); decode's is the SLO batch."""
+        L = lambda * mean TTFT, from the profile); decode's is the SLO batch; both over ``headroom``."""
         cap, p = self.cluster.capacity, self.params
         ctx = snapshot.mean_prompt_tokens + snapshot.mean_output_tokens / 2
         tokens_s = cap.prefill_tokens_per_s_within(p.ttft_slo_s, snapshot.mean_prompt_tokens,
@@ -63,7 +66,7 @@ class RayServePolicy:
         mean_ttft = float(cap.ttft_s(tokens_s, snapshot.mean_prompt_tokens, snapshot.mean_prompt_tokens))
         prefill = max(1.0, tokens_s / snapshot.mean_prompt_tokens * mean_ttft)
         decode = max(1.0, float(cap.max_batch_within(p.tpot_slo_s, ctx, p.latency_margin)))
-        return prefill, decode
+        return prefill / self.headroom, decode / self.headroom
 
     def step(self, snapshot: Snapshot) -> Decision:
         now = snapshot.now_s

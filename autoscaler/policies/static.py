@@ -10,7 +10,7 @@ from autoscaler.decision import Decision, Reason, Snapshot, pool_demand
 from autoscaler.simulator import ClusterParams
 from autoscaler.traces import TickTrace
 
-from . import decision_params
+from . import check_headroom, decision_params
 
 
 # Peak of the demand's moving mean over this window: shorter bursts are absorbed by the queue
@@ -40,15 +40,19 @@ class StaticPolicy:
         self.prefill, self.decode = prefill, decode
 
     @classmethod
-    def for_peak(cls, trace: TickTrace, cluster: ClusterParams) -> StaticPolicy:
-        """Size each pool for the peak 10 s demand with the profiled curves (no cap on bounds)."""
+    def for_peak(cls, trace: TickTrace, cluster: ClusterParams, headroom: float = 1.0) -> StaticPolicy:
+        """Size each pool for the peak 10 s demand with the profiled curves, clipped to the cluster's bounds.
+
+        ``headroom``: the operator's multiplier, ``ceil(headroom * need)`` replicas per pool (> 0).
+        """
+        headroom = check_headroom(headroom)
         params = decision_params(cluster)
         mean_prompt, tail, mean_out = trace_lengths(trace)
         k = max(1, int(round(PEAK_WINDOW_S / trace.step_s)))
         rates = np.apply_along_axis(lambda c: np.convolve(c, np.ones(k) / k, mode="valid"), 0, trace.rates())[None]
         need_p, need_d = pool_demand(rates, cluster.capacity, params, mean_prompt, tail, mean_out)
-        p = int(np.clip(math.ceil(need_p.max()), cluster.min_replicas[0], cluster.max_replicas[0]))
-        d = int(np.clip(math.ceil(need_d.max()), cluster.min_replicas[1], cluster.max_replicas[1]))
+        p = int(np.clip(math.ceil(headroom * need_p.max()), cluster.min_replicas[0], cluster.max_replicas[0]))
+        d = int(np.clip(math.ceil(headroom * need_d.max()), cluster.min_replicas[1], cluster.max_replicas[1]))
         return cls(p, d)
 
     def step(self, snapshot: Snapshot) -> Decision:

@@ -259,3 +259,110 @@ def test_one_burst_then_calm_scales_up_once_and_down_once_after_a_cold_start(clu
     assert after[0] == max(after) and all(a >= b for a, b in zip(after, after[1:]))
     downs = [t for t in changed_at if t > 630]
     assert all(b - a >= cluster.cold_start_s for a, b in zip(downs, downs[1:]))
+
+
+# ---- each baseline's headroom knob, and dynamo's shared predictions -------------------------------
+
+from autoscaler.policies import PolicyError  # noqa: E402
+from autoscaler.policies.static import StaticPolicy  # noqa: E402
+from autoscaler.simulator import simulate  # noqa: E402
+
+HEADROOMS = (0.75, 1.0, 1.5, 2.0)
+
+
+def test_static_headroom_sizes_ceil_headroom_times_the_peak_need(cluster):
+    rps = np.full(600, 2.0)
+    rps[300:320] = 20.0
+    trace = tick_trace(rps)
+    default = StaticPolicy.for_peak(trace, cluster)
+    sized = {h: StaticPolicy.for_peak(trace, cluster, headroom=h) for h in HEADROOMS}
+    assert (sized[1.0].prefill, sized[1.0].decode) == (default.prefill, default.decode)
+    assert default.prefill >= 3  # enough that a multiplier moves the count
+    prefill = [sized[h].prefill for h in HEADROOMS]
+    assert prefill == sorted(prefill) and len(set(prefill)) == len(prefill)  # strictly more with more headroom
+    assert [sized[h].decode for h in HEADROOMS] == sorted(sized[h].decode for h in HEADROOMS)
+    # ceil(2 x need) lies within one replica of twice ceil(need)
+    assert 2 * default.prefill - 1 <= sized[2.0].prefill <= 2 * default.prefill
+    # Still clipped to the cluster's bounds.
+    assert StaticPolicy.for_peak(trace, cluster, headroom=1000.0).prefill == cluster.max_replicas[0]
+    assert make_policy("static", trace, cluster, headroom=2.0).prefill == sized[2.0].prefill
+
+
+def test_ray_serve_headroom_divides_target_ongoing_requests(cluster):
+    target_p, target_d = RayServePolicy(cluster, interval_s=10.0).targets_per_replica(snap(0))
+    ongoing = (8 * target_p, 4 * target_d)
+    counts = {}
+    for h in HEADROOMS:
+        policy = RayServePolicy(cluster, interval_s=10.0, headroom=h)
+        assert policy.targets_per_replica(snap(0)) == pytest.approx((target_p / h, target_d / h))
+        d = [policy.step(snap(t, ongoing=ongoing)) for t in range(0, 40, 10)][-1]
+        counts[h] = (d.prefill, d.decode)
+    assert counts[1.0] == (8, 4)
+    for h in HEADROOMS:
+        assert abs(counts[h][0] - 8 * h) < 1 and abs(counts[h][1] - 4 * h) < 1
+    assert [counts[h] for h in HEADROOMS] == sorted(counts.values())
+
+
+def test_dynamo_headroom_multiplies_the_predicted_need_of_both_pools(cluster):
+    rows = np.tile([[20.0, 20_000.0, 4_000.0]], (18, 1))
+    decisions = {h: DynamoPolicy(cluster, headroom=h).step(snap(180.0, rows)) for h in HEADROOMS}
+    base = decisions[1.0]
+    assert base.prefill >= 3 and base.decode >= 1
+    for pool in ("prefill", "decode"):
+        counts = [getattr(decisions[h], pool) for h in HEADROOMS]
+        assert counts == sorted(counts)
+    assert decisions[2.0].prefill >= 2 * base.prefill - 1 and decisions[0.75].prefill < base.prefill
+    assert decisions[2.0].decode > base.decode
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_a_headroom_that_is_not_a_positive_number_is_a_policy_error(cluster, bad):
+    trace = tick_trace(np.full(60, 2.0))
+    with pytest.raises(PolicyError, match="headroom"):
+        StaticPolicy.for_peak(trace, cluster, headroom=bad)
+    with pytest.raises(PolicyError, match="headroom"):
+        RayServePolicy(cluster, interval_s=1.0, headroom=bad)
+    with pytest.raises(PolicyError, match="headroom"):
+        DynamoPolicy(cluster, headroom=bad)
+    for name in ("static", "ray-serve", "dynamo"):
+        with pytest.raises(PolicyError, match="headroom"):
+            make_policy(name, trace, cluster, headroom=bad)
+
+
+def scored(summary: dict) -> dict:
+    """A run's summary without its wall-clock timings (the only part that may differ between runs)."""
+    return {k: v for k, v in summary.items() if k not in ("sim_wall_s", "decision_p99_ms")}
+
+
+def test_dynamo_runs_sharing_predictions_give_the_summary_of_a_run_without(cluster):
+    # Six hours at 10 s ticks (120 planner intervals), a daily-ish swing plus noise, so the Kalman
+    # forecast (refitted every 10 rows here) moves and the counts follow it.
+    rng = np.random.default_rng(4)
+    t = np.arange(2160)
+    rps = 8 + 6 * np.sin(t / 300) + rng.gamma(2.0, 1.0, t.size)
+    trace = tick_trace(rps, step_s=10.0)
+    kw = dict(min_fit_rows=8, refit_every_rows=10)
+    plain = scored(simulate(trace, DynamoPolicy(cluster, **kw), cluster).summary())
+    shared: dict[int, np.ndarray] = {}
+    first = DynamoPolicy(cluster, predictions=shared, **kw)
+    filled = scored(simulate(trace, first, cluster).summary())
+    assert sorted(shared) == list(range(1, 120))
+    assert first.forecaster is not None
+    # The forecaster, not the last row, made them: the cache holds something worth sharing.
+    rows = np.asarray(first.rows)
+    assert max(abs(shared[n][1] - rows[n - 1, 1]) / rows[n - 1, 1] for n in range(8, 120)) > 0.01
+    second = DynamoPolicy(cluster, predictions=shared, **kw)
+    read = scored(simulate(trace, second, cluster).summary())
+    assert second.forecaster is None  # every prediction came from the cache
+    # Filled in part (the schedule's fit rows, not the rows at hand, are what a later fit sees).
+    partial = {n: v for n, v in shared.items() if n < 45}
+    resumed = scored(simulate(trace, DynamoPolicy(cluster, predictions=partial, **kw), cluster).summary())
+    for other in (filled, read, resumed):
+        assert other == plain
+    assert sorted(partial) == sorted(shared)
+    for n in shared:  # the resumed run refitted on rows 1..38 at row 45, as the full run had at row 38
+        np.testing.assert_array_equal(partial[n], shared[n])
+    # At another headroom the shared predictions give the run an uncached one at that headroom gives.
+    wider = scored(simulate(trace, DynamoPolicy(cluster, headroom=1.5, predictions=shared, **kw), cluster).summary())
+    assert wider == scored(simulate(trace, DynamoPolicy(cluster, headroom=1.5, **kw), cluster).summary())
+    assert wider["gpu_hours"] > plain["gpu_hours"]
