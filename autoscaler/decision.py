@@ -148,8 +148,14 @@ def pool_demand(samples: np.ndarray, capacity: CapacityModel, params: DecisionPa
                                                        params.latency_margin) / prefill_slowdown
     ctx = mean_prompt + mean_output / 2.0
     batch = capacity.max_batch_within(params.tpot_slo_s, ctx, params.latency_margin)
-    if per_prefill <= 0 or batch <= 0:
-        raise DecisionError("the profile cannot meet the SLOs even unloaded (TTFT of the tail prompt or TPOT at batch 1)")
+    if per_prefill <= 0:
+        own = float(capacity.prefill_time_s(tail_prompt)) * prefill_slowdown
+        raise DecisionError(f"the profile cannot meet the TTFT SLO even unloaded: a {tail_prompt:.0f}-token prompt (the "
+                            f"90th percentile) takes {own:.3g} s to prefill, over {params.latency_margin:g} x "
+                            f"{params.ttft_slo_s:g} s")
+    if batch <= 0:
+        raise DecisionError(f"the profile cannot meet the TPOT SLO even unloaded: TPOT at batch 1 is "
+                            f"{float(capacity.tpot_s(1, ctx)):.3g} s, over {params.latency_margin:g} x {params.tpot_slo_s:g} s")
     concurrency = tokens_out * float(capacity.tpot_s(batch, ctx))
     return tokens_in / per_prefill, concurrency / batch
 

@@ -12,7 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-DEFAULT_PROFILE = Path("../shared/data/splitwise-perf/perf_model.csv")
+# Splitwise's published profiles beside the checkout (../shared/data), found from any working directory.
+LONG_TRACE_S = 2 * 86_400.0
+DEFAULT_PROFILE = Path(__file__).resolve().parents[3] / "shared" / "data" / "splitwise-perf" / "perf_model.csv"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="llama2-70b")
     p.add_argument("--hardware", default="h100-80gb")
     p.add_argument("--tp", type=int, default=4, help="tensor parallel GPUs per replica")
-    p.add_argument("--tick-s", type=float, default=None, help="simulation tick (default 1 s for a CSV, 10 s for ServeGen)")
+    p.add_argument("--tick-s", type=float, default=None, help="simulation tick (default 1 s for a CSV shorter than 2 days, else 10 s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ttft-slo-s", type=float, default=None, help="default: config autoscaler.slo.ttft_s")
     p.add_argument("--tpot-slo-s", type=float, default=None, help="default: config autoscaler.slo.tpot_s")
@@ -50,12 +52,13 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from autoscaler.capacity import ProfileError, load_capacity
+    from autoscaler.decision import DecisionError
     from autoscaler.plots import plot_run
     from autoscaler.policies import make_policy
     from autoscaler.power import PowerModel
     from autoscaler.scenario import default_cluster
     from autoscaler.simulator import simulate
-    from autoscaler.traces import TraceError, load_trace
+    from autoscaler.traces import TraceError, load_azure_csv, load_trace
     from orchestrator.config import load_config
 
     console = Console(stderr=True)
@@ -64,18 +67,30 @@ def run(args: argparse.Namespace) -> int:
     tpot = args.tpot_slo_s or config.autoscaler.slo.tpot_s
     cap_w = args.power_cap_w or config.autoscaler.power_cap_w
     trace_path = Path(args.trace)
-    tick = args.tick_s or (10.0 if trace_path.is_dir() else 1.0)
     try:
         capacity = load_capacity(args.profile, args.model, args.hardware, args.tp)
         with console.status(f"loading {trace_path} ..."):
-            trace = load_trace(trace_path, tick, seed=args.seed, cache_dir=args.cache_dir)
+            if trace_path.is_file():
+                requests = load_azure_csv(trace_path)
+                # 1 s ticks resolve an hour's bursts; a multi-day file gets ServeGen's 10 s (a month at 1 s is hours).
+                tick = args.tick_s or (1.0 if requests.arrival_s[-1] < LONG_TRACE_S else 10.0)
+                trace = requests.to_ticks(tick)
+            else:
+                tick = args.tick_s or 10.0
+                trace = load_trace(trace_path, tick, seed=args.seed, cache_dir=args.cache_dir)
     except (TraceError, ProfileError) as exc:
-        print(f"flowtide simulate: {exc}", file=sys.stderr)
+        hint = " (give --profile PATH: a perf_model.csv-schema file, e.g. from `flowtide profile`)" if (
+            isinstance(exc, ProfileError) and not Path(args.profile).is_file()) else ""
+        print(f"flowtide simulate: {exc}{hint}", file=sys.stderr)
         return 2
     power = PowerModel.for_hardware(args.hardware)
-    cluster = default_cluster(trace, capacity, power, ttft, tpot, args.cold_start_s, power_cap_w=cap_w)
-    policy = make_policy(args.policy, trace, cluster, forecaster=args.forecaster,
-                         forecast_step_s=args.forecast_step_s, seed=args.seed)
+    try:
+        cluster = default_cluster(trace, capacity, power, ttft, tpot, args.cold_start_s, power_cap_w=cap_w)
+        policy = make_policy(args.policy, trace, cluster, forecaster=args.forecaster,
+                             forecast_step_s=args.forecast_step_s, seed=args.seed)
+    except DecisionError as exc:
+        print(f"flowtide simulate: {exc} (profile {args.model}/{args.hardware}/TP{args.tp})", file=sys.stderr)
+        return 2
     console.print(
         f"profile {args.model}/{args.hardware}/TP{args.tp} ({args.profile}); SLO TTFT<={ttft}s TPOT<={tpot}s; "
         f"tick {tick}s; cold start {args.cold_start_s}s; replicas prefill<={cluster.max_replicas[0]} "

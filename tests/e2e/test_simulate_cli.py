@@ -72,3 +72,31 @@ def test_simulate_reports_a_malformed_csv_clearly(tmp_path):
     bad.write_text("when,prompt\n1,2\n")
     proc = flowtide("simulate", "--trace", str(bad), "--policy", "static")
     assert proc.returncode == 2 and "lacks columns" in proc.stderr
+
+
+@needs_trace
+def test_simulate_names_prompts_no_replica_can_serve_within_the_slo(tmp_path):
+    huge = tmp_path / "huge.csv"
+    huge.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46,100000000,44\n")
+    proc = flowtide("simulate", "--trace", str(huge), "--policy", "static", "--no-plots")
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot meet the TTFT SLO even unloaded: a 100000000-token prompt" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@needs_trace
+def test_simulate_finds_the_default_profile_from_any_directory(tmp_path):
+    proc = flowtide("simulate", "--trace", str(azure_excerpt(tmp_path, rows=200)), "--policy", "static",
+                    "--json", str(tmp_path / "out.json"), "--no-plots", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "out.json").read_text())["requests"] == 200
+
+
+@needs_trace
+def test_simulate_ticks_a_multi_day_csv_at_10_s(tmp_path):
+    gap = tmp_path / "two-days.csv"
+    gap.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46,500,50\n2023-11-18 18:15:47,500,50\n")
+    proc = flowtide("simulate", "--trace", str(gap), "--policy", "static", "--json", str(tmp_path / "out.json"),
+                    "--no-plots", "--profile", str(PROFILE))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "out.json").read_text())["tick_s"] == 10.0
