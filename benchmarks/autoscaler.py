@@ -60,7 +60,7 @@ def run_trace(name: str, path: Path, tick_s: float, policies: tuple[str, ...], f
     """Every policy on one trace; each baseline also at every ``headrooms`` value (its default run
     is the 1.0 one and stays in ``policies``; the sweep goes to ``sweep``)."""
     from autoscaler.capacity import load_capacity
-    from autoscaler.plots import plot_run
+    from autoscaler.plots import plot_frontier, plot_run
     from autoscaler.policies import make_policy
     from autoscaler.power import PowerModel
     from autoscaler.scenario import default_cluster
@@ -115,6 +115,12 @@ def run_trace(name: str, path: Path, tick_s: float, policies: tuple[str, ...], f
             out["sweep"][policy_name] = sorted(runs, key=lambda r: r["headroom"])
             out["ratios"] = ratios(out["policies"], out["sweep"])
             checkpoint(name, out)
+    if sweeping:
+        runs = dict(out["sweep"])
+        if "flowtide" in out["policies"]:
+            runs["flowtide"] = [out["policies"]["flowtide"]]
+        out["frontier_plot"] = str(plot_frontier(name, runs, plots / name, TARGET_ATTAINMENT).relative_to(ROOT))
+        checkpoint(name, out)
     if hindsight:
         task = bar.add_task(f"{name}: hindsight bound", total=len(HINDSIGHT_SCALES))
         out["hindsight"] = hindsight_bound(trace, cluster, lambda done, t=task: bar.update(t, completed=done))
