@@ -21,6 +21,11 @@ SHORT_BURST_WINDOWS_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 # start (ski rental: keep an idle replica as long as a new one takes to become useful).
 SHORT_BURST_MEMORY_S = 300.0
 SHORT_SAMPLES = 256
+# On multi-day traces each forecast cell is spread over a recent step's tick-rate profile in this many
+# bins (the decision then counts the share of a step's requests served, not whether its peak tick is), and
+# once this much of the step under way is in, its cells are sized from its own mean so far.
+LONG_SHAPE_BINS = 8
+LONG_NOWCAST_S = 120.0
 
 
 class PolicyError(ValueError):
@@ -52,8 +57,11 @@ def make_policy(name: str, trace, cluster: ClusterParams, forecaster: str = "flo
     traces (1 s ticks) flowtide also decides every 10 s, sizes each step by its arrival curve
     (1-30 s windows, see ``FlowtidePolicy._peak``), bootstraps (mean, burst) pairs of the last
     5 minutes jointly, adds the unseen-burst prior (``unseen_burst_alpha=1``: a share ``1/(n+1)``
-    of samples exceed the recent window) and waits one cold start before scaling down. ``pretrained``: a flow saved by :func:`autoscaler.policies.flowtide.pretrain`
-    on other traces, used by flowtide from the first row and updated online.
+    of samples exceed the recent window) and waits one cold start before scaling down. On multi-day
+    traces it spreads each cell over a recent step's tick-rate profile (``burst_shape_bins=8``) and
+    sizes the step under way from its own mean once two minutes of it are in (``nowcast_after_s=120``).
+    ``pretrained``: a flow saved by :func:`autoscaler.policies.flowtide.pretrain` on other traces, used
+    by flowtide from the first row and updated online.
     """
     from autoscaler.policies.dynamo import DynamoPolicy
     from autoscaler.policies.flowtide import FlowtidePolicy
@@ -72,6 +80,8 @@ def make_policy(name: str, trace, cluster: ClusterParams, forecaster: str = "flo
             kw = {"interval_s": 10.0, "burst_windows_s": SHORT_BURST_WINDOWS_S, "joint_bootstrap": True,
                   "burst_window_rows": max(1, int(SHORT_BURST_MEMORY_S // step)), "unseen_burst_alpha": 1.0,
                   "n_samples": SHORT_SAMPLES, "scale_down_delay_s": cluster.cold_start_s, **kw}
+        else:
+            kw = {"burst_shape_bins": LONG_SHAPE_BINS, "nowcast_after_s": LONG_NOWCAST_S, **kw}
         if pretrained is not None:
             from autoscaler.policies.flowtide import load_pretrained
 

@@ -5,7 +5,11 @@ default) is fitted once ``min_fit_rows`` exist, or given pre-trained on other tr
 (:func:`pretrain`), and updated online with every new row, so it learns only from the trace's
 past. Each sample is then scaled by a within-step burst factor (the step's peak rate over its
 mean: the peak ``burst_window_s`` mean, or with ``burst_windows_s`` its arrival curve) bootstrapped
-from the recent past, because replicas must carry the peak, not the mean. Before the first fit,
+from the recent past, because replicas must carry the peak, not the mean; or, with
+``burst_shape_bins``, spread over a recent step's tick rates in that many bins (one sample each), so
+the decision counts the share of a step's requests its replicas serve rather than sizing every cell
+for its peak tick. With ``nowcast_after_s``, the step under way is sized from its own mean so far
+(:meth:`FlowtidePolicy._nowcast`): its forecast was made before it began. Before the first fit,
 the step means of the last ``burst_window_rows`` steps, bootstrapped (with ``joint_bootstrap``,
 each with its own burst factor), stand in for the forecaster's samples.
 
@@ -43,9 +47,12 @@ class FlowtidePolicy:
                  burst_window_rows: int = 144, burst_window_s: float = 10.0, burst_windows_s: tuple[float, ...] | None = None,
                  burst_wait_s: float | None = None, joint_bootstrap: bool = False, forecaster_kw: dict | None = None,
                  pretrained: Forecaster | None = None, pretrained_level: np.ndarray | None = None,
-                 unseen_burst_alpha: float | None = None, seed: int = 0, **decision_overrides) -> None:
+                 unseen_burst_alpha: float | None = None, burst_shape_bins: int | None = None,
+                 nowcast_after_s: float | None = None, seed: int = 0, **decision_overrides) -> None:
         if forecast_step_s <= 0 or interval_s <= 0 or n_samples < 1:
             raise PolicyError("forecast_step_s and interval_s must be positive and n_samples >= 1")
+        if burst_shape_bins is not None and burst_shape_bins < 1:
+            raise PolicyError(f"burst_shape_bins must be >= 1 (or None: the step's peak), got {burst_shape_bins}")
         if unseen_burst_alpha is not None and unseen_burst_alpha <= 0:
             raise PolicyError(f"unseen_burst_alpha must be positive (or None: off), got {unseen_burst_alpha}")
         self.cluster = cluster
@@ -60,6 +67,10 @@ class FlowtidePolicy:
         self.burst_windows_s = tuple(burst_windows_s) if burst_windows_s else None
         self.burst_wait_s = burst_wait_s
         self.joint_bootstrap = joint_bootstrap
+        self.burst_shape_bins = burst_shape_bins
+        self.nowcast_after_s = nowcast_after_s
+        self._factor0: np.ndarray | None = None  # the burst factors drawn for the current step's cells [S, 3]
+        self.shapes: list[np.ndarray] = []  # per step, [bins, 3] tick rates over the step mean, highest first
         self.unseen_burst_alpha = unseen_burst_alpha
         # What the last forecast's unseen-burst prior did: its probability, cells replaced, sizes.
         self.last_unseen: dict[str, float] = {"p": 0.0, "cells": 0, "ref_tokens_per_s": 0.0, "mean_excess": 0.0}
@@ -105,6 +116,8 @@ class FlowtidePolicy:
                 self.rows.append(mean)
                 peak = self._peak(block, tick, wait)
                 self.bursts.append(np.where(mean > 0, peak / np.maximum(mean, 1e-12), 1.0))
+                if self.burst_shape_bins:
+                    self.shapes.append(self._shape(block, mean))
                 added += 1
             self.consumed_s += self.step_s
         return added
@@ -127,6 +140,24 @@ class FlowtidePolicy:
             amount = (csum[k:] - csum[:-k]).max(axis=0) * tick
             peak = np.maximum(peak, amount / (k * tick + wait_s))
         return peak
+
+    def _shape(self, block: np.ndarray, mean: np.ndarray) -> np.ndarray:
+        """The step's tick rates over its mean, sorted (highest first) into ``burst_shape_bins`` equal-time bins.
+
+        A forecast cell becomes one sample per bin, so the decision's expected attainment is the
+        request-weighted share of the step's ticks it serves, not the share of the step's peak.
+        """
+        ratio = np.where(mean > 0, block / np.maximum(mean, 1e-12), 1.0)
+        ordered = -np.sort(-ratio, axis=0)
+        return np.stack([b.mean(axis=0) for b in np.array_split(ordered, min(self.burst_shape_bins, len(ordered)))])
+
+    def _with_shapes(self, base: np.ndarray) -> np.ndarray:
+        """``[S, H, 3]`` step means -> ``[S * bins, H, 3]``: each cell times a recent step's shape (bootstrapped)."""
+        shapes = np.asarray(self.shapes[-self.burst_window_rows:])
+        picked = shapes[self.rng.integers(0, shapes.shape[0], base.shape[:2])]  # [S, H, bins, 3]
+        self._factor0 = picked[:, 0].reshape(-1, base.shape[2])
+        out = base[:, :, None, :] * picked
+        return out.transpose(0, 2, 1, 3).reshape(-1, base.shape[1], base.shape[2])
 
     def _new_forecaster(self) -> Forecaster:
         if isinstance(self.forecaster_spec, str):
@@ -218,8 +249,27 @@ class FlowtidePolicy:
                 level = np.maximum(recent.mean(axis=0), 1e-9)
                 return Forecast(samples=recent[pick] * bursts[pick] * base / level, indicators=DEMAND_INDICATORS,
                                 step_s=self.step_s)
+        if self.burst_shape_bins:
+            return Forecast(samples=self._with_shapes(base), indicators=DEMAND_INDICATORS, step_s=self.step_s)
         factor = bursts[self.rng.integers(0, bursts.shape[0], base.shape[:2])]
+        self._factor0 = factor[:, 0]
         return Forecast(samples=base * factor, indicators=DEMAND_INDICATORS, step_s=self.step_s)
+
+    def _nowcast(self, snapshot: Snapshot, fc: Forecast) -> Forecast:
+        """The current step's cells from what it has shown so far, once ``nowcast_after_s`` of it is in.
+
+        The forecast of the step under way was made before it began; its mean so far is better
+        evidence of its level, so that step's cells become that mean times their drawn burst factors.
+        """
+        if self.nowcast_after_s is None or self._factor0 is None:
+            return fc
+        elapsed = snapshot.now_s - self.consumed_s
+        ticks = int(round(elapsed / snapshot.step_s))
+        if elapsed < self.nowcast_after_s or ticks < 1 or ticks > snapshot.history.shape[0]:
+            return fc
+        samples = fc.samples.copy()
+        samples[:, 0] = snapshot.history[-ticks:].mean(axis=0) * self._factor0
+        return replace(fc, samples=samples)
 
     def _picks(self, n_rows: int) -> np.ndarray:
         """Bootstrap indices ``[S, H]`` into the last ``n_rows`` steps.
@@ -255,7 +305,8 @@ class FlowtidePolicy:
             q = np.percentile(self.cached.samples[:, 0, 1], [5, 50, 95])  # input tokens/s
             ticks = max(1, int(round(self.step_s / snapshot.step_s)))
             self.last_band = {k: np.full(ticks, v) for k, v in zip((5, 50, 95), q)}
-        decision, state = decide(replace(snapshot, forecast=self.cached), self.state, self.params)
+        forecast = self._nowcast(snapshot, self.cached)
+        decision, state = decide(replace(snapshot, forecast=forecast), self.state, self.params)
         if self.cached is not self.cached_seen:
             # Say when the unseen-burst prior is what binds: the counts the seen steps alone ask for.
             seen, _ = decide(replace(snapshot, forecast=self.cached_seen), self.state, self.params)

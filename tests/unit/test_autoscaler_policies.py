@@ -366,3 +366,39 @@ def test_dynamo_runs_sharing_predictions_give_the_summary_of_a_run_without(clust
     wider = scored(simulate(trace, DynamoPolicy(cluster, headroom=1.5, predictions=shared, **kw), cluster).summary())
     assert wider == scored(simulate(trace, DynamoPolicy(cluster, headroom=1.5, **kw), cluster).summary())
     assert wider["gpu_hours"] > plain["gpu_hours"]
+
+
+def test_nowcast_sizes_the_step_under_way_from_what_it_has_shown(cluster):
+    from autoscaler.policies.flowtide import FlowtidePolicy
+
+    calm = np.tile([10.0, 10_000.0, 2_000.0], (60, 1))  # ten 60 s steps at 10 req/s, 10 s ticks
+    surge = np.tile([50.0, 50_000.0, 10_000.0], (4, 1))  # the step under way: 40 s at 5x
+    history = np.vstack([calm, surge])
+    kw = dict(forecaster="last", forecast_step_s=60.0, min_fit_rows=10**6, seed=0)
+    policies = {after: FlowtidePolicy(cluster, nowcast_after_s=after, **kw) for after in (None, 30.0, 50.0)}
+    decisions = {after: p.step(snap(640.0, history)) for after, p in policies.items()}
+    now = policies[30.0]
+    nowcast = now._nowcast(snap(640.0, history), now.cached).samples
+    np.testing.assert_allclose(nowcast[:, 0], surge.mean(axis=0) * now._factor0)
+    np.testing.assert_array_equal(nowcast[:, 1:], now.cached.samples[:, 1:])
+    # Without it, or before 50 s of the step are in, the forecast made before the surge decides.
+    assert decisions[None].prefill == decisions[50.0].prefill
+    assert decisions[30.0].prefill > 2 * decisions[None].prefill  # the surge is 5x the calm steps
+
+
+def test_burst_shape_bins_spread_each_cell_over_the_steps_tick_profile(cluster):
+    from autoscaler.policies.flowtide import FlowtidePolicy
+
+    block = np.tile([10.0, 10_000.0, 2_000.0], (6, 1))
+    block[0] *= 4.0  # one tick at 4x, five at 1x: the mean is 1.5x
+    history = np.vstack([block] * 10)
+    policy = FlowtidePolicy(cluster, forecaster="last", forecast_step_s=60.0, min_fit_rows=10**6,
+                            burst_shape_bins=3, n_samples=8)
+    policy.step(snap(600.0, history))
+    np.testing.assert_allclose(policy.shapes[0][:, 1], [2.5 / 1.5, 1 / 1.5, 1 / 1.5])
+    samples = policy.cached.samples
+    assert samples.shape == (8 * 3, policy.horizon, 3)
+    # Each cell's bins average back to the step's mean; the peak tick is no longer every cell's size.
+    np.testing.assert_allclose(samples[:, 0, 1].reshape(8, 3).mean(axis=1), 15_000.0)
+    with pytest.raises(PolicyError, match="burst_shape_bins"):
+        FlowtidePolicy(cluster, burst_shape_bins=0)
