@@ -69,7 +69,7 @@ class FlowtidePolicy:
         self.joint_bootstrap = joint_bootstrap
         self.burst_shape_bins = burst_shape_bins
         self.nowcast_after_s = nowcast_after_s
-        self._factor0: np.ndarray | None = None  # the burst factors drawn for the current step's cells [S, 3]
+        self._factor0: np.ndarray | None = None  # the factors drawn for the current step's cells, [samples, 3]
         self.shapes: list[np.ndarray] = []  # per step, [bins, 3] tick rates over the step mean, highest first
         self.unseen_burst_alpha = unseen_burst_alpha
         # What the last forecast's unseen-burst prior did: its probability, cells replaced, sizes.
