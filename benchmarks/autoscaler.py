@@ -324,12 +324,14 @@ def print_sweep(results: dict) -> None:
 
 def parse_headrooms(text: str) -> tuple[float, ...]:
     """``--headroom``: comma-separated multipliers, each finite and > 0."""
+    from autoscaler.policies import PolicyError, check_headroom
+
     try:
-        values = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"--headroom: {e}") from None
-    if not values or not all(np.isfinite(v) and v > 0 for v in values):
-        raise argparse.ArgumentTypeError(f"--headroom: finite values > 0 expected, got {text!r}")
+        values = tuple(check_headroom(float(x)) for x in text.split(",") if x.strip())
+    except (ValueError, PolicyError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"finite values > 0 expected, got {text!r}")
     return values
 
 

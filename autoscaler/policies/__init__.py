@@ -13,6 +13,8 @@ from autoscaler.decision import DecisionParams
 from autoscaler.simulator import ClusterParams
 
 POLICIES = ("static", "ray-serve", "dynamo", "flowtide")
+# Traces at least this long are "multi-day" (600 s forecast steps, 10 s ticks); shorter ones are hour-long.
+LONG_TRACE_S = 2 * 86_400.0
 # Windows of flowtide's arrival-curve burst sizing on short (1 s tick) traces.
 SHORT_BURST_WINDOWS_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 # On short traces flowtide bootstraps the steps of the last SHORT_BURST_MEMORY_S (the current regime;
@@ -76,7 +78,7 @@ def make_policy(name: str, trace, cluster: ClusterParams, forecaster: str = "flo
         return DynamoPolicy(cluster, seed=seed, **kw)
     if name == "flowtide":
         step = forecast_step_s or default_forecast_step_s(trace.duration_s)
-        if trace.duration_s < 2 * 86_400:
+        if trace.duration_s < LONG_TRACE_S:
             kw = {"interval_s": 10.0, "burst_windows_s": SHORT_BURST_WINDOWS_S, "joint_bootstrap": True,
                   "burst_window_rows": max(1, int(SHORT_BURST_MEMORY_S // step)), "unseen_burst_alpha": 1.0,
                   "n_samples": SHORT_SAMPLES, "scale_down_delay_s": cluster.cold_start_s, **kw}
@@ -87,10 +89,10 @@ def make_policy(name: str, trace, cluster: ClusterParams, forecaster: str = "flo
 
             kw["pretrained"], kw["pretrained_level"] = load_pretrained(pretrained)
         return FlowtidePolicy(cluster, forecaster=forecaster, forecast_step_s=step,
-                              min_fit_rows=int(max(8, 86_400 // step if trace.duration_s >= 2 * 86_400 else 40)),
+                              min_fit_rows=int(max(8, 86_400 // step if trace.duration_s >= LONG_TRACE_S else 40)),
                               seed=seed, **kw)
     raise PolicyError(f"unknown policy {name!r}; choose one of {POLICIES}")
 
 
 def default_forecast_step_s(duration_s: float) -> float:
-    return 600.0 if duration_s >= 2 * 86_400 else 30.0
+    return 600.0 if duration_s >= LONG_TRACE_S else 30.0

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 # Splitwise's published profiles beside the checkout (../shared/data), found from any working directory.
-LONG_TRACE_S = 2 * 86_400.0
 DEFAULT_PROFILE = Path(__file__).resolve().parents[3] / "shared" / "data" / "splitwise-perf" / "perf_model.csv"
 
 
@@ -54,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from autoscaler.capacity import ProfileError, load_capacity
     from autoscaler.decision import DecisionError
     from autoscaler.plots import plot_run
-    from autoscaler.policies import make_policy
+    from autoscaler.policies import LONG_TRACE_S, make_policy
     from autoscaler.power import PowerModel
     from autoscaler.scenario import default_cluster
     from autoscaler.simulator import simulate
