@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from autoscaler.traces import TraceError, load_azure_csv, load_trace
     from orchestrator.config import load_config
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # a logged line stays one line: paths and commands copy whole
     config = load_config()
     ttft = args.ttft_slo_s or config.autoscaler.slo.ttft_s
     tpot = args.tpot_slo_s or config.autoscaler.slo.tpot_s

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from orchestrator.config import load_config
 
-console = Console()
+console = Console(soft_wrap=True)  # a logged line stays one line: paths and commands copy whole
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from orchestrator.config import load_config
 
-console = Console()
+console = Console(soft_wrap=True)  # a logged line stays one line: paths and commands copy whole
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -1,6 +1,7 @@
 """`flowtide simulate` as a user runs it: the console script, a real trace file, JSON and plots out."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +18,9 @@ REQUIRED = ("slo_attainment", "gpu_hours", "energy_kwh", "power_violations", "sc
 needs_trace = needs_data(CONV, PROFILE)
 
 
-def flowtide(*args, cwd=ROOT):
+def flowtide(*args, cwd=ROOT, env=None):
     exe = Path(sys.executable).parent / "flowtide"
-    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
 
 
 def azure_excerpt(tmp_path: Path, rows: int = 3000) -> Path:
@@ -34,8 +35,9 @@ def azure_excerpt(tmp_path: Path, rows: int = 3000) -> Path:
 def test_simulate_writes_the_json_other_tools_read(tmp_path, policy):
     trace = azure_excerpt(tmp_path)
     out = tmp_path / "out.json"
+    narrow = {**os.environ, "COLUMNS": "40"}  # a log line must not be wrapped at the terminal's width
     proc = flowtide("simulate", "--trace", str(trace), "--policy", policy, "--json", str(out),
-                    "--plots", str(tmp_path / "plots"), "--forecaster", "last")
+                    "--plots", str(tmp_path / "plots"), "--forecaster", "last", env=narrow)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(out.read_text())
     for key in REQUIRED:
@@ -44,6 +46,8 @@ def test_simulate_writes_the_json_other_tools_read(tmp_path, policy):
     assert summary["gpu_hours"] > 0 and summary["energy_kwh"] > 0
     assert (tmp_path / "plots" / f"{policy}.png").stat().st_size > 10_000
     assert "power cap" in proc.stderr and "TTFT<=2.0s" in proc.stderr  # the defaults are printed
+    lines = proc.stderr.splitlines()
+    assert f"plots: {tmp_path / 'plots' / f'{policy}.png'}" in lines and f"summary: {out}" in lines
     assert "slo_attainment" in proc.stdout  # the table
 
 
