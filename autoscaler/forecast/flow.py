@@ -135,9 +135,7 @@ class FlowForecaster:
         cfg = self.config
         self.step_s = float(step_s)
         self.indicators = indicator_names(self.indicators, history.shape[1])
-        period = season_steps(step_s)
-        enough = history.shape[0] >= cfg.seasons * period + cfg.pre + cfg.horizon + 4 * cfg.batch_size
-        self.window = WindowSpec(cfg.context, cfg.horizon, period, cfg.seasons if enough else 0, cfg.pre)
+        self.window = self._window_spec(history.shape[0], step_s)
         self.scale = LogScale.fit(history)
         z = self.scale.to_log(history)
         self.z_mean, self.z_std = z.mean(axis=0), z.std(axis=0) + 1e-6
@@ -147,6 +145,18 @@ class FlowForecaster:
         q = self._anchor(self.qr, history, origins)
         dz = self.window.target(z, origins) - self._point(q)
         self.t_mean, self.t_std = dz.mean(axis=0), dz.std(axis=0) + 1e-6  # [H, K]
+
+    def _window_spec(self, rows: int, step_s: float) -> WindowSpec:
+        """Daily lags only when the history holds enough seasons of them."""
+        cfg = self.config
+        period = season_steps(step_s)
+        enough = rows >= cfg.seasons * period + cfg.pre + cfg.horizon + 4 * cfg.batch_size
+        return WindowSpec(cfg.context, cfg.horizon, period, cfg.seasons if enough else 0, cfg.pre)
+
+    def _split(self, windows: int) -> tuple[int, int]:
+        """(training, validation) window counts; a gap of ``horizon`` windows keeps validation targets out of training."""
+        n_val = max(1, int(self.config.val_frac * windows))
+        return windows - n_val - self.config.horizon, n_val
 
     def _fit_qr(self, history: np.ndarray, anchor_only: bool = False) -> QuantileRegression:
         """Quantile regression for the anchor's levels and, with the blend, all of ``LEVELS`` (one model serves both)."""
@@ -249,18 +259,19 @@ class FlowForecaster:
         """
         cfg = self.config
         arr = check_history(history, min_rows=cfg.context + cfg.horizon + 64)
+        # Count the windows (one per origin, as _origins) before fitting anything: a policy retries
+        # every new row until there are enough, and the anchor's quantile regression takes seconds.
+        windows = arr.shape[0] - cfg.horizon - self._window_spec(arr.shape[0], step_s).first_origin
+        n_train, n_val = self._split(windows)
+        if n_train < cfg.batch_size:
+            raise ForecastInputError(f"flow: {max(n_train, 0)} training windows, need at least {cfg.batch_size}")
         torch.manual_seed(cfg.seed)
         self._setup(arr, step_s)
         self.history = arr
         self.net = self._build_net()
         data = self._dataset(arr, self.qr)
-        n = data[0].shape[0]
-        n_val = max(1, int(cfg.val_frac * n))
-        # A gap of `horizon` windows keeps validation targets out of the training windows.
-        train = tuple(d[: n - n_val - cfg.horizon] for d in data)
-        val = tuple(d[n - n_val :] for d in data)
-        if train[0].shape[0] < cfg.batch_size:
-            raise ForecastInputError(f"flow: {train[0].shape[0]} training windows, need at least {cfg.batch_size}")
+        train = tuple(d[:n_train] for d in data)
+        val = tuple(d[-n_val:] for d in data)
         extra = []
         for h in extra_histories:
             h = check_history(h, arr.shape[1], min_rows=self.window.first_origin + cfg.horizon + 2)

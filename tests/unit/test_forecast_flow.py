@@ -129,6 +129,11 @@ def test_flow_rejects_a_horizon_beyond_training_a_short_history_and_predict_befo
         make_forecaster("flow", **TINY).fit(x[:40], STEP_S)
     with pytest.raises(ForecastInputError, match="fit"):
         make_forecaster("flow", **TINY).predict(x[:40], 1, 8, np.random.default_rng(0))
+    # Rows enough to window, windows too few to train on: refused before anything is fitted.
+    short = make_forecaster("flow", **TINY)
+    with pytest.raises(ForecastInputError, match="training windows, need at least 64"):
+        short.fit(x[:85], STEP_S)
+    assert short.net is None and not hasattr(short, "qr")
 
 
 def test_flow_predicts_from_a_history_shorter_than_its_window(fitted):
