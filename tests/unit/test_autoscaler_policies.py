@@ -402,3 +402,17 @@ def test_burst_shape_bins_spread_each_cell_over_the_steps_tick_profile(cluster):
     np.testing.assert_allclose(samples[:, 0, 1].reshape(8, 3).mean(axis=1), 15_000.0)
     with pytest.raises(PolicyError, match="burst_shape_bins"):
         FlowtidePolicy(cluster, burst_shape_bins=0)
+
+
+def test_forecaster_samples_stay_within_the_growth_the_trace_has_shown():
+    from autoscaler.policies.flowtide import FlowtidePolicy
+
+    # Rows: 100 -> 150 -> 120 -> 240 (one-step ratios 1.5, 0.8, 2.0; two-step 1.2, 1.6); column 2 idle.
+    hist = np.array([[100.0, 100.0, 0.0], [150.0, 150.0, 0.0], [120.0, 120.0, 0.0], [240.0, 240.0, 0.0]])
+    samples = np.array([[[2_000.0, 300.0, 7.0], [100.0, 300.0, 7.0]],   # far above; below, within
+                        [[10.0, 480.0, 7.0], [500.0, 1_000.0, 7.0]]])   # far below, at the top; above
+    out = FlowtidePolicy._within_seen_growth(samples, hist)
+    np.testing.assert_allclose(out[:, 0, :2], [[480.0, 300.0], [192.0, 480.0]])  # 240 x [0.8, 2.0]
+    np.testing.assert_allclose(out[:, 1, :2], [[288.0, 300.0], [384.0, 384.0]])  # 240 x [1.2, 1.6]
+    np.testing.assert_array_equal(out[..., 2], samples[..., 2])  # a column at 0 has no ratio to scale: untouched
+    np.testing.assert_array_equal(FlowtidePolicy._within_seen_growth(samples, hist[:1]), samples)  # no ratio yet
