@@ -3,7 +3,8 @@
 Demand is aggregated into ``forecast_step_s`` rows as they complete; the forecaster (the flow by
 default) is fitted once ``min_fit_rows`` exist, or given pre-trained on other traces
 (:func:`pretrain`), and updated online with every new row, so it learns only from the trace's
-past. Each sample is then scaled by a within-step burst factor (the step's peak rate over its
+past. Its samples stay within the step-to-step growth the trace has shown
+(:meth:`FlowtidePolicy._within_seen_growth`). Each sample is then scaled by a within-step burst factor (the step's peak rate over its
 mean: the peak ``burst_window_s`` mean, or with ``burst_windows_s`` its arrival curve) bootstrapped
 from the recent past, because replicas must carry the peak, not the mean; or, with
 ``burst_shape_bins``, spread over a recent step's tick rates in that many bins (one sample each), so
