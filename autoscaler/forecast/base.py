@@ -19,6 +19,7 @@ class Forecast:
     samples: np.ndarray
     indicators: tuple[str, ...]
     step_s: float
+    start_s: float | None = None  # when the first step began (a clock time); None: it begins now
 
     def quantile(self, q: float | np.ndarray) -> np.ndarray:
         """Per-step, per-indicator quantile(s): shape ``[horizon, n_indicators]`` (or ``[len(q), ...]``)."""

@@ -166,8 +166,8 @@ class FlowtidePolicy:
         return self.forecaster_spec
 
     def forecast(self, added: int) -> Forecast:
-        """Samples ``[S, H, 3]`` of per-tick peak demand over the next ``horizon`` steps."""
-        fc = self._forecast_seen(added)
+        """Samples ``[S, H, 3]`` of per-tick peak demand over the next ``horizon`` steps, the first the one under way."""
+        fc = replace(self._forecast_seen(added), start_s=self.consumed_s)
         self.cached_seen = fc
         if self.unseen_burst_alpha is None:
             return fc

@@ -160,3 +160,16 @@ def test_serving_refused_under_the_cap_comes_from_the_pool_that_loses_least(para
     d, _ = decide(snapshot(0, fc), DecisionState(), replace(params, max_replicas=(15, 2), power_cap_w=cap_w))
     assert (d.prefill, d.decode) == (12, 2) and not d.freq_cap_expected and d.p_power_ok >= 0.99
     assert d.reasons["decode"].expected_attainment > 0.99
+
+
+def test_steps_a_replica_asked_for_now_cannot_serve_do_not_size_it(params):
+    # Ten-minute steps: 20 req/s in the one under way, 80 in the next.
+    quiet_then_busy = forecast(np.tile([20.0, 80.0], (64, 1)), step_s=600.0)
+    early = replace(quiet_then_busy, start_s=1_000.0)  # 60 s into the step: cold start + interval end inside it
+    d_early, _ = decide(snapshot(1_060.0, early), DecisionState(), params)
+    d_late, _ = decide(snapshot(1_500.0, early), DecisionState(), params)  # 500 s in: a replica asked now serves in both
+    d_unknown, _ = decide(snapshot(1_060.0, quiet_then_busy), DecisionState(), params)  # no start: counted from now
+    d_quiet, _ = decide(snapshot(1_060.0, forecast(np.full((64, 1), 20.0), step_s=600.0)), DecisionState(), params)
+    assert (d_early.prefill, d_early.decode) == (d_quiet.prefill, d_quiet.decode)
+    assert d_late.prefill > d_early.prefill and d_late.decode > d_early.decode
+    assert (d_unknown.prefill, d_unknown.decode) == (d_late.prefill, d_late.decode)
