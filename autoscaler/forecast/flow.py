@@ -132,7 +132,6 @@ class FlowForecaster:
     # ---- data -------------------------------------------------------------------------------------
 
     def _setup(self, history: np.ndarray, step_s: float) -> None:
-        cfg = self.config
         self.step_s = float(step_s)
         self.indicators = indicator_names(self.indicators, history.shape[1])
         self.window = self._window_spec(history.shape[0], step_s)
@@ -195,8 +194,8 @@ class FlowForecaster:
         """The anchor's median ``[N, H, K]`` from its quantiles ``q [Q, N, H, K]``."""
         return q[self.config.anchor_levels.index(0.5)]
 
-    def _origins(self, rows: int) -> np.ndarray:
-        return np.arange(self.window.first_origin, rows - self.config.horizon)
+    def _origins(self, rows: int, window: WindowSpec | None = None) -> np.ndarray:
+        return np.arange((window or self.window).first_origin, rows - self.config.horizon)
 
     def _inputs(self, z: np.ndarray, origins: np.ndarray, q: np.ndarray, own_level: bool = False) -> tuple[torch.Tensor, ...]:
         """Changes relative to the origin's value in units of the fitted 1-step std, the level, the anchor's quantiles
@@ -259,10 +258,9 @@ class FlowForecaster:
         """
         cfg = self.config
         arr = check_history(history, min_rows=cfg.context + cfg.horizon + 64)
-        # Count the windows (one per origin, as _origins) before fitting anything: a policy retries
-        # every new row until there are enough, and the anchor's quantile regression takes seconds.
-        windows = arr.shape[0] - cfg.horizon - self._window_spec(arr.shape[0], step_s).first_origin
-        n_train, n_val = self._split(windows)
+        # Count the windows (one per origin) before fitting anything: a policy retries every new
+        # row until there are enough, and the anchor's quantile regression takes seconds.
+        n_train, n_val = self._split(self._origins(arr.shape[0], self._window_spec(arr.shape[0], step_s)).size)
         if n_train < cfg.batch_size:
             raise ForecastInputError(f"flow: {max(n_train, 0)} training windows, need at least {cfg.batch_size}")
         torch.manual_seed(cfg.seed)

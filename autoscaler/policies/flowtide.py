@@ -4,13 +4,14 @@ Demand is aggregated into ``forecast_step_s`` rows as they complete; the forecas
 default) is fitted once ``min_fit_rows`` exist, or given pre-trained on other traces
 (:func:`pretrain`), and updated online with every new row, so it learns only from the trace's
 past. Its samples stay within the step-to-step growth the trace has shown
-(:meth:`FlowtidePolicy._within_seen_growth`). Each sample is then scaled by a within-step burst factor (the step's peak rate over its
-mean: the peak ``burst_window_s`` mean, or with ``burst_windows_s`` its arrival curve) bootstrapped
-from the recent past, because replicas must carry the peak, not the mean; or, with
-``burst_shape_bins``, spread over a recent step's tick rates in that many bins (one sample each), so
-the decision counts the share of a step's requests its replicas serve rather than sizing every cell
-for its peak tick. With ``nowcast_after_s``, the step under way is sized from its own mean so far
-(:meth:`FlowtidePolicy._nowcast`): its forecast was made before it began. Before the first fit,
+(:meth:`FlowtidePolicy._within_seen_growth`). Each sample is then scaled by a within-step burst
+factor (the step's peak rate over its mean: the peak ``burst_window_s`` mean, or with
+``burst_windows_s`` its arrival curve) bootstrapped from the recent past, because replicas must
+carry the peak, not the mean; or, with ``burst_shape_bins``, spread over a recent step's tick rates
+in that many bins (one sample each), so the decision counts the share of a step's requests its
+replicas serve rather than sizing every cell for its peak tick. With ``nowcast_after_s``, the step
+under way is sized from its own mean so far (:meth:`FlowtidePolicy._nowcast`): its forecast was
+made before it began. Before the first fit,
 the step means of the last ``burst_window_rows`` steps, bootstrapped (with ``joint_bootstrap``,
 each with its own burst factor), stand in for the forecaster's samples.
 
