@@ -192,12 +192,9 @@ def decide(snapshot: Snapshot, state: DecisionState, params: DecisionParams) -> 
     if tuple(fc.indicators) != DEMAND_INDICATORS:
         raise DecisionError(f"forecast indicators {fc.indicators} must be {DEMAND_INDICATORS}")
     # The steps a replica asked for now would serve in: until a cold start plus one interval from
-    # now, counted from where the forecast's first step began.
-    if fc.start_s is None:
-        steps = int(math.ceil(params.cold_start_s / fc.step_s)) + max(1, int(math.ceil(params.interval_s / fc.step_s)))
-    else:
-        until = max(0.0, snapshot.now_s - fc.start_s) + params.cold_start_s + params.interval_s
-        steps = max(1, int(math.ceil(until / fc.step_s - 1e-9)))
+    # now, counted from where the forecast's first step began (now, if it does not say).
+    into = 0.0 if fc.start_s is None else max(0.0, snapshot.now_s - fc.start_s)
+    steps = max(1, int(math.ceil((into + params.cold_start_s + params.interval_s) / fc.step_s - 1e-9)))
     window = fc.samples[:, :steps]
     samples = np.maximum(window, 0.0)
     if snapshot.prefill_backlog_tokens > 0:

@@ -218,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flow-train-s", type=float, default=3600.0,
                         help="wall-time safety guard on the flow's training; reported (flow_wall_cap_hit) if it binds, "
                              "since the result then depends on the machine's load")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds the flow's training, its client-subset series and every forecaster's samples")
     parser.add_argument("--json", type=Path, default=None, help="also write the result JSON here")
     args = parser.parse_args(argv)
     if not args.data.is_dir():
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     names_run = tuple(n for n in args.forecasters.split(",") if n)
     t0 = time.perf_counter()
     extra = tuple(client_subset_series(args.data, train_rows, args.subsets, seed=args.seed + 1)) if args.subsets else ()
-    flow_kw = {"max_train_s": args.flow_train_s}
+    flow_kw = {"max_train_s": args.flow_train_s, "seed": args.seed}
     if args.flow_epochs is not None:
         flow_kw["max_epochs"] = args.flow_epochs
     summary, evals = run_forecast_benchmark(series, names, SERVEGEN_STEP_S, train_rows, args.horizon, args.samples,

@@ -168,8 +168,11 @@ def test_steps_a_replica_asked_for_now_cannot_serve_do_not_size_it(params):
     early = replace(quiet_then_busy, start_s=1_000.0)  # 60 s into the step: cold start + interval end inside it
     d_early, _ = decide(snapshot(1_060.0, early), DecisionState(), params)
     d_late, _ = decide(snapshot(1_500.0, early), DecisionState(), params)  # 500 s in: a replica asked now serves in both
-    d_unknown, _ = decide(snapshot(1_060.0, quiet_then_busy), DecisionState(), params)  # no start: counted from now
+    d_unknown, _ = decide(snapshot(1_060.0, quiet_then_busy), DecisionState(), params)  # no start: it begins now
     d_quiet, _ = decide(snapshot(1_060.0, forecast(np.full((64, 1), 20.0), step_s=600.0)), DecisionState(), params)
     assert (d_early.prefill, d_early.decode) == (d_quiet.prefill, d_quiet.decode)
     assert d_late.prefill > d_early.prefill and d_late.decode > d_early.decode
-    assert (d_unknown.prefill, d_unknown.decode) == (d_late.prefill, d_late.decode)
+    assert (d_unknown.prefill, d_unknown.decode) == (d_quiet.prefill, d_quiet.decode)
+    # One-minute steps from now: cold start + interval reach into the busy second one.
+    d_short, _ = decide(snapshot(1_060.0, replace(quiet_then_busy, step_s=60.0)), DecisionState(), params)
+    assert (d_short.prefill, d_short.decode) == (d_late.prefill, d_late.decode)
