@@ -129,7 +129,12 @@ def load_azure_csv(path: str | Path) -> RequestTrace:
     bad = stamps.isna() | context.isna() | generated.isna() | (context < 0) | (generated < 0)
     if bad.any():
         first = int(np.flatnonzero(bad.to_numpy())[0])
-        raise TraceError(f"trace file {path}: {int(bad.sum())} malformed rows (first at data row {first + 1})")
+        checks = {"TIMESTAMP": ("not a date/time", stamps.isna()),
+                  "ContextTokens": ("not a non-negative number", context.isna() | (context < 0)),
+                  "GeneratedTokens": ("not a non-negative number", generated.isna() | (generated < 0))}
+        why = "; ".join(f"{col} {str(frame[col].iloc[first])!r} is {what}"
+                        for col, (what, wrong) in checks.items() if wrong.iloc[first])
+        raise TraceError(f"trace file {path}: {int(bad.sum())} malformed rows (first at data row {first + 1}: {why})")
     if frame.empty:
         raise TraceError(f"trace file {path} holds no requests")
     order = np.argsort(stamps.to_numpy(), kind="stable")
@@ -145,8 +150,12 @@ def _read_servegen_client(path: Path) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise TraceError(f"ServeGen file {path} is not a readable CSV: {exc}") from exc
     numeric = frame[["ts", "rate", "cv", "shape", "scale"]].apply(pd.to_numeric, errors="coerce")
-    if numeric.isna().any().any() or (numeric < 0).any().any():
-        raise TraceError(f"ServeGen file {path}: ts, rate, cv, shape, scale must be non-negative numbers")
+    wrong = numeric.isna() | (numeric < 0)
+    if wrong.any().any():
+        row = int(np.flatnonzero(wrong.any(axis=1).to_numpy())[0])
+        col = str(wrong.columns[wrong.iloc[row].to_numpy()][0])
+        raise TraceError(f"ServeGen file {path}: ts, rate, cv, shape, scale must be non-negative numbers "
+                         f"(row {row + 1}: {col} {str(frame[col].iloc[row])!r})")
     dist = frame["dist"].fillna("").astype(str).str.strip()
     active = numeric["rate"] > 0
     unknown = active & ~dist.isin(["Gamma", "Weibull"])

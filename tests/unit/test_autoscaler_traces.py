@@ -36,8 +36,12 @@ def test_azure_csv_with_extra_spaces_and_a_bad_row_is_refused_with_the_row(tmp_p
     assert trace.arrival_s.tolist() == pytest.approx([0.0, 1.5])
     bad = tmp_path / "bad.csv"
     bad.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.98,100,10\nnot-a-time,5,5\n")
-    with pytest.raises(TraceError, match="malformed rows"):
+    with pytest.raises(TraceError, match=r"malformed rows \(first at data row 2: TIMESTAMP 'not-a-time' is not a date"):
         load_azure_csv(bad)
+    negative = tmp_path / "negative.csv"
+    negative.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.98,-3,x\n")
+    with pytest.raises(TraceError, match="ContextTokens '-3' is not a non-negative number; GeneratedTokens 'x'"):
+        load_azure_csv(negative)
     wrong = tmp_path / "wrong.csv"
     wrong.write_text("a,b\n1,2\n")
     with pytest.raises(TraceError, match="lacks columns"):
@@ -81,8 +85,8 @@ def test_servegen_errors_name_the_file(tmp_path):
     _write_client(folder, "chunk-0-trace.csv", ["0,2.0,1.5,Pareto,0.44,1.0"])
     with pytest.raises(TraceError, match="chunk-0-trace.csv.*unknown distribution"):
         load_servegen(folder)
-    _write_client(folder, "chunk-0-trace.csv", ["0,abc,1.5,Gamma,0.44,1.0"])
-    with pytest.raises(TraceError, match="non-negative numbers"):
+    _write_client(folder, "chunk-0-trace.csv", ["0,2.0,1.5,Gamma,0.44,1.0", "600,abc,1.5,Gamma,0.44,1.0"])
+    with pytest.raises(TraceError, match=r"non-negative numbers \(row 2: rate 'abc'\)"):
         load_servegen(folder)
 
 
