@@ -38,7 +38,12 @@ class SimulationError(ValueError):
 
 
 class Policy(Protocol):
-    """A scaling policy: called every ``interval_s`` with what the cluster reports, returns targets."""
+    """A scaling policy: called every ``interval_s`` with what the cluster reports, returns targets.
+
+    A policy that also learns inside ``step`` (fits, online updates) may keep ``decision_s``, the
+    seconds of each decision alone (forecast sampling + optimisation); the summary's
+    ``decision_p99_ms`` then reads it, and ``step_p99_ms`` the whole step.
+    """
 
     name: str
     interval_s: float
@@ -100,6 +105,7 @@ class SimResult:
     ok: np.ndarray
     tick_attainment: np.ndarray
     scaling_actions: int
+    step_latency_s: np.ndarray
     decision_latency_s: np.ndarray
     wall_s: float
     power_cap_w: float | None
@@ -131,12 +137,16 @@ class SimResult:
             "tpot_p99_s": _wq(self.tpot_s, w, 0.99),
             "mean_prefill_replicas": float(self.prefill_replicas.mean()),
             "mean_decode_replicas": float(self.decode_replicas.mean()),
-            "decision_p99_ms": float(np.quantile(self.decision_latency_s, 0.99) * 1e3)
-            if self.decision_latency_s.size else 0.0,
-            "decisions": int(self.decision_latency_s.size),
+            "decision_p99_ms": _p99_ms(self.decision_latency_s),
+            "step_p99_ms": _p99_ms(self.step_latency_s),
+            "decisions": int(self.step_latency_s.size),
             "power_cap_w": self.power_cap_w,
             "sim_wall_s": self.wall_s,
         }
+
+
+def _p99_ms(seconds: np.ndarray) -> float:
+    return float(np.quantile(seconds, 0.99) * 1e3) if seconds.size else 0.0
 
 
 def _wq(values: np.ndarray, weight: np.ndarray, q: float) -> float:
@@ -314,7 +324,8 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
         prefill_gpus_held=rec["pg"], decode_gpus_held=rec["dg"], power_w=rec["power"], serving_w=rec["serving_w"], training_gpus=rec["train"],
         freq_capped=rec["capped"].astype(bool), violated=rec["viol"].astype(bool), demand=rates, forecast_bands=bands,
         ttft_s=ttft, tpot_s=tpot, weight=g.weight, ok=ok, tick_attainment=tick_ok, scaling_actions=actions,
-        decision_latency_s=np.asarray(latencies), wall_s=wall, power_cap_w=params.power_cap_w,
+        step_latency_s=np.asarray(latencies), decision_latency_s=np.asarray(getattr(policy, "decision_s", latencies)),
+        wall_s=wall, power_cap_w=params.power_cap_w,
         ttft_slo_s=params.ttft_slo_s, tpot_slo_s=params.tpot_slo_s, indicators=indicators, explanations=explanations)
     return result
 

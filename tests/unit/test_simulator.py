@@ -1,5 +1,6 @@
 """The two-pool simulator: accounting, cold starts, power order, causality and determinism."""
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -137,6 +138,26 @@ def test_a_seeded_run_is_reproducible(cluster):
                                            seed=7), cluster).summary() for _ in range(2)]
     for key in ("slo_attainment", "gpu_hours", "energy_kwh", "scaling_actions", "ttft_p99_s"):
         assert runs[0][key] == runs[1][key]
+
+
+class SlowFittingForecaster(MeanForecaster):
+    """Fitting takes 0.3 s: learning inside a policy's step, which its decision time must not count."""
+
+    def fit(self, history, step_s):
+        time.sleep(0.3)
+        super().fit(history, step_s)
+
+
+def test_decision_time_is_the_policys_own_and_step_time_counts_its_learning_too(cluster):
+    policy = FlowtidePolicy(cluster, forecaster=SlowFittingForecaster(), forecast_step_s=60, min_fit_rows=4)
+    result = simulate(constant_trace(10.0, ticks=180), policy, cluster)
+    s = result.summary()
+    assert result.decision_latency_s.tolist() == policy.decision_s and len(policy.decision_s) > 10
+    assert result.step_latency_s.max() >= 0.3 > result.decision_latency_s.max()
+    assert s["decision_p99_ms"] == pytest.approx(np.quantile(policy.decision_s, 0.99) * 1e3)
+    assert s["step_p99_ms"] == pytest.approx(np.quantile(result.step_latency_s, 0.99) * 1e3)
+    static = simulate(constant_trace(10.0, ticks=60), StaticPolicy(2, 2), cluster).summary()
+    assert static["decisions"] >= 1 and static["decision_p99_ms"] == static["step_p99_ms"]  # no learning: one time
 
 
 def test_flowtide_follows_a_step_in_demand_without_missing_the_slo(cluster):
