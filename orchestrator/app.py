@@ -8,10 +8,11 @@ Each server selects its pool by Ray node label, never by host.
 
 from __future__ import annotations
 
-import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+import httpx
 from ray import serve
 from ray.serve.config import HTTPOptions, ProxyLocation
 
@@ -123,7 +124,7 @@ def build_app(config: FlowtideConfig, model_path: str | None = None) -> serve.Ap
     )
 
 
-DELETE_WAIT_S = 30.0
+DEPLOY_POLL_S = 0.5
 
 
 class DeployError(RuntimeError):
@@ -131,12 +132,16 @@ class DeployError(RuntimeError):
 
 
 def deploy(config: FlowtideConfig, model_path: str | None = None) -> str:
-    """Start Serve on the connected cluster, run the app, and return the endpoint's base URL.
+    """Start Serve on the connected cluster, run the app, and return the endpoint's base URL once it answers.
 
-    ``serve.run`` waits for every replica with no limit, so a replica that can never be scheduled
-    (a pool without the CPUs/GPUs it asks for) would hang the caller; after
-    ``serving.deploy_timeout_s`` this raises :class:`DeployError` naming the deployments not yet
-    healthy, with Serve's own message (e.g. the resources a replica waits for).
+    ``serve.run`` waits with no limit for a replica that can never be scheduled (a pool without the
+    CPUs/GPUs it asks for), and in Ray 2.60 it goes on waiting after the application is deleted (a
+    deleted application reads NOT_STARTED), leaving a thread that polls a cluster being shut down.
+    So the application is submitted without waiting and the wait is ours, bounded by
+    ``serving.deploy_timeout_s``: until Serve reports it RUNNING and its ``/health`` answers through
+    the endpoint (the ingress has its routes). Past the timeout, or on DEPLOY_FAILED, the
+    application is deleted and :class:`DeployError` names the deployments not healthy, with Serve's
+    own messages (e.g. the resources a replica waits for).
     """
     serving = config.serving
     serve.start(
@@ -144,29 +149,36 @@ def deploy(config: FlowtideConfig, model_path: str | None = None) -> str:
         http_options=HTTPOptions(host=serving.http_host, port=serving.http_port,
                                  request_timeout_s=serving.request_timeout_s),
     )
-    app = build_app(config, model_path)
-    done, failed = threading.Event(), []
+    serve.run_many([serve.RunTarget(build_app(config, model_path), name=serving.app_name,
+                                    route_prefix=serving.route_prefix)], wait_for_applications_running=False)
+    endpoint = f"http://{serving.http_host}:{serving.http_port}"
+    host = "127.0.0.1" if serving.http_host in ("0.0.0.0", "::") else serving.http_host
+    health = f"http://{host}:{serving.http_port}{serving.route_prefix.rstrip('/')}/health"
+    deadline = time.monotonic() + serving.deploy_timeout_s
+    while True:
+        app = serve.status().applications.get(serving.app_name)
+        status = app.status.value if app is not None else "NOT_STARTED"
+        if status == "DEPLOY_FAILED":
+            _delete_and_raise(serving.app_name, f"failed to deploy (deleted): {_not_healthy(serving.app_name)}")
+        if status == "RUNNING" and _answers(health):
+            return endpoint
+        if time.monotonic() > deadline:
+            why = _not_healthy(serving.app_name) if status != "RUNNING" else f"{health} does not answer 200"
+            _delete_and_raise(serving.app_name, f"not running after serving.deploy_timeout_s="
+                                                f"{serving.deploy_timeout_s:.0f} s (deleted): {why}")
+        time.sleep(DEPLOY_POLL_S)
 
-    def run() -> None:
-        try:
-            serve.run(app, name=serving.app_name, route_prefix=serving.route_prefix)
-        except Exception as exc:  # noqa: BLE001 - handed to the caller below
-            failed.append(exc)
-        finally:
-            done.set()
 
-    threading.Thread(target=run, name="serve-run", daemon=True).start()
-    if not done.wait(serving.deploy_timeout_s):
-        why = _not_healthy(serving.app_name)
-        # Deleting the application ends serve.run's wait (it raises once the application is gone),
-        # so no thread is left polling a cluster the caller is about to shut down.
-        serve.delete(serving.app_name)
-        done.wait(DELETE_WAIT_S)
-        raise DeployError(f"application {serving.app_name!r} not running after serving.deploy_timeout_s="
-                          f"{serving.deploy_timeout_s:.0f} s (deleted): {why}")
-    if failed:
-        raise DeployError(f"application {serving.app_name!r} failed to deploy: {failed[0]}") from failed[0]
-    return f"http://{serving.http_host}:{serving.http_port}"
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _delete_and_raise(app_name: str, what: str) -> NoReturn:
+    serve.delete(app_name)
+    raise DeployError(f"application {app_name!r} {what}")
 
 
 def _not_healthy(app_name: str) -> str:

@@ -109,3 +109,28 @@ def test_up_fails_naming_a_deployment_that_cannot_be_scheduled_and_leaves_no_ray
     assert not (tmp_path / "run.json").exists()
     assert ours, "no process of the cluster `up` started was seen"
     assert not ours & cluster_tags(), "processes of the failed `up`'s cluster outlived it"
+
+
+def test_up_fails_fast_naming_the_error_of_a_deployment_whose_replicas_crash(tmp_path):
+    # A checkpoint directory with a config but no weights: every server replica's constructor raises,
+    # Serve marks the deployments DEPLOY_FAILED, and `up` says why without waiting out its timeout.
+    model = tmp_path / "no-weights"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama"}')
+    env = {**os.environ, "FLOWTIDE_STATE_FILE": str(tmp_path / "run.json"), "FLOWTIDE_SERVING__DEPLOY_TIMEOUT_S": "300"}
+    log = tmp_path / "up.log"
+    started = time.monotonic()
+    with log.open("w") as out_file:  # a file, not a pipe: nothing blocks on a full pipe while we poll
+        proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "up", "--model", str(model), "--port",
+                                 str(free_port())], env=env, text=True, stdout=out_file, stderr=subprocess.STDOUT)
+        ours: set[str] = set()
+        while proc.poll() is None:
+            assert time.monotonic() - started < 300, "up waited out its deploy timeout instead of reporting the failure"
+            ours |= cluster_tags(psutil.Process(proc.pid).children(recursive=True))
+            time.sleep(1)
+    out = log.read_text()
+    assert proc.returncode == 1, out
+    why = out.split("failed to deploy (deleted): ", 1)[1]
+    assert "DEPLOY_FAILED" in why and "no file named model.safetensors" in why, out
+    assert not (tmp_path / "run.json").exists()
+    assert ours and not ours & cluster_tags(), "processes of the failed `up`'s cluster outlived it"
