@@ -189,7 +189,7 @@ def test_plot_frontier_draws_each_policy(tmp_path):
     path = plot_frontier("azure-conv", runs, tmp_path / "plots")
     assert path == tmp_path / "plots" / "frontier.png"
     image = mpimg.imread(path)
-    assert image.shape[:2] == (605, 880)
+    assert image.shape[:2] == (605, 1430)  # two panels: every run, and the zoom near the target
     # Something besides the white background and axes was drawn: coloured pixels (lines, the star).
     rgb = image[..., :3]
     assert ((rgb.max(axis=2) - rgb.min(axis=2)) > 0.3).sum() > 500
