@@ -171,7 +171,7 @@ def deploy(config: FlowtideConfig, model_path: str | None = None) -> str:
 
 def _answers(url: str) -> bool:
     try:
-        return httpx.get(url, timeout=5.0).status_code == 200
+        return httpx.get(url, timeout=5.0, trust_env=False).status_code == 200  # our own endpoint: no proxy
     except httpx.HTTPError:
         return False
 
