@@ -28,17 +28,23 @@ ROUTER_DEPLOYMENT = "Router"
 HUB_DEPLOYMENT = "MetricsHub"
 
 
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt")
+
+
 def resolve_model_path(config: FlowtideConfig) -> str:
     """The checkpoint directory to serve: the configured one, or the embedded tiny model (built on first use)."""
     if config.model.path is None:
         from workers.tiny_model import tiny_model_path
 
         return str(tiny_model_path())
+    from orchestrator.config import ConfigError
+
     path = Path(config.model.path).expanduser()
     if not (path / "config.json").exists():
-        from orchestrator.config import ConfigError
-
         raise ConfigError(f"model.path: {path} is not a Hugging Face checkpoint directory (no config.json)")
+    if not any(any(path.glob(pattern)) for pattern in WEIGHT_FILES):
+        # Caught here in a second, not after every replica has failed to load it three times.
+        raise ConfigError(f"model.path: {path} holds no weights (no {' or '.join(WEIGHT_FILES)} files)")
     return str(path)
 
 

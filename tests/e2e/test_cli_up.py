@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from openai import OpenAI
 
 from orchestrator.cluster import CLUSTER_TAG_ENV
 from tests.conftest import free_port
+from workers.tiny_model import tiny_model_path
 
 pytestmark = pytest.mark.slow
 
@@ -112,11 +114,12 @@ def test_up_fails_naming_a_deployment_that_cannot_be_scheduled_and_leaves_no_ray
 
 
 def test_up_fails_fast_naming_the_error_of_a_deployment_whose_replicas_crash(tmp_path):
-    # A checkpoint directory with a config but no weights: every server replica's constructor raises,
-    # Serve marks the deployments DEPLOY_FAILED, and `up` says why without waiting out its timeout.
-    model = tmp_path / "no-weights"
-    model.mkdir()
-    (model / "config.json").write_text('{"model_type": "llama"}')
+    # The tiny model with its weights file replaced by garbage (it passes the up-front check, which
+    # only sees that one exists): every server replica's constructor raises on loading it, Serve marks
+    # the deployments DEPLOY_FAILED, and `up` says why without waiting out its timeout.
+    model = tmp_path / "corrupt"
+    shutil.copytree(tiny_model_path(), model)
+    (model / "model.safetensors").write_bytes(os.urandom(4096))
     env = {**os.environ, "FLOWTIDE_STATE_FILE": str(tmp_path / "run.json"), "FLOWTIDE_SERVING__DEPLOY_TIMEOUT_S": "300"}
     log = tmp_path / "up.log"
     started = time.monotonic()
@@ -131,6 +134,6 @@ def test_up_fails_fast_naming_the_error_of_a_deployment_whose_replicas_crash(tmp
     out = log.read_text()
     assert proc.returncode == 1, out
     why = out.split("failed to deploy (deleted): ", 1)[1]
-    assert "DEPLOY_FAILED" in why and "no file named model.safetensors" in why, out
+    assert "DEPLOY_FAILED" in why and "Error while deserializing header" in why, out
     assert not (tmp_path / "run.json").exists()
     assert ours and not ours & cluster_tags(), "processes of the failed `up`'s cluster outlived it"

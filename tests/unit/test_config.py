@@ -70,3 +70,17 @@ def test_missing_and_malformed_files_are_named(tmp_path):
     bad.write_text("serving: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_a_model_path_without_a_config_or_weights_is_refused_before_anything_starts(tmp_path):
+    from orchestrator.app import resolve_model_path
+
+    model = tmp_path / "ckpt"
+    model.mkdir()
+    with pytest.raises(ConfigError, match=r"model.path: .*ckpt is not a Hugging Face checkpoint directory"):
+        resolve_model_path(load_config(**{"model.path": str(model)}))
+    (model / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"model.path: .*ckpt holds no weights \(no \*.safetensors or \*.bin"):
+        resolve_model_path(load_config(**{"model.path": str(model)}))
+    (model / "model-00001-of-00002.safetensors").write_bytes(b"")  # a shard counts: only presence is checked
+    assert resolve_model_path(load_config(**{"model.path": str(model)})) == str(model)
