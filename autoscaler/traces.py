@@ -126,12 +126,12 @@ def load_azure_csv(path: str | Path) -> RequestTrace:
     stamps = pd.to_datetime(frame["TIMESTAMP"], errors="coerce", format="mixed")
     context = pd.to_numeric(frame["ContextTokens"], errors="coerce")
     generated = pd.to_numeric(frame["GeneratedTokens"], errors="coerce")
-    bad = stamps.isna() | context.isna() | generated.isna() | (context < 0) | (generated < 0)
+    checks = {"TIMESTAMP": ("not a date/time", stamps.isna()),
+              "ContextTokens": ("not a non-negative number", context.isna() | (context < 0)),
+              "GeneratedTokens": ("not a non-negative number", generated.isna() | (generated < 0))}
+    bad = np.logical_or.reduce([wrong.to_numpy() for _, wrong in checks.values()])
     if bad.any():
-        first = int(np.flatnonzero(bad.to_numpy())[0])
-        checks = {"TIMESTAMP": ("not a date/time", stamps.isna()),
-                  "ContextTokens": ("not a non-negative number", context.isna() | (context < 0)),
-                  "GeneratedTokens": ("not a non-negative number", generated.isna() | (generated < 0))}
+        first = int(np.flatnonzero(bad)[0])
         why = "; ".join(f"{col} {str(frame[col].iloc[first])!r} is {what}"
                         for col, (what, wrong) in checks.items() if wrong.iloc[first])
         raise TraceError(f"trace file {path}: {int(bad.sum())} malformed rows (first at data row {first + 1}: {why})")
