@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         console.print("shutting down ...")
         return 0
     finally:
-        _shutdown(cluster)
+        _shutdown(cluster, config.serving.app_name)
         runstate.clear(os.getpid())
 
 
@@ -86,15 +86,22 @@ def _print_ready(config, endpoint: str, model_path: str) -> None:
     console.print("Ctrl-C stops everything.")
 
 
-def _shutdown(cluster) -> None:
+def _shutdown(cluster, app_name: str) -> None:
+    """Delete our app (its replicas drain), then stop the cluster if we started it.
+
+    Serve itself is not shut down: on our own cluster its controller and proxies stop with the
+    cluster (Ray 2.60's ``serve.shutdown`` has the controller kill itself inside a task the raylet
+    then reports as failed, a confusing error on every Ctrl-C); on a cluster we only joined, other
+    applications may be using it.
+    """
     import ray
     from ray import serve
 
     if ray.is_initialized():
         try:
-            serve.shutdown()
+            serve.delete(app_name)
         except Exception as exc:  # shutting down anyway; say what failed
-            console.print(f"[yellow]serve shutdown: {exc}[/]")
+            console.print(f"[yellow]deleting the Serve app {app_name}: {exc}[/]")
     if cluster is not None:
         cluster.shutdown()
     elif ray.is_initialized():

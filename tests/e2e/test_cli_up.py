@@ -82,6 +82,7 @@ def test_up_serves_status_shows_placement_and_ctrl_c_leaves_no_raylet(tmp_path):
         out, _ = proc.communicate(timeout=180)
     assert proc.returncode == 0, out
     assert "serving flowtide-tiny" in out and "curl" in out
+    assert "graceful_shutdown failed" not in out, out  # Ray 2.60's serve.shutdown reports its own controller's exit
     assert not (tmp_path / "run.json").exists()
     leftover = subprocess.run(["pgrep", "-f", f"gcs.address=127.0.0.1:{gcs_port}"], capture_output=True, text=True)
     assert leftover.stdout.strip() == "", f"raylets still running: {leftover.stdout}"
@@ -137,3 +138,52 @@ def test_up_fails_fast_naming_the_error_of_a_deployment_whose_replicas_crash(tmp
     assert "DEPLOY_FAILED" in why and "Error while deserializing header" in why, out
     assert not (tmp_path / "run.json").exists()
     assert ours and not ours & cluster_tags(), "processes of the failed `up`'s cluster outlived it"
+
+
+def test_up_on_a_cluster_it_joined_deletes_only_its_app_on_ctrl_c(tmp_path):
+    # Someone else's cluster (cluster.address) with another Serve app on it: Ctrl-C takes our app
+    # away and leaves the cluster, Serve and the other app running.
+    from ray import serve
+    from ray.serve.config import HTTPOptions, ProxyLocation
+
+    from orchestrator.cluster import LocalCluster, connect
+    from orchestrator.config import load_config
+
+    port = free_port()
+    config = load_config(**{"serving.http_port": port})
+    cluster = LocalCluster(config.cluster, serving=config.serving).start()
+    try:
+        connect(cluster.address)
+        serve.start(proxy_location=ProxyLocation.HeadOnly, http_options=HTTPOptions(port=port))
+
+        @serve.deployment(ray_actor_options={"num_cpus": 0})
+        def other() -> str:
+            return "the other app"
+
+        serve.run(other.bind(), name="other", route_prefix="/other")
+        joined = tmp_path / "joined.yaml"
+        joined.write_text(f"cluster:\n  address: {cluster.address}\nserving:\n  http_port: {port}\n")
+        env = {**os.environ, "FLOWTIDE_STATE_FILE": str(tmp_path / "run.json")}
+        proc = flowtide("up", "--config", str(joined), env=env)
+        try:
+            deadline = time.monotonic() + 400
+            while not (tmp_path / "run.json").exists():  # `up` records its state once deployed
+                assert proc.poll() is None, proc.stdout.read()
+                assert time.monotonic() < deadline, "flowtide up did not come up"
+                time.sleep(2)
+            assert serve.status().applications[config.serving.app_name].status.value == "RUNNING"
+        finally:
+            proc.send_signal(signal.SIGINT)
+            out, _ = proc.communicate(timeout=180)
+        assert proc.returncode == 0, out
+        assert "graceful_shutdown failed" not in out, out
+        apps = serve.status().applications
+        assert config.serving.app_name not in apps or apps[config.serving.app_name].status.value != "RUNNING", apps
+        assert apps["other"].status.value == "RUNNING"
+        assert httpx.get(f"http://127.0.0.1:{port}/other", timeout=10, trust_env=False).text == "the other app"
+        assert any(True for _ in cluster.processes()), "the joined cluster's processes were stopped"
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            cluster.shutdown()
