@@ -97,11 +97,16 @@ class DecisionParams:
 
 @dataclass(frozen=True)
 class Reason:
-    """Why a pool got its target: what bound it, the demand quantile it covers, attainment expected."""
+    """Why a pool got its target: what bound it, the demand quantile it covers, attainment expected.
+
+    ``wanted`` is the count the forecast asks for before scale-down hysteresis (None where a policy
+    has no such wish); it differs from the target while hysteresis holds more.
+    """
 
     binding: str
     quantile_used: float
     expected_attainment: float
+    wanted: int | None = None
 
 
 @dataclass(frozen=True)
@@ -113,8 +118,9 @@ class Decision:
     p_power_ok: float = 1.0
 
     def explain(self) -> str:
-        parts = [f"{pool}={getattr(self, pool)} ({r.binding}, q={r.quantile_used:.3f}, "
-                 f"attainment={r.expected_attainment:.4f})" for pool, r in self.reasons.items()]
+        parts = [f"{pool}={getattr(self, pool)} ({r.binding}, "
+                 + (f"wants {r.wanted}, " if r.wanted is not None and r.wanted != getattr(self, pool) else "")
+                 + f"q={r.quantile_used:.3f}, attainment={r.expected_attainment:.4f})" for pool, r in self.reasons.items()]
         return "; ".join(parts) + f"; P(power<=cap)={self.p_power_ok:.3f}" + (
             "; clocks capped" if self.freq_cap_expected else "")
 
@@ -244,6 +250,7 @@ def decide(snapshot: Snapshot, state: DecisionState, params: DecisionParams) -> 
                          float((need_d <= n_d).mean()), att_d)
     targets, reasons, since, peaks = [], {}, list(state.down_since_s), list(state.down_peak)
     for i, (pool, n, reason) in enumerate(zip(POOLS, (n_p, n_d), (r_p, r_d))):
+        reason = replace(reason, wanted=n)
         current = getattr(snapshot, pool).target
         if n >= current:
             since[i], peaks[i] = None, 0

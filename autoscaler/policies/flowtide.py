@@ -331,9 +331,13 @@ class FlowtidePolicy:
         forecast = self._nowcast(snapshot, self.cached)
         decision, state = decide(replace(snapshot, forecast=forecast), self.state, self.params)
         if self.cached is not self.cached_seen:
-            # Say when the unseen-burst prior is what binds: the counts the seen steps alone ask for.
+            # Say when the unseen-burst prior is what sets an SLO-bound count: the seen steps alone want
+            # fewer replicas than the target, and the prior's wish reaches it. Wishes, not targets, are
+            # compared: a target the prior's wish keeps up would otherwise read as a hysteresis hold of
+            # the seen steps. A power cap or replica bound that limits the count stays the binding.
             seen, _ = decide(replace(snapshot, forecast=self.cached_seen), self.state, self.params)
-            reasons = {pool: replace(r, binding="unseen_burst") if getattr(decision, pool) > getattr(seen, pool) else r
+            reasons = {pool: replace(r, binding="unseen_burst") if r.binding in ("slo", "slo_hold")
+                       and seen.reasons[pool].wanted < getattr(decision, pool) <= r.wanted else r
                        for pool, r in decision.reasons.items()}
             decision = replace(decision, reasons=reasons)
         self.state = state

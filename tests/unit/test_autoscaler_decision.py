@@ -74,6 +74,9 @@ def test_scale_down_waits_out_the_hysteresis_and_does_not_flap(params):
     assert targets[-1] < high.prefill and len(targets) == 6  # released at 300 s, in one step
     held, _ = decide(snapshot(60, low_fc, high.prefill, high.decode), DecisionState((0.0, 0.0), (0, 0)), params)
     assert held.reasons["prefill"].binding == "hysteresis"
+    # It says what it would go to once the wait is over: the count released at 300 s.
+    assert held.reasons["prefill"].wanted == targets[-1] < held.prefill
+    assert f"prefill={held.prefill} (hysteresis, wants {targets[-1]}," in held.explain()
 
 
 def test_a_bump_during_the_wait_keeps_the_larger_count(params):

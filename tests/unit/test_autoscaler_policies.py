@@ -1,10 +1,12 @@
 """Baseline policies behave as the systems they stand for."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from autoscaler.capacity import load_capacity
-from autoscaler.decision import PoolView, Snapshot
+from autoscaler.decision import PoolView, Snapshot, decide
 from autoscaler.policies.dynamo import DynamoPolicy
 from autoscaler.policies.ray_serve import DelayState, RayServePolicy, apply_delay
 from autoscaler.power import PowerModel
@@ -241,6 +243,22 @@ def test_an_unseen_burst_is_larger_than_the_recent_window_and_says_it_binds(clus
     assert policy.last_unseen["mean_excess"] > 0  # the steps above the median set the tail
     assert decision.reasons["prefill"].binding == "unseen_burst"
     assert 0 < decision.reasons["prefill"].expected_attainment <= 1
+
+
+def test_a_target_the_unseen_burst_prior_keeps_up_says_so_rather_than_a_hold(cluster):
+    # Ten seconds after the prior raised the target, on the same evidence, its wish is still that target
+    # while the seen steps alone want fewer (so their own decision would be a hysteresis hold of it).
+    policy = short_policy(cluster)
+    rates = periodic_rates(6)
+    rates[30 * 3] = [40.0, 40_000.0, 2_000.0]
+    first = policy.step(snap(30.0 * 6, rates, step_s=1.0))
+    assert first.reasons["prefill"].binding == "unseen_burst"
+    later = np.vstack([rates, np.tile([0.5, 500.0, 50.0], (10, 1))])
+    held = policy.step(snap(30.0 * 6 + 10, later, targets=(first.prefill, first.decode), step_s=1.0))
+    seen, _ = decide(replace(snap(30.0 * 6 + 10, later, targets=(0, 0), step_s=1.0), forecast=policy.cached_seen),
+                     policy.state, policy.params)
+    assert held.prefill == held.reasons["prefill"].wanted == first.prefill > seen.prefill
+    assert held.reasons["prefill"].binding == "unseen_burst", held.explain()
 
 
 def test_one_burst_then_calm_scales_up_once_and_down_once_after_a_cold_start(cluster):
