@@ -117,6 +117,15 @@ class Decision:
     freq_cap_expected: bool = False
     p_power_ok: float = 1.0
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (NaN, where a policy has no such figure, becomes None)."""
+        def clean(v: Any) -> Any:
+            return None if isinstance(v, float) and math.isnan(v) else v
+
+        return {"prefill": self.prefill, "decode": self.decode, "freq_cap_expected": self.freq_cap_expected,
+                "p_power_ok": clean(self.p_power_ok),
+                "reasons": {pool: {k: clean(v) for k, v in asdict(r).items()} for pool, r in self.reasons.items()}}
+
     def explain(self) -> str:
         parts = [f"{pool}={getattr(self, pool)} ({r.binding}, "
                  + (f"wants {r.wanted}, " if r.wanted is not None and r.wanted != getattr(self, pool) else "")

@@ -13,10 +13,12 @@ reproducible.
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
@@ -112,7 +114,7 @@ class SimResult:
     ttft_slo_s: float
     tpot_slo_s: float
     indicators: ClusterIndicators
-    explanations: list[tuple[float, str]] = field(default_factory=list)
+    decisions: list[tuple[float, Decision]] = field(default_factory=list)  # (time, what the policy decided)
 
     def summary(self) -> dict[str, float | int | str | None]:
         w = self.weight
@@ -145,6 +147,24 @@ class SimResult:
         }
 
 
+    def bindings(self) -> dict[str, dict[str, int]]:
+        """How many of the run's decisions each reason bound, per pool, most frequent first."""
+        counts: dict[str, Counter] = {}
+        for _, decision in self.decisions:
+            for pool, reason in decision.reasons.items():
+                counts.setdefault(pool, Counter())[reason.binding] += 1
+        return {pool: dict(c.most_common()) for pool, c in counts.items()}
+
+    def write_decisions(self, path: str | Path) -> Path:
+        """One JSON line per decision: ``t_s`` and :meth:`Decision.to_dict` (targets, reasons, power)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w") as out:
+            for now, decision in self.decisions:
+                out.write(json.dumps({"t_s": now, **decision.to_dict()}) + "\n")
+        return path
+
+
 def _p99_ms(seconds: np.ndarray) -> float:
     return float(np.quantile(seconds, 0.99) * 1e3) if seconds.size else 0.0
 
@@ -160,7 +180,7 @@ def _wq(values: np.ndarray, weight: np.ndarray, q: float) -> float:
 
 
 def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
-             progress: Callable[[int, int], None] | None = None, keep_explanations: int = 0) -> SimResult:
+             progress: Callable[[int, int], None] | None = None) -> SimResult:
     """Replay ``trace`` under ``policy``; ``progress(done, total)`` is called every ~1% of ticks.
 
     The policy sees only the demand of ticks already finished (never the current or later ones).
@@ -186,7 +206,7 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
                                      "tpot", "dwait", "serving_w")}
     bands: dict[int, np.ndarray] = {q: np.full(n, np.nan) for q in (5, 50, 95)}
     latencies: list[float] = []
-    explanations: list[tuple[float, str]] = []
+    decisions: list[tuple[float, Decision]] = []
     actions = 0
     next_decision = 0.0
     window = int(params.history_window_s // dt)
@@ -215,8 +235,7 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
             t0 = time.perf_counter()
             decision = policy.step(snap)
             latencies.append(time.perf_counter() - t0)
-            if keep_explanations and len(explanations) < keep_explanations and decision.reasons:
-                explanations.append((now, decision.explain()))
+            decisions.append((now, decision))
             band = getattr(policy, "last_band", None)
             if band is not None:
                 for q, values in band.items():
@@ -326,7 +345,7 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
         ttft_s=ttft, tpot_s=tpot, weight=g.weight, ok=ok, tick_attainment=tick_ok, scaling_actions=actions,
         step_latency_s=np.asarray(latencies), decision_latency_s=np.asarray(getattr(policy, "decision_s", latencies)),
         wall_s=wall, power_cap_w=params.power_cap_w,
-        ttft_slo_s=params.ttft_slo_s, tpot_slo_s=params.tpot_slo_s, indicators=indicators, explanations=explanations)
+        ttft_slo_s=params.ttft_slo_s, tpot_slo_s=params.tpot_slo_s, indicators=indicators, decisions=decisions)
     return result
 
 

@@ -27,6 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, default=None, help="write the summary here")
     p.add_argument("--plots", type=Path, default=None, help="plot folder (default results/simulate/<trace>)")
     p.add_argument("--no-plots", action="store_true", help="skip the plots")
+    p.add_argument("--decisions", type=Path, default=None,
+                   help="JSON lines, one per decision: targets and why (default <plot folder>/<policy>-decisions.jsonl)")
     p.add_argument("--profile", type=Path, default=DEFAULT_PROFILE, help="perf_model.csv-schema profile")
     p.add_argument("--model", default="llama2-70b")
     p.add_argument("--hardware", default="h100-80gb")
@@ -110,9 +112,14 @@ def run(args: argparse.Namespace) -> int:
     for key, value in summary.items():
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
     Console().print(table)
+    folder = args.plots or Path("results/simulate") / trace.name
     if not args.no_plots:
-        path = plot_run(result, capacity.prefill_tokens_per_s(), args.plots or Path("results/simulate") / trace.name)
+        path = plot_run(result, capacity.prefill_tokens_per_s(), folder)
         console.print(f"plots: {path}")
+    path = result.write_decisions(args.decisions or folder / f"{args.policy}-decisions.jsonl")
+    bound = "; ".join(f"{pool}: " + ", ".join(f"{why} {n}" for why, n in counts.items())
+                      for pool, counts in result.bindings().items())
+    console.print(f"decisions: {path} ({len(result.decisions)}; bound by {bound})")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=2))

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,18 @@ def test_simulate_writes_the_json_other_tools_read(tmp_path, policy):
     lines = proc.stderr.splitlines()
     assert f"plots: {tmp_path / 'plots' / f'{policy}.png'}" in lines and f"summary: {out}" in lines
     assert "slo_attainment" in proc.stdout  # the table
+    # Every decision, with why, one JSON line each (strict JSON: a policy's missing figures are null, not NaN).
+    log = tmp_path / "plots" / f"{policy}-decisions.jsonl"
+    decisions = [json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in {log}"))
+                 for line in log.read_text().splitlines()]
+    assert len(decisions) == summary["decisions"] > 0
+    assert all({"prefill", "decode"} <= d["reasons"].keys() and d["reasons"]["prefill"]["binding"] for d in decisions)
+    assert [d["t_s"] for d in decisions] == sorted(d["t_s"] for d in decisions)
+    printed = next(line for line in lines if line.startswith(f"decisions: {log} ({len(decisions)}; bound by "))
+    for part in printed.split("; bound by ", 1)[1].rstrip(")").split("; "):
+        pool, counts = part.split(": ", 1)
+        shown = {why: int(n) for why, n in (c.rsplit(" ", 1) for c in counts.split(", "))}
+        assert shown == Counter(d["reasons"][pool]["binding"] for d in decisions), printed
 
 
 @needs_trace
