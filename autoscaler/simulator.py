@@ -146,7 +146,6 @@ class SimResult:
             "sim_wall_s": self.wall_s,
         }
 
-
     def bindings(self) -> dict[str, dict[str, int]]:
         """How many of the run's decisions each reason bound, per pool, most frequent first."""
         counts: dict[str, Counter] = {}

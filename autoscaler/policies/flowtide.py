@@ -335,7 +335,8 @@ class FlowtidePolicy:
             # fewer replicas than the target, and the prior's wish reaches it. Wishes, not targets, are
             # compared: a target the prior's wish keeps up would otherwise read as a hysteresis hold of
             # the seen steps. A power cap or replica bound that limits the count stays the binding.
-            seen, _ = decide(replace(snapshot, forecast=self.cached_seen), self.state, self.params)
+            seen, _ = decide(replace(snapshot, forecast=self._nowcast(snapshot, self.cached_seen)), self.state,
+                             self.params)
             reasons = {pool: replace(r, binding="unseen_burst") if r.binding in ("slo", "slo_hold")
                        and seen.reasons[pool].wanted < getattr(decision, pool) <= r.wanted else r
                        for pool, r in decision.reasons.items()}
