@@ -18,9 +18,8 @@ LONG_TRACE_S = 2 * 86_400.0
 # Windows of flowtide's arrival-curve burst sizing on short (1 s tick) traces.
 SHORT_BURST_WINDOWS_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 # On short traces flowtide bootstraps the steps of the last SHORT_BURST_MEMORY_S (the current regime;
-# what it has not shown is the unseen-burst prior's), draws SHORT_SAMPLES samples so that the prior's
-# few cells are not lost to sampling noise, and scales down once the lower wish has held one cold
-# start (ski rental: keep an idle replica as long as a new one takes to become useful).
+# what it has not shown is the unseen-burst prior's) and draws SHORT_SAMPLES samples so that the prior's
+# few cells are not lost to sampling noise.
 SHORT_BURST_MEMORY_S = 300.0
 SHORT_SAMPLES = 256
 # On multi-day traces each forecast cell is spread over a recent step's tick-rate profile in this many
@@ -42,10 +41,15 @@ def check_headroom(headroom: float) -> float:
 
 
 def decision_params(cluster: ClusterParams, **overrides) -> DecisionParams:
-    """The decision's view of the cluster (profile, power, SLOs, bounds, cold start, cap)."""
+    """The decision's view of the cluster (profile, power, SLOs, bounds, cold start, cap).
+
+    Scale-down waits one cold start (ski rental: keep an idle replica as long as a new one would take
+    to become useful); ``scale_down_delay_s`` overrides it.
+    """
     base = dict(capacity=cluster.capacity, power=cluster.power, ttft_slo_s=cluster.ttft_slo_s,
                 tpot_slo_s=cluster.tpot_slo_s, min_replicas=cluster.min_replicas, max_replicas=cluster.max_replicas,
-                cold_start_s=cluster.cold_start_s, power_cap_w=cluster.power_cap_w)
+                cold_start_s=cluster.cold_start_s, scale_down_delay_s=cluster.cold_start_s,
+                power_cap_w=cluster.power_cap_w)
     base.update(overrides)
     return DecisionParams(**base)
 
@@ -59,9 +63,9 @@ def make_policy(name: str, trace, cluster: ClusterParams, forecaster: str = "flo
     traces (1 s ticks) flowtide also decides every 10 s, sizes each step by its arrival curve
     (1-30 s windows, see ``FlowtidePolicy._peak``), bootstraps (mean, burst) pairs of the last
     5 minutes jointly, adds the unseen-burst prior (``unseen_burst_alpha=1``: a share ``1/(n+1)``
-    of samples exceed the recent window) and waits one cold start before scaling down. On multi-day
-    traces it spreads each cell over a recent step's tick-rate profile (``burst_shape_bins=8``) and
+    of samples exceed the recent window). On multi-day traces it spreads each cell over a recent step's tick-rate profile (``burst_shape_bins=8``) and
     sizes the step under way from its own mean once two minutes of it are in (``nowcast_after_s=120``).
+    On both, flowtide scales down once the lower wish has held one cold start (:func:`decision_params`).
     ``pretrained``: a flow saved by :func:`autoscaler.policies.flowtide.pretrain` on other traces, used
     by flowtide from the first row and updated online.
     """
@@ -81,7 +85,7 @@ def make_policy(name: str, trace, cluster: ClusterParams, forecaster: str = "flo
         if trace.duration_s < LONG_TRACE_S:
             kw = {"interval_s": 10.0, "burst_windows_s": SHORT_BURST_WINDOWS_S, "joint_bootstrap": True,
                   "burst_window_rows": max(1, int(SHORT_BURST_MEMORY_S // step)), "unseen_burst_alpha": 1.0,
-                  "n_samples": SHORT_SAMPLES, "scale_down_delay_s": cluster.cold_start_s, **kw}
+                  "n_samples": SHORT_SAMPLES, **kw}
         else:
             kw = {"burst_shape_bins": LONG_SHAPE_BINS, "nowcast_after_s": LONG_NOWCAST_S, **kw}
         if pretrained is not None:

@@ -198,7 +198,7 @@ def short_policy(cluster, **kw):
     """Flowtide as make_policy builds it for an hour-long trace at 1 s ticks (never fits the flow here)."""
     base = dict(forecaster="last", forecast_step_s=30.0, min_fit_rows=10**6, interval_s=10.0,
                 burst_windows_s=SHORT_BURST_WINDOWS_S, joint_bootstrap=True, burst_window_rows=10,
-                n_samples=256, unseen_burst_alpha=1.0, scale_down_delay_s=cluster.cold_start_s, seed=3)
+                n_samples=256, unseen_burst_alpha=1.0, seed=3)
     return FlowtidePolicy(cluster, **{**base, **kw})
 
 
