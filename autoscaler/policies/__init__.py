@@ -24,9 +24,10 @@ SHORT_BURST_MEMORY_S = 300.0
 SHORT_SAMPLES = 256
 # On multi-day traces each forecast cell is spread over a recent step's tick-rate profile in this many
 # bins (the decision then counts the share of a step's requests served, not whether its peak tick is), and
-# once this much of the step under way is in, its cells are sized from its own mean so far.
+# once this much of the step under way is in (its first decision with ticks of its own: flowtide decides
+# every 60 s), its cells are sized from its own mean so far.
 LONG_SHAPE_BINS = 8
-LONG_NOWCAST_S = 120.0
+LONG_NOWCAST_S = 60.0
 
 
 class PolicyError(ValueError):
@@ -64,7 +65,7 @@ def make_policy(name: str, trace, cluster: ClusterParams, forecaster: str = "flo
     (1-30 s windows, see ``FlowtidePolicy._peak``), bootstraps (mean, burst) pairs of the last
     5 minutes jointly, adds the unseen-burst prior (``unseen_burst_alpha=1``: a share ``1/(n+1)``
     of samples exceed the recent window). On multi-day traces it spreads each cell over a recent step's tick-rate profile (``burst_shape_bins=8``) and
-    sizes the step under way from its own mean once two minutes of it are in (``nowcast_after_s=120``).
+    sizes the step under way from its own mean once a minute of it is in (``nowcast_after_s=60``).
     On both, flowtide scales down once the lower wish has held one cold start (:func:`decision_params`).
     ``pretrained``: a flow saved by :func:`autoscaler.policies.flowtide.pretrain` on other traces, used
     by flowtide from the first row and updated online.
