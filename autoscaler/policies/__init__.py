@@ -64,9 +64,10 @@ def make_policy(name: str, trace, cluster: ClusterParams, forecaster: str = "flo
     traces (1 s ticks) flowtide also decides every 10 s, sizes each step by its arrival curve
     (1-30 s windows, see ``FlowtidePolicy._peak``), bootstraps (mean, burst) pairs of the last
     5 minutes jointly, adds the unseen-burst prior (``unseen_burst_alpha=1``: a share ``1/(n+1)``
-    of samples exceed the recent window). On multi-day traces it spreads each cell over a recent step's tick-rate profile (``burst_shape_bins=8``) and
-    sizes the step under way from its own mean once a minute of it is in (``nowcast_after_s=60``).
-    On both, flowtide scales down once the lower wish has held one cold start (:func:`decision_params`).
+    of samples exceed the recent window). On multi-day traces it spreads each cell over a recent
+    step's tick-rate profile (``burst_shape_bins=8``) and sizes the step under way from its own mean
+    once a minute of it is in (``nowcast_after_s=60``). On both, flowtide scales down once the lower
+    wish has held one cold start (:func:`decision_params`).
     ``pretrained``: a flow saved by :func:`autoscaler.policies.flowtide.pretrain` on other traces, used
     by flowtide from the first row and updated online.
     """
