@@ -71,7 +71,7 @@ def test_simulate_reads_a_servegen_folder(tmp_path):
     (folder / "chunk-0-trace.csv").write_text("0,3.0,1.5,Gamma,0.44,1.0\n600,4.0,2.0,Weibull,0.5,1.0\n")
     out = tmp_path / "sg.json"
     proc = flowtide("simulate", "--trace", str(folder), "--policy", "ray-serve", "--json", str(out), "--no-plots",
-                    "--cache-dir", str(tmp_path / "cache"))
+                    "--cache-dir", str(tmp_path / "cache"), "--decisions", str(tmp_path / "decisions.jsonl"))
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(out.read_text())
     assert summary["requests"] == pytest.approx(3.0 * 600 + 4.0 * 600, rel=0.2)
@@ -114,6 +114,6 @@ def test_simulate_ticks_a_multi_day_csv_at_10_s(tmp_path):
     gap = tmp_path / "two-days.csv"
     gap.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46,500,50\n2023-11-18 18:15:47,500,50\n")
     proc = flowtide("simulate", "--trace", str(gap), "--policy", "static", "--json", str(tmp_path / "out.json"),
-                    "--no-plots", "--profile", str(PROFILE))
+                    "--no-plots", "--profile", str(PROFILE), "--decisions", str(tmp_path / "decisions.jsonl"))
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "out.json").read_text())["tick_s"] == 10.0
