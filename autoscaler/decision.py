@@ -213,9 +213,12 @@ def decide(snapshot: Snapshot, state: DecisionState, params: DecisionParams) -> 
     window = fc.samples[:, :steps]
     samples = np.maximum(window, 0.0)
     if snapshot.prefill_backlog_tokens > 0:
-        # Work already queued must drain too: spread it over the window as extra input tokens/s.
+        # Work already queued must drain before a prompt queued behind it can meet the TTFT SLO: it
+        # is extra input tokens/s until a replica asked for now has served one interval. Spread over
+        # the forecast's whole steps (600 s on multi-day traces) it added a few replicas, and after a
+        # level jump the queue took minutes to drain while every prompt behind it missed.
         samples = samples.copy()
-        samples[..., 1] += snapshot.prefill_backlog_tokens / (samples.shape[1] * fc.step_s)
+        samples[..., 1] += snapshot.prefill_backlog_tokens / (params.cold_start_s + params.interval_s)
     rps = samples[..., 0]
     tp = params.capacity.gpus_per_replica
     step_h = fc.step_s / 3600.0

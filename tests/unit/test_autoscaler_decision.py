@@ -179,3 +179,19 @@ def test_steps_a_replica_asked_for_now_cannot_serve_do_not_size_it(params):
     # One-minute steps from now: cold start + interval reach into the busy second one.
     d_short, _ = decide(snapshot(1_060.0, replace(quiet_then_busy, step_s=60.0)), DecisionState(), params)
     assert (d_short.prefill, d_short.decode) == (d_late.prefill, d_late.decode)
+
+
+def test_a_prefill_backlog_drains_by_the_time_new_replicas_have_served_an_interval(params):
+    # A backlog worth 30 replicas for cold start + interval (120 s), at 20 req/s: the count asked for
+    # carries both, whether the forecast's steps last a minute or ten (it once spread the backlog over
+    # the forecast's steps, so ten-minute steps asked for a tenth of the extra replicas).
+    rate = 20.0
+    need_p, _ = pool_demand(forecast(np.full((1, 1), rate)).samples, params.capacity, params, 1000, 2000, 200)
+    per_replica = rate * 1000 / float(need_p[0, 0])  # input tokens/s one replica carries within the SLO
+    backlog = 30 * per_replica * (params.cold_start_s + params.interval_s)
+    for step_s in (60.0, 600.0):
+        fc = forecast(np.full((16, 2), rate), step_s=step_s)
+        base, _ = decide(snapshot(0, fc), DecisionState(), params)
+        d, _ = decide(replace(snapshot(0, fc), prefill_backlog_tokens=backlog), DecisionState(), params)
+        assert d.prefill == int(np.ceil(float(need_p[0, 0]) + 30 - 1e-9)), step_s
+        assert d.prefill >= base.prefill + 30 and d.decode == base.decode
