@@ -25,6 +25,9 @@ from autoscaler.indicators import DEMAND_INDICATORS
 from autoscaler.power import PowerModel
 
 POOLS = ("prefill", "decode")
+# Bindings where the forecast's demand set the count: the attainment floor's smallest count, or more
+# because the expected misses cost more than replicas; ``_hold`` while that count is already the target.
+SLO_BINDINGS = ("slo", "slo_hold", "miss_cost", "miss_cost_hold")
 
 
 class DecisionError(ValueError):
@@ -91,6 +94,9 @@ class DecisionParams:
                 raise DecisionError(f"{pool}: need 0 <= min_replicas <= max_replicas, got {lo}, {hi}")
         if not 0 < self.attainment_target < 1:
             raise DecisionError(f"attainment_target must lie in (0, 1), got {self.attainment_target}")
+        if not (self.miss_penalty_gpu_h >= 0 and self.energy_gpu_h_per_kwh >= 0):
+            raise DecisionError(f"miss_penalty_gpu_h and energy_gpu_h_per_kwh must be >= 0, got "
+                                f"{self.miss_penalty_gpu_h}, {self.energy_gpu_h_per_kwh}")
         if not 0 < self.power_eps < 1:
             raise DecisionError(f"power_eps must lie in (0, 1), got {self.power_eps}")
 
@@ -181,7 +187,9 @@ def _choose(need: np.ndarray, weight: np.ndarray, lo: int, hi: int, gpu_h_per_re
 
     Attainment of ``n`` replicas in a sample-step is ``min(1, n / need)`` (the share of demand
     served within the SLO); the expected attainment is its request-weighted mean over samples
-    and steps, so a step that carries more requests counts for more.
+    and steps, so a step that carries more requests counts for more. The binding is ``slo`` when
+    the count is the floor's smallest, ``miss_cost`` when the expected misses' penalty buys more:
+    the penalty is per request, so on busy traffic it, not the floor, sets the count.
     """
     counts = np.arange(lo, hi + 1, dtype=float)
     att = _attainment(counts, need)
@@ -189,8 +197,12 @@ def _choose(need: np.ndarray, weight: np.ndarray, lo: int, hi: int, gpu_h_per_re
     missed = ((1.0 - att) * weight[None]).mean(axis=1).sum(axis=1)  # expected misses over the window
     cost = counts * (gpu_h_per_replica + params.energy_gpu_h_per_kwh * kwh_per_replica) + params.miss_penalty_gpu_h * missed
     feasible = expected >= params.attainment_target
-    i = int(np.argmin(np.where(feasible, cost, np.inf))) if feasible.any() else len(counts) - 1
-    binding = "max_replicas" if not feasible.any() else "min_replicas" if i == 0 and lo > 0 else "slo"
+    if not feasible.any():
+        i, binding = len(counts) - 1, "max_replicas"
+    else:
+        i = int(np.argmin(np.where(feasible, cost, np.inf)))
+        floor = int(np.argmax(feasible))  # expected attainment grows with the count
+        binding = "min_replicas" if i == 0 and lo > 0 else "miss_cost" if i > floor else "slo"
     n = counts[i]
     return int(n), Reason(binding, float((need <= n).mean()), float(expected[i]))
 
@@ -267,7 +279,8 @@ def decide(snapshot: Snapshot, state: DecisionState, params: DecisionParams) -> 
         if n >= current:
             since[i], peaks[i] = None, 0
             targets.append(n)
-            reasons[pool] = reason if n > current or reason.binding != "slo" else replace(reason, binding="slo_hold")
+            held = n == current and reason.binding in ("slo", "miss_cost")
+            reasons[pool] = replace(reason, binding=f"{reason.binding}_hold") if held else reason
             continue
         since[i] = snapshot.now_s if since[i] is None else since[i]
         peaks[i] = max(peaks[i], n)

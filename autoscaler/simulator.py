@@ -44,7 +44,8 @@ class Policy(Protocol):
 
     A policy that also learns inside ``step`` (fits, online updates) may keep ``decision_s``, the
     seconds of each decision alone (forecast sampling + optimisation); the summary's
-    ``decision_p99_ms`` then reads it, and ``step_p99_ms`` the whole step.
+    ``decision_p99_ms`` then reads it, and ``step_p99_ms`` the whole step. One that wants its
+    decisions at a phase sets ``offset_s``, the time of its first (0 if it has none).
     """
 
     name: str
@@ -207,7 +208,7 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
     latencies: list[float] = []
     decisions: list[tuple[float, Decision]] = []
     actions = 0
-    next_decision = 0.0
+    next_decision = float(getattr(policy, "offset_s", 0.0))
     window = int(params.history_window_s // dt)
     recent_prompts: deque[float] = deque(maxlen=max(1, int(600 // dt)))
     start_wall = time.perf_counter()

@@ -23,11 +23,9 @@ SHORT_BURST_WINDOWS_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 SHORT_BURST_MEMORY_S = 300.0
 SHORT_SAMPLES = 256
 # On multi-day traces each forecast cell is spread over a recent step's tick-rate profile in this many
-# bins (the decision then counts the share of a step's requests served, not whether its peak tick is), and
-# once this much of the step under way is in (its first decision with ticks of its own: flowtide decides
-# every 60 s), its cells are sized from its own mean so far.
+# bins (the decision then counts the share of a step's requests served, not whether its peak tick is).
 LONG_SHAPE_BINS = 8
-LONG_NOWCAST_S = 60.0
+LONG_INTERVAL_S = 60.0
 
 
 class PolicyError(ValueError):
@@ -65,9 +63,11 @@ def make_policy(name: str, trace, cluster: ClusterParams, forecaster: str = "flo
     (1-30 s windows, see ``FlowtidePolicy._peak``), bootstraps (mean, burst) pairs of the last
     5 minutes jointly, adds the unseen-burst prior (``unseen_burst_alpha=1``: a share ``1/(n+1)``
     of samples exceed the recent window). On multi-day traces it spreads each cell over a recent
-    step's tick-rate profile (``burst_shape_bins=8``) and sizes the step under way from its own mean
-    once a minute of it is in (``nowcast_after_s=60``). On both, flowtide scales down once the lower
-    wish has held one cold start (:func:`decision_params`).
+    step's tick-rate profile (``burst_shape_bins=8``) and decides one tick into each step (and every
+    60 s after), sizing the step under way from that tick's mean on (``nowcast_after_s`` and
+    ``offset_s`` one tick): a step's rate can jump at its start, and the replicas the forecast made
+    before it missed are then asked for after one tick, not a minute. On both, flowtide scales down
+    once the lower wish has held one cold start (:func:`decision_params`).
     ``pretrained``: a flow saved by :func:`autoscaler.policies.flowtide.pretrain` on other traces, used
     by flowtide from the first row and updated online.
     """
@@ -89,7 +89,8 @@ def make_policy(name: str, trace, cluster: ClusterParams, forecaster: str = "flo
                   "burst_window_rows": max(1, int(SHORT_BURST_MEMORY_S // step)), "unseen_burst_alpha": 1.0,
                   "n_samples": SHORT_SAMPLES, **kw}
         else:
-            kw = {"burst_shape_bins": LONG_SHAPE_BINS, "nowcast_after_s": LONG_NOWCAST_S, **kw}
+            kw = {"interval_s": LONG_INTERVAL_S, "burst_shape_bins": LONG_SHAPE_BINS, "nowcast_after_s": trace.step_s, **kw}
+            kw.setdefault("offset_s", trace.step_s % kw["interval_s"])
         if pretrained is not None:
             from autoscaler.policies.flowtide import load_pretrained
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autoscaler.decision import Decision, DecisionState, Reason, Snapshot, decide
+from autoscaler.decision import SLO_BINDINGS, Decision, DecisionState, Reason, Snapshot, decide
 from autoscaler.forecast import Forecast, ForecastInputError, Forecaster, make_forecaster
 from autoscaler.indicators import DEMAND_INDICATORS
 from autoscaler.simulator import ClusterParams
@@ -50,16 +50,20 @@ class FlowtidePolicy:
                  burst_wait_s: float | None = None, joint_bootstrap: bool = False, forecaster_kw: dict | None = None,
                  pretrained: Forecaster | None = None, pretrained_level: np.ndarray | None = None,
                  unseen_burst_alpha: float | None = None, burst_shape_bins: int | None = None,
-                 nowcast_after_s: float | None = None, seed: int = 0, **decision_overrides) -> None:
+                 nowcast_after_s: float | None = None, offset_s: float = 0.0, seed: int = 0,
+                 **decision_overrides) -> None:
         if forecast_step_s <= 0 or interval_s <= 0 or n_samples < 1:
             raise PolicyError("forecast_step_s and interval_s must be positive and n_samples >= 1")
         if burst_shape_bins is not None and burst_shape_bins < 1:
             raise PolicyError(f"burst_shape_bins must be >= 1 (or None: the step's peak), got {burst_shape_bins}")
+        if not 0 <= offset_s < interval_s:
+            raise PolicyError(f"offset_s must lie in [0, interval_s = {interval_s}), got {offset_s}")
         if unseen_burst_alpha is not None and unseen_burst_alpha <= 0:
             raise PolicyError(f"unseen_burst_alpha must be positive (or None: off), got {unseen_burst_alpha}")
         self.cluster = cluster
         self.params = decision_params(cluster, interval_s=interval_s, **decision_overrides)
         self.interval_s = interval_s
+        self.offset_s = offset_s  # the first decision's time; the simulator (and a live loop) keep the phase
         self.step_s = forecast_step_s
         self.n_samples = n_samples
         self.min_fit_rows = min_fit_rows
@@ -337,7 +341,7 @@ class FlowtidePolicy:
             # the seen steps. A power cap or replica bound that limits the count stays the binding.
             seen, _ = decide(replace(snapshot, forecast=self._nowcast(snapshot, self.cached_seen)), self.state,
                              self.params)
-            reasons = {pool: replace(r, binding="unseen_burst") if r.binding in ("slo", "slo_hold")
+            reasons = {pool: replace(r, binding="unseen_burst") if r.binding in SLO_BINDINGS
                        and seen.reasons[pool].wanted < getattr(decision, pool) <= r.wanted else r
                        for pool, r in decision.reasons.items()}
             decision = replace(decision, reasons=reasons)

@@ -195,3 +195,24 @@ def test_a_prefill_backlog_drains_by_the_time_new_replicas_have_served_an_interv
         d, _ = decide(replace(snapshot(0, fc), prefill_backlog_tokens=backlog), DecisionState(), params)
         assert d.prefill == int(np.ceil(float(need_p[0, 0]) + 30 - 1e-9)), step_s
         assert d.prefill >= base.prefill + 30 and d.decode == base.decode
+
+
+def test_the_reason_says_when_the_miss_penalty_not_the_floor_set_the_count(params):
+    # Ten-minute steps at 80 req/s: 48,000 requests a step, so a replica that saves a few dozen
+    # expected misses pays for itself (0.02 GPU-h each) long after the 0.995 floor is met.
+    rng = np.random.default_rng(1)
+    fc = forecast(80.0 * rng.lognormal(0, 0.2, (64, 1)), step_s=600.0)
+    busy, _ = decide(snapshot(0, fc), DecisionState(), params)
+    floor, _ = decide(snapshot(0, fc), DecisionState(), replace(params, miss_penalty_gpu_h=0.0))
+    assert busy.reasons["prefill"].binding == "miss_cost" and floor.reasons["prefill"].binding == "slo"
+    assert busy.prefill > floor.prefill
+    assert busy.reasons["prefill"].expected_attainment > floor.reasons["prefill"].expected_attainment >= 0.995
+    assert "prefill=%d (miss_cost," % busy.prefill in busy.explain()
+    held, _ = decide(snapshot(0, fc, busy.prefill, busy.decode), DecisionState(), params)
+    assert held.prefill == busy.prefill and held.reasons["prefill"].binding == "miss_cost_hold"
+
+
+@pytest.mark.parametrize("field", ["miss_penalty_gpu_h", "energy_gpu_h_per_kwh"])
+def test_a_negative_cost_is_refused_by_name(params, field):
+    with pytest.raises(DecisionError, match=field):
+        replace(params, **{field: -0.01})

@@ -9,7 +9,7 @@ import pytest
 from autoscaler.capacity import load_capacity
 from autoscaler.decision import Decision, Snapshot
 from autoscaler.forecast import Forecast
-from autoscaler.policies import make_policy
+from autoscaler.policies import PolicyError, make_policy
 from autoscaler.policies.flowtide import FlowtidePolicy
 from autoscaler.policies.static import StaticPolicy
 from autoscaler.power import PowerModel
@@ -171,6 +171,25 @@ def test_flowtide_follows_a_step_in_demand_without_missing_the_slo(cluster):
     assert result.prefill_replicas[-1] > result.prefill_replicas[500]
     assert s["slo_attainment"] > 0.97
     assert s["gpu_hours"] < static["gpu_hours"]
+
+
+def test_a_policy_with_an_offset_decides_at_its_phase(cluster):
+    trace = constant_trace(20.0, ticks=30)
+    phased = Scripted((2, 2), interval_s=60.0)
+    phased.offset_s = 10.0
+    assert [t for t, _ in simulate(trace, phased, cluster).decisions] == [10.0, 70.0, 130.0, 190.0, 250.0]
+    assert [t for t, _, _ in phased.seen][:2] == [10.0, 70.0] and phased.seen[0][1] == 1  # one tick of history
+
+
+def test_flowtide_on_a_multi_day_trace_decides_and_nowcasts_one_tick_into_each_step(cluster):
+    two_days = constant_trace(20.0, ticks=2 * 8640 + 6)
+    policy = make_policy("flowtide", two_days, cluster)
+    assert (policy.interval_s, policy.offset_s, policy.nowcast_after_s, policy.step_s) == (60.0, 10.0, 10.0, 600.0)
+    # At 30 s ticks (--tick-s 30) the first tick of each step is 30 s in; at 60 s, decisions fall on it.
+    assert make_policy("flowtide", constant_trace(20.0, ticks=5800, step_s=30.0), cluster).offset_s == 30.0
+    assert make_policy("flowtide", constant_trace(20.0, ticks=2900, step_s=60.0), cluster).offset_s == 0.0
+    with pytest.raises(PolicyError, match="offset_s"):
+        FlowtidePolicy(cluster, offset_s=60.0)
 
 
 def test_make_policy_names_the_choices(cluster):
