@@ -96,7 +96,9 @@ def run(args: argparse.Namespace) -> int:
         f"profile {args.model}/{args.hardware}/TP{args.tp} ({args.profile}); SLO TTFT<={ttft}s TPOT<={tpot}s; "
         f"tick {tick}s; cold start {args.cold_start_s}s; replicas prefill<={cluster.max_replicas[0]} "
         f"decode<={cluster.max_replicas[1]}; power cap {cluster.power_cap_w:.0f} W; "
-        + (f"forecaster {args.forecaster}, step {policy.step_s:.0f}s; " if args.policy == "flowtide" else "")
+        + (f"forecaster {args.forecaster}, step {policy.step_s:.0f}s; decides every {policy.interval_s:g}s from "
+           f"{policy.offset_s:g}s, attainment >= {policy.params.attainment_target:g} and a miss penalty of "
+           f"{policy.params.miss_penalty_gpu_h:g} GPU-h per request; " if args.policy == "flowtide" else "")
         + f"seed {args.seed}")
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
