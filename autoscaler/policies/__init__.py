@@ -89,7 +89,8 @@ def make_policy(name: str, trace, cluster: ClusterParams, forecaster: str = "flo
                   "burst_window_rows": max(1, int(SHORT_BURST_MEMORY_S // step)), "unseen_burst_alpha": 1.0,
                   "n_samples": SHORT_SAMPLES, **kw}
         else:
-            kw = {"interval_s": LONG_INTERVAL_S, "burst_shape_bins": LONG_SHAPE_BINS, "nowcast_after_s": trace.step_s, **kw}
+            kw = {"interval_s": LONG_INTERVAL_S, "burst_shape_bins": LONG_SHAPE_BINS,
+                  "nowcast_after_s": trace.step_s, **kw}
             kw.setdefault("offset_s", trace.step_s % kw["interval_s"])
         if pretrained is not None:
             from autoscaler.policies.flowtide import load_pretrained

@@ -48,7 +48,8 @@ def test_simulate_writes_the_json_other_tools_read(tmp_path, policy):
     assert (tmp_path / "plots" / f"{policy}.png").stat().st_size > 10_000
     assert "power cap" in proc.stderr and "TTFT<=2.0s" in proc.stderr  # the defaults are printed
     if policy == "flowtide":  # and what sets its operating point
-        assert "decides every 10s from 0s, attainment >= 0.995 and a miss penalty of 0.02 GPU-h per request" in proc.stderr
+        said = "decides every 10s from 0s, attainment >= 0.995 and a miss penalty of 0.02 GPU-h per request"
+        assert said in proc.stderr
     lines = proc.stderr.splitlines()
     assert f"plots: {tmp_path / 'plots' / f'{policy}.png'}" in lines and f"summary: {out}" in lines
     assert "slo_attainment" in proc.stdout  # the table
