@@ -27,7 +27,8 @@ from autoscaler.power import PowerModel
 POOLS = ("prefill", "decode")
 # Bindings where the forecast's demand set the count: the attainment floor's smallest count, or more
 # because the expected misses cost more than replicas; ``_hold`` while that count is already the target.
-SLO_BINDINGS = ("slo", "slo_hold", "miss_cost", "miss_cost_hold")
+_DEMAND_BINDINGS = ("slo", "miss_cost")
+SLO_BINDINGS = _DEMAND_BINDINGS + tuple(f"{b}_hold" for b in _DEMAND_BINDINGS)
 
 
 class DecisionError(ValueError):
@@ -279,7 +280,7 @@ def decide(snapshot: Snapshot, state: DecisionState, params: DecisionParams) -> 
         if n >= current:
             since[i], peaks[i] = None, 0
             targets.append(n)
-            held = n == current and reason.binding in ("slo", "miss_cost")
+            held = n == current and reason.binding in _DEMAND_BINDINGS
             reasons[pool] = replace(reason, binding=f"{reason.binding}_hold") if held else reason
             continue
         since[i] = snapshot.now_s if since[i] is None else since[i]

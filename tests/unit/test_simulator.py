@@ -47,6 +47,7 @@ class Scripted:
     from_s: float = 0.0
     name: str = "scripted"
     interval_s: float = 10.0
+    offset_s: float = 0.0
     seen: list = field(default_factory=list)
 
     def step(self, snapshot: Snapshot) -> Decision:
@@ -175,8 +176,7 @@ def test_flowtide_follows_a_step_in_demand_without_missing_the_slo(cluster):
 
 def test_a_policy_with_an_offset_decides_at_its_phase(cluster):
     trace = constant_trace(20.0, ticks=30)
-    phased = Scripted((2, 2), interval_s=60.0)
-    phased.offset_s = 10.0
+    phased = Scripted((2, 2), interval_s=60.0, offset_s=10.0)
     assert [t for t, _ in simulate(trace, phased, cluster).decisions] == [10.0, 70.0, 130.0, 190.0, 250.0]
     assert [t for t, _, _ in phased.seen][:2] == [10.0, 70.0] and phased.seen[0][1] == 1  # one tick of history
 
