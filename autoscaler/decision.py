@@ -50,8 +50,10 @@ class Snapshot:
 
     ``history`` is ``[T, 3]`` demand (``DEMAND_INDICATORS``) per ``step_s`` tick up to now;
     ``ongoing`` is requests in each pool (queued plus running); ``prefill_backlog_tokens`` and
-    ``decode_queued_sequences`` are work already waiting for a replica; ``forecast`` is filled in by forecasting policies before
-    :func:`decide` is called.
+    ``decode_queued_sequences`` are work already waiting for a replica; ``latency``, when given, is
+    ``[T, 2]`` beside ``history``: the mean TTFT and TPOT (s) of each tick's requests, what a live
+    loop reads from the router's histograms (NaN for a tick without requests); ``forecast`` is
+    filled in by forecasting policies before :func:`decide` is called.
     """
 
     now_s: float
@@ -66,6 +68,7 @@ class Snapshot:
     tail_prompt_tokens: float
     prefill_backlog_tokens: float = 0.0
     decode_queued_sequences: float = 0.0
+    latency: np.ndarray | None = None
     forecast: Forecast | None = None
 
 

@@ -204,6 +204,7 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
     smooth = 1.0 - math.exp(-dt / UTIL_SMOOTHING_S)
     rec = {k: np.zeros(n) for k in ("p", "d", "pg", "dg", "power", "train", "capped", "viol", "wait", "slow",
                                      "tpot", "dwait", "serving_w")}
+    observed = np.full((n, 2), np.nan)  # each tick's mean TTFT and TPOT, as the router's histograms report
     bands: dict[int, np.ndarray] = {q: np.full(n, np.nan) for q in (5, 50, 95)}
     latencies: list[float] = []
     decisions: list[tuple[float, Decision]] = []
@@ -231,7 +232,7 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
                             ongoing_prefill=q_req + in_service, ongoing_decode=concurrency + active,
                             mean_prompt_tokens=float(mean_prompt), mean_output_tokens=float(mean_out),
                             tail_prompt_tokens=max(tail, float(mean_prompt)), prefill_backlog_tokens=q_tok,
-                            decode_queued_sequences=active)
+                            decode_queued_sequences=active, latency=observed[lo:t])
             t0 = time.perf_counter()
             decision = policy.step(snap)
             latencies.append(time.perf_counter() - t0)
@@ -328,6 +329,8 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
             rec[key][t] = value
         if a_req > 0:
             recent_prompts.append(a_tok / a_req)
+            observed[t] = (wait + float(cap.prefill_time_s(mean_prompt_all[t])) * slow,
+                           tpot + dwait / max(a_out / a_req - 1.0, 1.0))
         if progress is not None and (t % report_every == 0 or t == n - 1):
             progress(t + 1, n)
     wall = time.perf_counter() - start_wall

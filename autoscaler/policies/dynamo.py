@@ -5,15 +5,22 @@ predicts the next interval with a point forecaster (Kalman, as Dynamo's load pre
 sizes prefill for input tokens/s and decode for concurrent sequences from the same profiled
 curves as ours, and, if the total exceeds the GPU budget or the power budget (cap over TDP per
 GPU), scales both pools down proportionally.
+
+Like Dynamo's planner it corrects decode by what it observed: the last interval's mean TPOT over
+the profile's TPOT at the concurrency it ran (``decode_correction``) divides the TPOT target the
+decode pool is sized for, so a pool whose sequences waited for a batch slot is sized for a tighter
+one. Dynamo's prefill correction, ``min(1, observed TTFT / profiled TTFT)``, can only lower the
+count (prefix-cache hits, which the simulator does not model), so it is left out.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
-from autoscaler.decision import Decision, Reason, Snapshot, pool_demand
+from autoscaler.decision import Decision, DecisionParams, Reason, Snapshot, pool_demand
 from autoscaler.forecast import ForecastInputError, make_forecaster
 from autoscaler.simulator import ClusterParams
 
@@ -21,7 +28,9 @@ from . import check_headroom, decision_params
 
 
 class DynamoPolicy:
-    """The planner. ``headroom`` (> 0) multiplies both pools' predicted need before rounding up.
+    """The planner. ``headroom`` (> 0) multiplies both pools' predicted need before rounding up;
+    ``correction`` (Dynamo's default; its ``--no-correction`` turns it off) applies the decode
+    correction factor.
 
     ``predictions``: a dict shared by runs on the same trace with the same interval, forecaster and
     fit settings, keyed by the number of interval rows observed. The rows are the trace's demand,
@@ -34,8 +43,10 @@ class DynamoPolicy:
     def __init__(self, cluster: ClusterParams, interval_s: float = 180.0, forecaster: str = "kalman",
                  forecaster_kw: dict | None = None,
                  min_fit_rows: int = 8, refit_every_rows: int = 480, seed: int = 0, headroom: float = 1.0,
-                 predictions: dict[int, np.ndarray] | None = None) -> None:
+                 predictions: dict[int, np.ndarray] | None = None, correction: bool = True) -> None:
         self.headroom = check_headroom(headroom)
+        self.correction = correction
+        self.decode_correction = 1.0
         self.predictions = predictions
         self.cluster = cluster
         self.params = decision_params(cluster)
@@ -47,12 +58,14 @@ class DynamoPolicy:
         self.forecaster = None
         self.min_fit_rows, self.refit_every_rows = min_fit_rows, refit_every_rows
         self.rows: list[np.ndarray] = []
+        self.latency: list[np.ndarray] = []  # per row: mean TTFT and TPOT observed, request-weighted
         self.consumed_s = 0.0
         self.fitted_at = 0
         self.rng = np.random.default_rng(seed)
 
     def _observe(self, snapshot: Snapshot) -> None:
-        """Append one row per elapsed interval: the mean demand over that interval's ticks."""
+        """Append one row per elapsed interval: the mean demand over that interval's ticks, and
+        the mean latency its requests saw (NaN when the snapshot carries none)."""
         history, step = snapshot.history, snapshot.step_s
         start = snapshot.now_s - history.shape[0] * step
         while self.consumed_s + self.interval_s <= snapshot.now_s + 1e-9:
@@ -60,7 +73,24 @@ class DynamoPolicy:
             hi = int(round((self.consumed_s + self.interval_s - start) / step))
             if hi > lo >= 0:
                 self.rows.append(history[lo:hi].mean(axis=0))
+                self.latency.append(_mean_latency(snapshot.latency, history, lo, hi))
             self.consumed_s += self.interval_s
+
+    def _update_correction(self, snapshot: Snapshot) -> None:
+        """Dynamo's decode correction from the last interval: observed TPOT over the profile's TPOT
+        at the concurrency the pool ran (Little's law over the request's duration; the profile is
+        not read beyond its largest batch). Kept as it was when the interval gives nothing to read."""
+        if not (self.correction and self.latency and snapshot.decode.ready > 0):
+            return
+        ttft, tpot = self.latency[-1]
+        rps, in_tps, out_tps = self.rows[-1]
+        if not (math.isfinite(ttft) and math.isfinite(tpot) and tpot > 0 and rps > 0):
+            return
+        isl, osl = in_tps / rps, out_tps / rps
+        concurrency = rps * (ttft + osl * tpot) / snapshot.decode.ready
+        capacity = self.cluster.capacity
+        expected = float(capacity.tpot_s(min(max(concurrency, 1.0), capacity.max_batch), isl + osl / 2.0))
+        self.decode_correction = tpot / expected
 
     def _fit_rows(self, n: int) -> int | None:
         """How many rows the forecaster in use at ``n`` rows was fitted on: the first fit at
@@ -103,8 +133,9 @@ class DynamoPolicy:
         if not self.rows:
             return Decision(snapshot.prefill.target, snapshot.decode.target,
                             {p: Reason("no_data", float("nan"), float("nan")) for p in ("prefill", "decode")})
+        self._update_correction(snapshot)
         predicted = np.maximum(self.predict(), 0.0)
-        need_p, need_d = pool_demand(predicted[None, None], self.cluster.capacity, self.params,
+        need_p, need_d = pool_demand(predicted[None, None], self.cluster.capacity, self._corrected_params(snapshot),
                                      snapshot.mean_prompt_tokens, snapshot.mean_prompt_tokens,
                                      snapshot.mean_output_tokens)
         lo, hi = self.cluster.min_replicas, self.cluster.max_replicas
@@ -121,3 +152,23 @@ class DynamoPolicy:
             binding = "gpu_power_budget"
         reason = Reason(binding, 0.5, float("nan"))
         return Decision(p, d, {"prefill": reason, "decode": reason})
+
+    def _corrected_params(self, snapshot: Snapshot) -> DecisionParams:
+        """The decision parameters with the TPOT target divided by the decode correction; never
+        below what batch 1 meets (Dynamo then sizes at its lightest profiled load)."""
+        capacity, params = self.cluster.capacity, self.params
+        ctx = snapshot.mean_prompt_tokens + snapshot.mean_output_tokens / 2.0
+        lightest = float(capacity.tpot_s(1, ctx)) / params.latency_margin * (1 + 1e-9)
+        return replace(params, tpot_slo_s=max(params.tpot_slo_s / self.decode_correction, lightest))
+
+
+def _mean_latency(latency: np.ndarray | None, history: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Request-weighted mean (TTFT, TPOT) over ticks ``[lo, hi)``, of the requests served (as a
+    histogram counts them); NaN without any."""
+    if latency is None or latency.shape[0] < hi:
+        return np.full(2, np.nan)
+    rows, weight = latency[lo:hi], history[lo:hi, 0]
+    seen = np.isfinite(rows).all(axis=1) & (weight > 0)
+    if not seen.any():
+        return np.full(2, np.nan)
+    return (rows[seen] * weight[seen, None]).sum(axis=0) / weight[seen].sum()

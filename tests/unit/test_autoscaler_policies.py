@@ -1,5 +1,6 @@
 """Baseline policies behave as the systems they stand for."""
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -24,12 +25,12 @@ def cluster():
                          max_replicas=(30, 30), cold_start_s=60.0)
 
 
-def snap(now, history=None, ongoing=(0.0, 0.0), targets=(1, 1), step_s=10.0):
+def snap(now, history=None, ongoing=(0.0, 0.0), targets=(1, 1), step_s=10.0, latency=None):
     history = np.zeros((int(now // step_s), 3)) if history is None else history
     return Snapshot(now_s=now, step_s=step_s, history=history, prefill=PoolView(targets[0], 0, targets[0]),
                     decode=PoolView(targets[1], 0, targets[1]), ongoing_prefill=ongoing[0],
                     ongoing_decode=ongoing[1], mean_prompt_tokens=1000, mean_output_tokens=200,
-                    tail_prompt_tokens=2000)
+                    tail_prompt_tokens=2000, latency=latency)
 
 
 def test_serve_delay_logic_waits_30s_up_and_600s_down_by_elapsed_time():
@@ -70,6 +71,35 @@ def test_dynamo_sizes_from_the_last_interval_and_clamps_to_the_power_budget(clus
     assert (d.prefill + d.decode) * tp <= budget_gpus
     assert d.reasons["prefill"].binding == "gpu_power_budget"
     assert d.prefill / d.decode == pytest.approx(free.prefill / free.decode, rel=0.5)
+
+
+def test_dynamo_corrects_decode_by_the_tpot_its_sequences_saw(cluster):
+    rows = np.tile([[20.0, 20_000.0, 4_000.0]], (18, 1))  # 1,000-token prompts, 200 output tokens
+    blind = DynamoPolicy(cluster).step(snap(180.0, rows, targets=(4, 8)))
+    capacity = cluster.capacity
+
+    def seen(ttft, tpot, correction=True):
+        policy = DynamoPolicy(cluster, correction=correction)
+        latency = np.tile([[ttft, tpot]], (18, 1))
+        latency[3] = np.nan  # a tick without requests reads as nothing, not as zero latency
+        return policy, policy.step(snap(180.0, rows, targets=(4, 8), latency=latency))
+
+    # Dynamo's factor: observed TPOT over the profile's at the concurrency the pool ran
+    # (requests/s x request duration per replica), at context prompt + output / 2.
+    policy, slow = seen(0.5, 0.12)
+    concurrency = 20.0 * (0.5 + 200 * 0.12) / 8
+    assert concurrency < capacity.max_batch
+    assert policy.decode_correction == pytest.approx(0.12 / float(capacity.tpot_s(concurrency, 1100.0)))
+    assert policy.decode_correction > 2 and slow.decode > blind.decode and slow.prefill == blind.prefill
+    # Switched off (Dynamo's --no-correction), or with nothing observed, it sizes as before.
+    assert seen(0.5, 0.12, correction=False)[1].decode == blind.decode
+    policy, unread = seen(np.nan, np.nan)
+    assert policy.decode_correction == 1.0 and unread.decode == blind.decode
+    # A target no batch meets sizes at batch 1, as Dynamo's interpolator falls back to its lightest point.
+    policy, crushed = seen(0.5, 5.0)  # and the profile is not read past its largest batch
+    assert policy.decode_correction == pytest.approx(5.0 / float(capacity.tpot_s(capacity.max_batch, 1100.0)))
+    need_at_batch_1 = 4_000.0 * float(capacity.tpot_s(1, 1100.0))
+    assert crushed.decode == min(math.ceil(need_at_batch_1), cluster.max_replicas[1])
 
 
 # ---- flowtide on short traces, pre-trained forecasters, and the hindsight bound -------------------

@@ -51,7 +51,8 @@ class Scripted:
     seen: list = field(default_factory=list)
 
     def step(self, snapshot: Snapshot) -> Decision:
-        self.seen.append((snapshot.now_s, snapshot.history.shape[0], snapshot.history.copy()))
+        self.seen.append((snapshot.now_s, snapshot.history.shape[0], snapshot.history.copy(),
+                          snapshot.latency.copy()))
         if snapshot.now_s >= self.from_s:
             return Decision(*self.targets)
         return Decision(snapshot.prefill.target, snapshot.decode.target)
@@ -86,9 +87,24 @@ def test_the_policy_sees_only_finished_ticks(cluster):
     trace.n_requests[5:] += np.arange(15)  # a trend the policy must not see ahead of time
     policy = Scripted((1, 1))
     simulate(trace, policy, cluster)
-    for now, rows, history in policy.seen:
+    for now, rows, history, _ in policy.seen:
         assert rows == int(now // trace.step_s)
         assert np.array_equal(history[:, 0], trace.rates()[:rows, 0])
+
+
+def test_the_policy_sees_each_finished_ticks_mean_latency_as_the_run_reports_it(cluster):
+    # One prefill replica for 20 req/s of 1,000-token prompts: the queue, and TTFT, grow every tick.
+    trace = constant_trace(20.0, ticks=30)
+    trace.n_requests[7] = trace.prompt_tokens[7] = trace.output_tokens[7] = trace.groups.weight[7] = 0.0
+    policy = Scripted((1, 1))
+    result = simulate(trace, policy, warm(cluster, 1, 1))
+    now, rows, _, latency = policy.seen[-1]
+    assert latency.shape == (rows, 2) and rows == 29
+    assert np.isnan(latency[7]).all()  # a tick without requests reports nothing
+    served = np.arange(rows) != 7
+    np.testing.assert_allclose(latency[served, 0], result.ttft_s[:rows][served])
+    np.testing.assert_allclose(latency[served, 1], result.tpot_s[:rows][served])
+    assert latency[-1, 0] > 5 * latency[0, 0] > 0
 
 
 def test_power_cap_sheds_training_before_touching_serving(cluster):
@@ -178,7 +194,7 @@ def test_a_policy_with_an_offset_decides_at_its_phase(cluster):
     trace = constant_trace(20.0, ticks=30)
     phased = Scripted((2, 2), interval_s=60.0, offset_s=10.0)
     assert [t for t, _ in simulate(trace, phased, cluster).decisions] == [10.0, 70.0, 130.0, 190.0, 250.0]
-    assert [t for t, _, _ in phased.seen][:2] == [10.0, 70.0] and phased.seen[0][1] == 1  # one tick of history
+    assert [t for t, *_ in phased.seen][:2] == [10.0, 70.0] and phased.seen[0][1] == 1  # one tick of history
 
 
 def test_flowtide_on_a_multi_day_trace_decides_and_nowcasts_one_tick_into_each_step(cluster):
