@@ -99,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
         + (f"forecaster {args.forecaster}, step {policy.step_s:.0f}s; decides every {policy.interval_s:g}s from "
            f"{policy.offset_s:g}s, attainment >= {policy.params.attainment_target:g} and a miss penalty of "
            f"{policy.params.miss_penalty_gpu_h:g} GPU-h per request; " if args.policy == "flowtide" else "")
+        + (f"plans every {policy.interval_s:g}s from a {policy.forecaster_name} point forecast, decode correction "
+           f"{'on' if policy.correction else 'off'}; " if args.policy == "dynamo" else "")
         + f"seed {args.seed}")
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:

@@ -50,6 +50,8 @@ def test_simulate_writes_the_json_other_tools_read(tmp_path, policy):
     if policy == "flowtide":  # and what sets its operating point
         said = "decides every 10s from 0s, attainment >= 0.995 and a miss penalty of 0.02 GPU-h per request"
         assert said in proc.stderr
+    if policy == "dynamo":
+        assert "plans every 180s from a kalman point forecast, decode correction on" in proc.stderr
     lines = proc.stderr.splitlines()
     assert f"plots: {tmp_path / 'plots' / f'{policy}.png'}" in lines and f"summary: {out}" in lines
     assert "slo_attainment" in proc.stdout  # the table
