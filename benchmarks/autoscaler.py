@@ -59,7 +59,7 @@ PRETRAIN_SOURCES = {"azure-code": ("servegen-m-large", "azure-conv"), "azure-con
 
 def run_trace(name: str, path: Path, tick_s: float, policies: tuple[str, ...], forecaster: str, seed: int,
               plots: Path, bar, checkpoint, pretrained: dict[str, Path], hindsight: bool,
-              headrooms: tuple[float, ...] = (1.0,)) -> dict:
+              headrooms: tuple[float, ...] = (1.0,), dynamo_correction: bool = True) -> dict:
     """Every policy on one trace; each baseline also at every ``headrooms`` value (its default run
     is the 1.0 one and stays in ``policies``; the sweep goes to ``sweep``)."""
     from autoscaler.capacity import load_capacity
@@ -88,6 +88,8 @@ def run_trace(name: str, path: Path, tick_s: float, policies: tuple[str, ...], f
         model = pretrained.get(name) if policy_name == "flowtide" else None
         # Dynamo's predictions read only the trace's demand: the sweep's runs share them.
         shared = {"predictions": {}} if sweeping and policy_name == "dynamo" else {}
+        if policy_name == "dynamo":
+            shared["correction"] = dynamo_correction
         policy = make_policy(policy_name, trace, cluster, forecaster=forecaster, seed=seed, pretrained=model, **shared)
         task = bar.add_task(f"{name}: {policy_name}", total=trace.n_ticks)
         t0 = time.perf_counter()
@@ -357,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--headroom", type=parse_headrooms, default=HEADROOMS,
                         help="comma-separated multipliers of each baseline's sizing knob to sweep (static's peak need, "
                              "ray-serve's 1/target_ongoing_requests, dynamo's predicted need); 1.0 alone: no sweep")
+    parser.add_argument("--no-dynamo-correction", dest="dynamo_correction", action="store_false",
+                        help="run the Dynamo baseline without its decode correction factor (Dynamo's --no-correction)")
     args = parser.parse_args(argv)
     missing = [str(TRACES[t][0]) for t in args.traces.split(",") if not TRACES[t][0].exists()]
     if missing or not PROFILE.is_file():
@@ -382,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
             path, tick = TRACES[trace]
             hindsight = args.hindsight == "all" or (args.hindsight == "short" and tick < 10.0)
             results["traces"][trace] = run_trace(trace, path, tick, policies, args.forecaster, args.seed, plots, bar,
-                                                 checkpoint, pretrained, hindsight, args.headroom)
+                                                 checkpoint, pretrained, hindsight, args.headroom,
+                                                 args.dynamo_correction)
     flowtide_p99 = [r["policies"]["flowtide"].get("decision_forecast_plus_optimise_p99_ms")
                     for r in results["traces"].values() if "flowtide" in r["policies"]]
     flowtide_p99 = [x for x in flowtide_p99 if x is not None]

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import SHARED_DATA, needs_data
+
 PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "autoscaler.py"
 
 
@@ -95,3 +97,22 @@ def test_headroom_option_takes_positive_multipliers_only(bench):
     for bad in ("0,1", "-1", "nan", "x", ""):
         with pytest.raises(argparse.ArgumentTypeError):
             bench.parse_headrooms(bad)
+
+
+@needs_data(SHARED_DATA / "azure-llm-2023" / "AzureLLMInferenceTrace_conv.csv")
+def test_the_dynamo_baseline_runs_with_or_without_its_decode_correction(bench, tmp_path, monkeypatch):
+    from rich.progress import Progress
+
+    path, tick = bench.TRACES["azure-conv"]
+    monkeypatch.setattr(bench, "ROOT", tmp_path)  # plots and the trace cache go there
+
+    def sweep(correction):
+        with Progress(disable=True) as bar:
+            out = bench.run_trace("azure-conv", path, tick, ("dynamo",), "flow", 0, tmp_path / "plots", bar,
+                                  lambda *_: None, {}, False, (0.5, 1.0), dynamo_correction=correction)
+        return {r["headroom"]: r for r in out["sweep"]["dynamo"]}
+
+    on, off = sweep(True), sweep(False)
+    # At half its need the decode pool queues; only the corrected planner sizes it for the TPOT it saw.
+    assert on[0.5]["gpu_hours"] > off[0.5]["gpu_hours"]
+    assert on[0.5]["slo_attainment"] > off[0.5]["slo_attainment"] + 0.1
