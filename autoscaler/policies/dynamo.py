@@ -134,14 +134,20 @@ class DynamoPolicy:
             return Decision(snapshot.prefill.target, snapshot.decode.target,
                             {p: Reason("no_data", float("nan"), float("nan")) for p in ("prefill", "decode")})
         self._update_correction(snapshot)
-        predicted = np.maximum(self.predict(), 0.0)
-        need_p, need_d = pool_demand(predicted[None, None], self.cluster.capacity, self._corrected_params(snapshot),
-                                     snapshot.mean_prompt_tokens, snapshot.mean_prompt_tokens,
-                                     snapshot.mean_output_tokens)
+        predicted = np.maximum(self.predict(), 0.0)[None, None]
         lo, hi = self.cluster.min_replicas, self.cluster.max_replicas
-        p = min(max(math.ceil(self.headroom * float(need_p[0, 0])), lo[0]), hi[0])
-        d = min(max(math.ceil(self.headroom * float(need_d[0, 0])), lo[1]), hi[1])
-        binding = "point_forecast"
+
+        def counts(params: DecisionParams) -> tuple[int, int]:
+            needs = pool_demand(predicted, self.cluster.capacity, params, snapshot.mean_prompt_tokens,
+                                snapshot.mean_prompt_tokens, snapshot.mean_output_tokens)
+            return tuple(min(max(math.ceil(self.headroom * float(need[0, 0])), lo[i]), hi[i])
+                         for i, need in enumerate(needs))
+
+        p, d = counts(self._corrected_params(snapshot))
+        # The decode count is the correction's when the uncorrected TPOT target would have asked another.
+        bindings = ["point_forecast", "point_forecast"]
+        if self.decode_correction != 1.0 and d != counts(self.params)[1]:
+            bindings[1] = "tpot_correction"
         tp = self.cluster.capacity.gpus_per_replica
         budget = sum(hi) * tp
         if self.cluster.power_cap_w is not None:
@@ -149,9 +155,9 @@ class DynamoPolicy:
         if (p + d) * tp > budget:
             scale = budget / ((p + d) * tp)
             p, d = max(lo[0], math.floor(p * scale)), max(lo[1], math.floor(d * scale))
-            binding = "gpu_power_budget"
-        reason = Reason(binding, 0.5, float("nan"))
-        return Decision(p, d, {"prefill": reason, "decode": reason})
+            bindings = ["gpu_power_budget", "gpu_power_budget"]
+        return Decision(p, d, {pool: Reason(binding, 0.5, float("nan"))
+                               for pool, binding in zip(("prefill", "decode"), bindings)})
 
     def _corrected_params(self, snapshot: Snapshot) -> DecisionParams:
         """The decision parameters with the TPOT target divided by the decode correction; never

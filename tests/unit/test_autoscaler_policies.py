@@ -91,6 +91,8 @@ def test_dynamo_corrects_decode_by_the_tpot_its_sequences_saw(cluster):
     assert concurrency < capacity.max_batch
     assert policy.decode_correction == pytest.approx(0.12 / float(capacity.tpot_s(concurrency, 1100.0)))
     assert policy.decode_correction > 2 and slow.decode > blind.decode and slow.prefill == blind.prefill
+    assert slow.reasons["decode"].binding == "tpot_correction" and blind.reasons["decode"].binding == "point_forecast"
+    assert slow.reasons["prefill"].binding == "point_forecast"
     # Switched off (Dynamo's --no-correction), or with nothing observed, it sizes as before.
     assert seen(0.5, 0.12, correction=False)[1].decode == blind.decode
     policy, unread = seen(np.nan, np.nan)
