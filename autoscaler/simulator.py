@@ -179,6 +179,13 @@ def _wq(values: np.ndarray, weight: np.ndarray, q: float) -> float:
     return float(values[order][min(i, values.size - 1)])
 
 
+def _request_latency(cap: CapacityModel, wait, slow, tpot, dwait, prompt_tokens, output_tokens):
+    """TTFT and TPOT of requests arriving in a tick: the tick's prefill wait plus their own prefill
+    (slowed by capped clocks), and the tick's TPOT plus the wait for a decode slot spread over their
+    output. Scalars (one tick's mean request, as a live loop's histograms report it) or arrays."""
+    return wait + cap.prefill_time_s(prompt_tokens) * slow, tpot + dwait / np.maximum(output_tokens - 1.0, 1.0)
+
+
 def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
              progress: Callable[[int, int], None] | None = None) -> SimResult:
     """Replay ``trace`` under ``policy``; ``progress(done, total)`` is called every ~1% of ticks.
@@ -329,14 +336,13 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
             rec[key][t] = value
         if a_req > 0:
             recent_prompts.append(a_tok / a_req)
-            observed[t] = (wait + float(cap.prefill_time_s(mean_prompt_all[t])) * slow,
-                           tpot + dwait / max(a_out / a_req - 1.0, 1.0))
+            observed[t] = _request_latency(cap, wait, slow, tpot, dwait, mean_prompt_all[t], a_out / a_req)
         if progress is not None and (t % report_every == 0 or t == n - 1):
             progress(t + 1, n)
     wall = time.perf_counter() - start_wall
     g = trace.groups
-    ttft = rec["wait"][g.tick] + cap.prefill_time_s(g.prompt_tokens) * rec["slow"][g.tick]
-    tpot = rec["tpot"][g.tick] + rec["dwait"][g.tick] / np.maximum(g.output_tokens - 1, 1)
+    ttft, tpot = _request_latency(cap, rec["wait"][g.tick], rec["slow"][g.tick], rec["tpot"][g.tick],
+                                  rec["dwait"][g.tick], g.prompt_tokens, g.output_tokens)
     ok = (ttft <= params.ttft_slo_s) & (tpot <= params.tpot_slo_s)
     tick_ok = np.bincount(g.tick, ok * g.weight, n) / np.maximum(np.bincount(g.tick, g.weight, n), 1e-12)
     tick_ok[trace.n_requests == 0] = 1.0

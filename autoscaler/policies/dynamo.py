@@ -58,7 +58,7 @@ class DynamoPolicy:
         self.forecaster = None
         self.min_fit_rows, self.refit_every_rows = min_fit_rows, refit_every_rows
         self.rows: list[np.ndarray] = []
-        self.latency: list[np.ndarray] = []  # per row: mean TTFT and TPOT observed, request-weighted
+        self.last_latency = np.full(2, np.nan)  # the last row's mean TTFT and TPOT, request-weighted
         self.consumed_s = 0.0
         self.fitted_at = 0
         self.rng = np.random.default_rng(seed)
@@ -73,16 +73,16 @@ class DynamoPolicy:
             hi = int(round((self.consumed_s + self.interval_s - start) / step))
             if hi > lo >= 0:
                 self.rows.append(history[lo:hi].mean(axis=0))
-                self.latency.append(_mean_latency(snapshot.latency, history, lo, hi))
+                self.last_latency = _mean_latency(snapshot.latency, history, lo, hi)
             self.consumed_s += self.interval_s
 
     def _update_correction(self, snapshot: Snapshot) -> None:
         """Dynamo's decode correction from the last interval: observed TPOT over the profile's TPOT
         at the concurrency the pool ran (Little's law over the request's duration; the profile is
         not read beyond its largest batch). Kept as it was when the interval gives nothing to read."""
-        if not (self.correction and self.latency and snapshot.decode.ready > 0):
+        if not (self.correction and self.rows and snapshot.decode.ready > 0):
             return
-        ttft, tpot = self.latency[-1]
+        ttft, tpot = self.last_latency
         rps, in_tps, out_tps = self.rows[-1]
         if not (math.isfinite(ttft) and math.isfinite(tpot) and tpot > 0 and rps > 0):
             return
