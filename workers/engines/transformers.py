@@ -182,7 +182,7 @@ class TransformersEngine:
         for i, n in enumerate(lengths):
             kv = torch.stack([torch.stack([layer.keys[i, :, longest - n:], layer.values[i, :, longest - n:]])
                               for layer in layers])
-            results.append((started, firsts[i], kv.to("cpu").numpy()))
+            results.append((started, firsts[i], _kv_to_numpy(kv)))
         return results
 
     # -- decode ----------------------------------------------------------------
@@ -190,7 +190,7 @@ class TransformersEngine:
     async def decode(self, prefilled: Prefilled, sampling: SamplingParams) -> AsyncIterator[int]:
         if sampling.max_tokens <= 1 or (prefilled.first_token == self.eos_token_id and not sampling.ignore_eos):
             return
-        kv = torch.as_tensor(np.asarray(prefilled.kv), device=self.device, dtype=self.dtype)
+        kv = _kv_from_numpy(np.asarray(prefilled.kv)).to(device=self.device, dtype=self.dtype)
         length = kv.shape[3]
         capacity = length + sampling.max_tokens
         buffer = torch.empty((*kv.shape[:3], capacity, kv.shape[4]), dtype=self.dtype, device=self.device)
@@ -335,3 +335,15 @@ def _generator(sampling: SamplingParams, offset: int = 0) -> torch.Generator | N
     gen = torch.Generator()
     gen.manual_seed((sampling.seed if sampling.seed is not None else torch.seed()) + offset)
     return gen
+
+
+def _kv_to_numpy(kv: torch.Tensor) -> np.ndarray:
+    """The KV as a numpy array for the hand-off; bfloat16, which numpy lacks, travels as its raw 16-bit words."""
+    kv = kv.to("cpu")
+    return kv.view(torch.int16).numpy() if kv.dtype == torch.bfloat16 else kv.numpy()
+
+
+def _kv_from_numpy(kv: np.ndarray) -> torch.Tensor:
+    """Inverse of :func:`_kv_to_numpy` (a KV is never integer, so int16 words are bfloat16)."""
+    tensor = torch.from_numpy(kv)
+    return tensor.view(torch.bfloat16) if tensor.dtype == torch.int16 else tensor
