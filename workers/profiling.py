@@ -67,7 +67,9 @@ class ProfilePlan:
     """Which runs to measure: Splitwise's two sweeps that a capacity model needs.
 
     A prompt sweep at batch 1 (prefill time vs prompt length) and a batch sweep at
-    ``batch_prompt_size`` (decode step time vs batch size), each run ``repeats`` times.
+    ``batch_prompt_size`` (decode step time vs batch size), each run ``repeats`` times after
+    ``warmup_runs`` untimed runs of the same shape: a shape's first run pays one-off costs
+    (kernel selection, allocator growth) that on an H100 made it 3-5x slower than the next.
     """
 
     prompt_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
@@ -75,7 +77,7 @@ class ProfilePlan:
     batch_prompt_size: int = 64
     token_size: int = 32
     repeats: int = 3
-    warmup_runs: int = 1
+    warmup_runs: int = 1  # per shape
 
     def runs(self) -> list[tuple[int, int]]:
         """(prompt_size, batch_size) of every measured run, in order."""
@@ -88,6 +90,8 @@ class ProfilePlan:
             raise ProfileError(f"token_size must be at least 2 to time a decode step, got {self.token_size}")
         if self.repeats < 1:
             raise ProfileError(f"repeats must be at least 1, got {self.repeats}")
+        if self.warmup_runs < 0:
+            raise ProfileError(f"warmup_runs must be at least 0, got {self.warmup_runs}")
         sizes = [*self.prompt_sizes, *self.batch_sizes, self.batch_prompt_size]
         if not self.prompt_sizes or not self.batch_sizes or min(sizes) < 1:
             raise ProfileError("prompt_sizes and batch_sizes must be non-empty and positive")
@@ -166,10 +170,13 @@ async def profile_engine(
     """
     plan.check(max_model_len)
     rng = random.Random(seed)
-    for i in range(plan.warmup_runs):
-        await measure_run(engine, plan.batch_prompt_size, max(plan.batch_sizes), plan.token_size, vocab_size=vocab_size, rng=rng, tag=f"warmup{i}")
-    rows = []
+    rows, warm = [], set()
     for i, (prompt_size, batch_size) in enumerate(plan.runs()):
+        if (prompt_size, batch_size) not in warm:
+            warm.add((prompt_size, batch_size))
+            for w in range(plan.warmup_runs):
+                await measure_run(engine, prompt_size, batch_size, plan.token_size, vocab_size=vocab_size, rng=rng,
+                                  tag=f"warmup{i}.{w}")
         prompt_ms, token_ms, e2e_ms = await measure_run(
             engine, prompt_size, batch_size, plan.token_size, vocab_size=vocab_size, rng=rng, tag=f"run{i}"
         )

@@ -105,6 +105,36 @@ def test_profile_rows_follow_the_plan_sweeps():
     assert all(r.prompt_time > 0 and r.token_time > 0 and r.e2e_time >= r.prompt_time for r in rows)
 
 
+class ColdShapeEngine(PacedEngine):
+    """A PacedEngine whose first prefill of each prompt length costs ``cold_s`` more (a GPU's kernel selection)."""
+
+    def __init__(self, cold_s: float) -> None:
+        super().__init__(0.0, 0.0)
+        self.cold_s, self.seen = cold_s, set()
+
+    async def prefill(self, request_id: str, prompt_ids: list[int], sampling: SamplingParams) -> Prefilled:
+        if len(prompt_ids) not in self.seen:
+            self.seen.add(len(prompt_ids))
+            await asyncio.sleep(self.cold_s)
+        return await super().prefill(request_id, prompt_ids, sampling)
+
+
+@pytest.mark.parametrize("warmup_runs", [0, 1])
+def test_each_shape_is_warmed_before_it_is_timed(warmup_runs):
+    plan = ProfilePlan(prompt_sizes=(8, 16), batch_sizes=(1,), batch_prompt_size=4, token_size=2, repeats=2,
+                       warmup_runs=warmup_runs)
+    rows = asyncio.run(profile_engine(ColdShapeEngine(cold_s=0.2), plan, model="m", hardware="h", tensor_parallel=1,
+                                      vocab_size=50, max_model_len=64))
+    cold = [r.prompt_time >= 200.0 for r in rows]
+    # Without warm-up the first run of each of the three shapes carries the one-off cost; with it, none does.
+    assert cold == ([True, False] * 3 if warmup_runs == 0 else [False] * 6)
+
+
+def test_plan_rejects_negative_warmup():
+    with pytest.raises(ProfileError, match="warmup_runs"):
+        ProfilePlan(warmup_runs=-1).check(max_model_len=512)
+
+
 def test_csv_header_is_exactly_splitwise_perf_model(tmp_path):
     if not SPLITWISE_CSV.is_file():
         pytest.fail(f"{SPLITWISE_CSV} is missing: the shared Splitwise data must sit beside the project")
