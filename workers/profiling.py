@@ -19,6 +19,7 @@ from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
 from workers.engines.base import Engine, SamplingParams
+from workers.gpu_power import PowerSampler
 
 # Splitwise's columns, in its order. Times in milliseconds; power as a fraction of TDP (0: not measured).
 PERF_COLUMNS = (
@@ -163,10 +164,12 @@ async def profile_engine(
     max_model_len: int,
     seed: int = 0,
     on_row: Callable[[PerfRow], None] | None = None,
+    power: PowerSampler | None = None,
 ) -> list[PerfRow]:
     """Measure every run of ``plan`` on a colocated ``engine`` (its ``generate``), after warm-up runs.
 
-    Power columns are 0.0 (not measured), as in Splitwise's rows without power data.
+    Power columns come from ``power`` over each run; without one they are 0.0 (not measured), as in
+    Splitwise's rows without power data.
     """
     plan.check(max_model_len)
     rng = random.Random(seed)
@@ -177,17 +180,19 @@ async def profile_engine(
             for w in range(plan.warmup_runs):
                 await measure_run(engine, prompt_size, batch_size, plan.token_size, vocab_size=vocab_size, rng=rng,
                                   tag=f"warmup{i}.{w}")
+        started = time.perf_counter()
         prompt_ms, token_ms, e2e_ms = await measure_run(
             engine, prompt_size, batch_size, plan.token_size, vocab_size=vocab_size, rng=rng, tag=f"run{i}"
         )
+        peak, average = power.window(started, time.perf_counter()) if power is not None else (0.0, 0.0)
         row = PerfRow(
             model=model,
             hardware=hardware,
             prompt_size=prompt_size,
             batch_size=batch_size,
             token_size=plan.token_size,
-            peak_power=0.0,
-            average_power=0.0,
+            peak_power=peak,
+            average_power=average,
             prompt_time=prompt_ms,
             token_time=token_ms,
             e2e_time=e2e_ms,

@@ -72,6 +72,7 @@ async def _profile(config: FlowtideConfig, plan, out: Path, hardware: str | None
 
     from orchestrator.app import engine_options, resolve_model_path
     from workers.engines import build_engine
+    from workers.gpu_power import NvmlPower
     from workers.profiling import ProfileError, hardware_name, profile_engine, write_perf_csv
 
     if max(plan.batch_sizes) > config.serving.max_batch_size:
@@ -83,6 +84,9 @@ async def _profile(config: FlowtideConfig, plan, out: Path, hardware: str | None
     kind = config.engine.kind
     tensor_parallel = config.engine.vllm.tensor_parallel_size if kind == "vllm" else 1
     model = config.model.served_name if config.model.path is None else Path(model_path).name
+    gpus = tensor_parallel if kind == "vllm" or config.engine.device == "cuda" else 0
+    power = NvmlPower.open(gpus) if gpus else None
+    print(f"power: {f'NVML, {gpus} GPU(s)' if power else 'not measured (no GPU seen by NVML)'}")
     with Progress() as progress:
         task = progress.add_task(f"profiling {model} on the {kind} engine", total=len(plan.runs()))
         engine = build_engine(kind, "colocated", model_path, **engine_options(config, "colocated"))
@@ -96,7 +100,10 @@ async def _profile(config: FlowtideConfig, plan, out: Path, hardware: str | None
                 vocab_size=vocab_size,
                 max_model_len=config.model.max_model_len,
                 on_row=lambda row: progress.advance(task),
+                power=power,
             )
         finally:
             await engine.shutdown()
+            if power is not None:
+                power.close()
     return write_perf_csv(rows, out)

@@ -130,6 +130,39 @@ def test_each_shape_is_warmed_before_it_is_timed(warmup_runs):
     assert cold == ([True, False] * 3 if warmup_runs == 0 else [False] * 6)
 
 
+class FakePower:
+    """Thin fake of NVML (no GPU here): reports the length of each window it is asked about, in ms, as its peak."""
+
+    def __init__(self) -> None:
+        self.windows: list[tuple[float, float]] = []
+
+    def window(self, start: float, end: float) -> tuple[float, float]:
+        self.windows.append((start, end))
+        return (end - start) * 1e3, 0.5
+
+    def close(self) -> None:
+        pass
+
+
+def test_power_columns_come_from_the_sampler_over_each_timed_run():
+    plan = ProfilePlan(prompt_sizes=(8,), batch_sizes=(2,), batch_prompt_size=4, token_size=3, repeats=2)
+    power = FakePower()
+    rows = asyncio.run(profile_engine(PacedEngine(0.001, 0.01), plan, model="m", hardware="h", tensor_parallel=1,
+                                      vocab_size=50, max_model_len=64, power=power))
+    assert len(power.windows) == len(rows) == 4, "one window per timed run, none for warm-ups"
+    assert all(a < b <= c for (a, b), (c, _) in zip(power.windows, power.windows[1:]))
+    for row in rows:
+        # The window spans the run: at least its end-to-end time, at most that plus scheduling slack.
+        assert row.e2e_time <= row.peak_power < row.e2e_time + 50 and row.average_power == 0.5
+
+
+def test_without_a_sampler_power_is_not_measured():
+    plan = ProfilePlan(prompt_sizes=(8,), batch_sizes=(1,), batch_prompt_size=4, token_size=2, repeats=1)
+    rows = asyncio.run(profile_engine(PacedEngine(0.0, 0.0), plan, model="m", hardware="h", tensor_parallel=1,
+                                      vocab_size=50, max_model_len=64))
+    assert {(r.peak_power, r.average_power) for r in rows} == {(0.0, 0.0)}
+
+
 def test_plan_rejects_negative_warmup():
     with pytest.raises(ProfileError, match="warmup_runs"):
         ProfilePlan(warmup_runs=-1).check(max_model_len=512)

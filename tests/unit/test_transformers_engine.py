@@ -42,15 +42,21 @@ class Recorder(EngineObserver):
         self.waits.append(stage)
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
-def test_prefill_on_one_engine_decode_on_another_equals_generate(tiny_model_dir, tok, dtype):
-    """Every ``model.dtype`` the config offers survives the KV hand-off (numpy has no bfloat16)."""
-    prefill_engine = TransformersEngine(tiny_model_dir, dtype=dtype)
-    decode_engine = TransformersEngine(tiny_model_dir, dtype=dtype)
+def test_prefill_on_one_engine_decode_on_another_equals_generate(tiny_model_dir, tok, dtype, device):
+    """Every ``model.dtype`` the config offers survives the KV hand-off (numpy has no bfloat16), on
+    every ``engine.device`` this host has."""
+    prefill_engine = TransformersEngine(tiny_model_dir, dtype=dtype, device=device)
+    decode_engine = TransformersEngine(tiny_model_dir, dtype=dtype, device=device)
     sampling = SamplingParams(max_tokens=20, ignore_eos=True)
     ids = tok(PROMPTS[1], add_special_tokens=False).input_ids
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=getattr(torch, dtype))
-    expected = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=getattr(torch, dtype)).to(device)
+    expected = model.generate(torch.tensor([ids], device=device),
+                              attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=device),
                               max_new_tokens=20, do_sample=False, eos_token_id=None,
                               pad_token_id=tok.pad_token_id)[0, len(ids):].tolist()
 
