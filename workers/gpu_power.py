@@ -8,6 +8,7 @@ them from this sampler when NVML (the ``nvidia-ml-py`` package) sees the replica
 from __future__ import annotations
 
 import bisect
+import os
 import threading
 import time
 from typing import Protocol
@@ -34,20 +35,29 @@ class NvmlPower:
 
     @classmethod
     def open(cls, devices: int) -> NvmlPower | None:
-        """The sampler for this process's first ``devices`` CUDA devices, or None without NVML or a GPU."""
+        """The sampler for this process's first ``devices`` GPUs, or None without NVML or that many GPUs.
+
+        The GPUs are found from ``CUDA_VISIBLE_DEVICES`` (indices or UUIDs) without touching CUDA:
+        a CUDA context in the profiling process would force vLLM's workers from fork to spawn.
+        """
         try:
             import pynvml
-            import torch
         except ImportError:
-            return None
-        if not torch.cuda.is_available() or torch.cuda.device_count() < devices:
             return None
         try:
             pynvml.nvmlInit()
-            # CUDA's device order (and CUDA_VISIBLE_DEVICES) differs from NVML's: match by UUID.
-            handles = [pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{torch.cuda.get_device_properties(i).uuid}")
-                       for i in range(devices)]
         except pynvml.NVMLError:
+            return None
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        ids = ([v.strip() for v in visible.split(",") if v.strip()] if visible is not None
+               else [str(i) for i in range(pynvml.nvmlDeviceGetCount())])
+        try:
+            if devices < 1 or len(ids) < devices:
+                raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+            handles = [pynvml.nvmlDeviceGetHandleByUUID(i) if i.startswith(("GPU-", "MIG-"))
+                       else pynvml.nvmlDeviceGetHandleByIndex(int(i)) for i in ids[:devices]]
+        except (pynvml.NVMLError, ValueError):
+            pynvml.nvmlShutdown()
             return None
         return cls(pynvml, handles)
 

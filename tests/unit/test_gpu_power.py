@@ -10,6 +10,11 @@ from workers.gpu_power import NvmlPower
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+def test_a_visible_device_list_too_short_for_the_replica_opens_nothing(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert NvmlPower.open(2) is None
+
+
 def test_power_reads_as_a_fraction_of_the_limit_and_rises_under_load():
     power = NvmlPower.open(1)
     assert power is not None, "CUDA sees a GPU but NVML did not open it"
