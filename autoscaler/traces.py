@@ -106,8 +106,26 @@ class RequestTrace:
                          groups)
 
 
+def _timestamp_seconds(raw: pd.Series) -> tuple[np.ndarray, np.ndarray, str]:
+    """Each row's time in seconds (from any origin), which rows are unreadable, and what they should be.
+
+    A column whose first value is a number holds seconds; anything else is parsed as dates/times
+    (any mix of formats and UTC offsets, naive ones taken as UTC).
+    """
+    if pd.notna(pd.to_numeric(raw.iloc[:1], errors="coerce")).all():
+        seconds = pd.to_numeric(raw, errors="coerce").to_numpy(float)
+        return seconds, ~np.isfinite(seconds), "not a number of seconds"
+    stamps = pd.to_datetime(raw, errors="coerce", format="mixed", utc=True).dt.tz_convert(None)
+    return ((stamps - stamps.min()) / np.timedelta64(1, "s")).to_numpy(float), stamps.isna().to_numpy(), "not a date/time"
+
+
 def load_azure_csv(path: str | Path) -> RequestTrace:
     """Load an Azure LLM inference trace (``TIMESTAMP, ContextTokens, GeneratedTokens``).
+
+    TIMESTAMP is a date/time (the 2023 traces' naive ``2023-11-16 18:17:03.9799600``, the 2024
+    ones' ``2024-05-10 00:00:00.009930+00:00``, ISO ``...T18:15:46Z``; offsets may differ between
+    rows, all are converted to UTC) or, when its first value is a number, seconds: relative or
+    epoch seconds both work, since arrival times are taken from the first request.
 
     Raises:
         TraceError: the file is missing, unreadable, lacks the columns, or holds no valid rows.
@@ -123,25 +141,23 @@ def load_azure_csv(path: str | Path) -> RequestTrace:
     missing = [c for c in AZURE_COLUMNS if c not in frame.columns]
     if missing:
         raise TraceError(f"trace file {path} lacks columns {missing}; expected {AZURE_COLUMNS}")
-    stamps = pd.to_datetime(frame["TIMESTAMP"], errors="coerce", format="mixed")
-    context = pd.to_numeric(frame["ContextTokens"], errors="coerce")
-    generated = pd.to_numeric(frame["GeneratedTokens"], errors="coerce")
-    checks = {"TIMESTAMP": ("not a date/time", stamps.isna()),
-              "ContextTokens": ("not a non-negative number", context.isna() | (context < 0)),
-              "GeneratedTokens": ("not a non-negative number", generated.isna() | (generated < 0))}
-    bad = np.logical_or.reduce([wrong.to_numpy() for _, wrong in checks.values()])
+    if frame.empty:
+        raise TraceError(f"trace file {path} holds no requests")
+    arrival_s, stamp_bad, stamp_what = _timestamp_seconds(frame["TIMESTAMP"])
+    context = pd.to_numeric(frame["ContextTokens"], errors="coerce").to_numpy(float)
+    generated = pd.to_numeric(frame["GeneratedTokens"], errors="coerce").to_numpy(float)
+    checks = {"TIMESTAMP": (stamp_what, stamp_bad),
+              "ContextTokens": ("not a non-negative number", ~(np.isfinite(context) & (context >= 0))),
+              "GeneratedTokens": ("not a non-negative number", ~(np.isfinite(generated) & (generated >= 0)))}
+    bad = np.logical_or.reduce([wrong for _, wrong in checks.values()])
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         why = "; ".join(f"{col} {str(frame[col].iloc[first])!r} is {what}"
-                        for col, (what, wrong) in checks.items() if wrong.iloc[first])
+                        for col, (what, wrong) in checks.items() if wrong[first])
         raise TraceError(f"trace file {path}: {int(bad.sum())} malformed rows (first at data row {first + 1}: {why})")
-    if frame.empty:
-        raise TraceError(f"trace file {path} holds no requests")
-    order = np.argsort(stamps.to_numpy(), kind="stable")
-    t = stamps.to_numpy()[order]
-    arrival = (t - t[0]) / np.timedelta64(1, "s")
-    return RequestTrace(path.stem, arrival.astype(float), context.to_numpy(float)[order].clip(min=1),
-                        generated.to_numpy(float)[order].clip(min=1))
+    order = np.argsort(arrival_s, kind="stable")
+    t = arrival_s[order]
+    return RequestTrace(path.stem, t - t[0], context[order].clip(min=1), generated[order].clip(min=1))
 
 
 def _read_servegen_client(path: Path) -> pd.DataFrame:

@@ -50,6 +50,32 @@ def test_azure_csv_with_extra_spaces_and_a_bad_row_is_refused_with_the_row(tmp_p
         load_trace(tmp_path / "nope.csv", 1.0)
 
 
+def test_azure_2024_timestamps_with_utc_offsets_are_read_as_utc(tmp_path):
+    # The 2024 traces' format, ISO with Z, and a row at +02:00: 02:00:03 there is 00:00:03 UTC.
+    trace = tmp_path / "azure-2024.csv"
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2024-05-10 00:00:00.009930+00:00,100,10\n"
+                     "2024-05-10 00:00:01.509930+00:00,50,5\n2024-05-10T02:00:03.009930+02:00,50,5\n"
+                     "2024-05-10T00:00:04.5Z,50,5\n")
+    assert load_azure_csv(trace).arrival_s.tolist() == pytest.approx([0.0, 1.5, 3.0, 4.49007])
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2024-05-10 00:00:00.009930+00:00,100,10\n"
+                     "2024-05-10 25:00:00+00:00,50,5\n")
+    with pytest.raises(TraceError, match="data row 2: TIMESTAMP '2024-05-10 25:00:00\\+00:00' is not a date/time"):
+        load_azure_csv(trace)
+
+
+def test_a_numeric_timestamp_column_is_seconds_from_the_first_request(tmp_path):
+    rows = "".join(f"{t},100,10\n" for t in range(20))
+    relative, epoch = tmp_path / "relative.csv", tmp_path / "epoch.csv"
+    relative.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + rows)
+    epoch.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "".join(f"{1.7e9 + t},100,10\n" for t in range(20)))
+    for path in (relative, epoch):
+        ticks = load_azure_csv(path).to_ticks(1.0)
+        assert ticks.n_requests.tolist() == [1.0] * 20  # 20 requests over 19 s: one a tick
+    relative.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n0,100,10\n1.5,100,10\nsoon,100,10\n")
+    with pytest.raises(TraceError, match="data row 3: TIMESTAMP 'soon' is not a number of seconds"):
+        load_azure_csv(relative)
+
+
 def test_servegen_arrivals_honour_each_window_rate_and_are_seeded(tmp_path):
     folder = tmp_path / "sg"
     _write_client(folder, "chunk-0-trace.csv", ["0,2.0,1.5,Gamma,0.44,1.0", "600,0,0,,0,0", "1200,5.0,3,Weibull,0.4,1.0"])
