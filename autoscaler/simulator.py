@@ -74,8 +74,10 @@ class ClusterParams:
         for name, lo, hi, init in zip(("prefill", "decode"), self.min_replicas, self.max_replicas, self.initial_replicas):
             if not 0 <= lo <= init <= hi:
                 raise SimulationError(f"{name}: need 0 <= min_replicas <= initial_replicas <= max_replicas")
-        if self.cold_start_s < 0:
-            raise SimulationError("cold_start_s must be non-negative")
+        if not (math.isfinite(self.cold_start_s) and self.cold_start_s >= 0):
+            raise SimulationError(f"cold_start_s must be a finite number >= 0, got {self.cold_start_s}")
+        if self.power_cap_w is not None and not self.power_cap_w > 0:
+            raise SimulationError(f"power_cap_w must be > 0 watts (None: no cap), got {self.power_cap_w}")
 
     @property
     def gpus(self) -> int:
@@ -284,18 +286,19 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
         util += (min(1.0, a_tok / cap_tok if cap_tok > 0 else 1.0) - util) * smooth
         done_req, done_out = (q_req + a_req) * frac, (q_out + a_out) * frac
         q_req, q_out = q_req + a_req - done_req, q_out + a_out - done_out
-        if a_req > 0:
-            if rate <= 0:
-                wait = math.inf
-            else:
-                # Random arrivals queue even below capacity: M/D/1 wait at the smoothed utilisation
-                # (the fluid backlog already carries overload across ticks).
-                rho = min(util, 0.95)
-                mdl = rho * float(cap.prefill_time_s(mean_prompt_all[t])) * slow / (2 * (1 - rho))
-                wait = (q0 + q_tok) / 2 / rate + mdl
+        if a_req > 0 and rate > 0:
+            # Random arrivals queue even below capacity: M/D/1 wait at the smoothed utilisation
+            # (the fluid backlog already carries overload across ticks).
+            rho = min(util, 0.95)
+            own = float(cap.prefill_time_s(mean_prompt_all[t]))
+            mdl = rho * own * slow / (2 * (1 - rho))
+            wait = (q0 + q_tok) / 2 / rate + mdl
             # Requests waiting within the tick or being prefilled (Little's law): Serve counts them
             # as ongoing, beside the backlog carried over.
-            in_service = a_req / dt * (mdl + float(cap.prefill_time_s(mean_prompt_all[t])) * slow)
+            in_service = a_req / dt * (mdl + own * slow)
+        elif a_req > 0:
+            # No prefill capacity: every arrival stays in the backlog (counted there), unserved.
+            wait, in_service = math.inf, 0.0
         else:
             wait = in_service = 0.0
         # Decode: continuous batching up to the profiled batch, as token work. The batch a replica

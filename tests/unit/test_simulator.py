@@ -13,7 +13,7 @@ from autoscaler.policies import PolicyError, make_policy
 from autoscaler.policies.flowtide import FlowtidePolicy
 from autoscaler.policies.static import StaticPolicy
 from autoscaler.power import PowerModel
-from autoscaler.simulator import ClusterParams, simulate
+from autoscaler.simulator import ClusterParams, SimulationError, simulate
 from autoscaler.traces import RequestGroups, TickTrace
 
 from tests.conftest import SHARED_DATA, needs_data
@@ -49,10 +49,12 @@ class Scripted:
     interval_s: float = 10.0
     offset_s: float = 0.0
     seen: list = field(default_factory=list)
+    snapshots: list = field(default_factory=list)
 
     def step(self, snapshot: Snapshot) -> Decision:
         self.seen.append((snapshot.now_s, snapshot.history.shape[0], snapshot.history.copy(),
                           snapshot.latency.copy()))
+        self.snapshots.append(snapshot)
         if snapshot.now_s >= self.from_s:
             return Decision(*self.targets)
         return Decision(snapshot.prefill.target, snapshot.decode.target)
@@ -128,6 +130,28 @@ def test_a_cap_below_serving_caps_clocks_then_brakes_and_counts_violations(clust
     brake = warm(cluster, 6, 6, power_cap_w=(6 * 490 + 6 * 380) * tp * 0.5)
     s = simulate(trace, StaticPolicy(6, 6), brake).summary()
     assert s["power_violations"] == 360
+
+
+def test_a_prefill_pool_without_replicas_serves_nothing_and_counts_no_request_in_service(cluster):
+    # From the start (it raised UnboundLocalError), and after scaling to zero at 50 s (a stale M/D/1
+    # wait counted requests in service that no replica held).
+    for initial, from_s in ((0, 0.0), (2, 50.0)):
+        policy = Scripted((0, 1), from_s=from_s)
+        params = warm(cluster, initial, 1, min_replicas=(0, 1))
+        result = simulate(constant_trace(1.0, ticks=30), policy, params)
+        assert not np.isfinite(result.ttft_s[int(from_s // 10):]).any()
+        for snap in policy.snapshots:
+            if snap.now_s > from_s:
+                assert snap.ongoing_prefill == pytest.approx(snap.now_s - from_s)  # 1 req/s, all in the backlog
+
+
+def test_cluster_params_refuse_a_non_positive_power_cap_and_a_non_finite_cold_start(cluster):
+    for bad in (0.0, -100.0, float("nan")):
+        with pytest.raises(SimulationError, match="power_cap_w must be > 0 watts"):
+            warm(cluster, 1, 1, power_cap_w=bad)
+    for bad in (-5.0, float("nan"), float("inf")):
+        with pytest.raises(SimulationError, match="cold_start_s must be a finite number >= 0"):
+            warm(cluster, 1, 1, cold_start_s=bad)
 
 
 class MeanForecaster:
