@@ -328,7 +328,8 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
             tpot = float(cap.tpot_s(1, ctx))
             concurrency = 0.0
             dwait = math.inf if remaining > 0 else 0.0
-        busy = (served / (p * prefill_rate * dt) if p else 0.0, min(1.0, concurrency / d) if d else 0.0)
+        # Busy at the clocks this tick ran at: a saturated capped pool is busy all the tick.
+        busy = (served / cap_tok if cap_tok > 0 else 0.0, min(1.0, concurrency / d) if d else 0.0)
         power = float(pw.serving_w(p * tp, busy[0], d * tp, busy[1], freq_capped=plan.freq_capped))
         power = power * plan.serving_scale + idle_w + plan.training_gpus * pw.training_w
         viol = plan.violated

@@ -132,6 +132,18 @@ def test_a_cap_below_serving_caps_clocks_then_brakes_and_counts_violations(clust
     assert s["power_violations"] == 360
 
 
+def test_a_saturated_pool_at_capped_clocks_draws_its_capped_watts_all_the_time(cluster):
+    # 60 req/s of 1,000-token prompts saturate six prefill replicas; the cap sits between the pools'
+    # draw at capped clocks (prefill 490 W a GPU, 70% of TDP; decode 380 W) and at full clocks.
+    tp = cluster.capacity.gpus_per_replica
+    capped_w = (6 * 490 + 6 * 380) * tp
+    result = simulate(constant_trace(60.0), StaticPolicy(6, 6), warm(cluster, 6, 6, power_cap_w=capped_w + 1.0))
+    s = result.summary()
+    assert s["freq_capped_s"] == 3600.0 and s["training_gpu_hours"] == 0 and s["slo_attainment"] < 0.5
+    np.testing.assert_allclose(result.power_w, capped_w)
+    assert s["energy_kwh"] == pytest.approx(capped_w * 3600 / 3.6e6)
+
+
 def test_a_prefill_pool_without_replicas_serves_nothing_and_counts_no_request_in_service(cluster):
     # From the start (it raised UnboundLocalError), and after scaling to zero at 50 s (a stale M/D/1
     # wait counted requests in service that no replica held).
