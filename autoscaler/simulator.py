@@ -218,7 +218,10 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
     latencies: list[float] = []
     decisions: list[tuple[float, Decision]] = []
     actions = 0
-    next_decision = float(getattr(policy, "offset_s", 0.0))
+    offset = float(getattr(policy, "offset_s", 0.0))
+    if not policy.interval_s > 0:
+        raise SimulationError(f"policy {policy.name}: interval_s must be > 0, got {policy.interval_s}")
+    next_decision = offset
     window = int(params.history_window_s // dt)
     recent_prompts: deque[float] = deque(maxlen=max(1, int(600 // dt)))
     start_wall = time.perf_counter()
@@ -264,7 +267,9 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
                     else:
                         ready[i] -= 1
                 target[i] = new
-            next_decision = now + policy.interval_s
+            # The schedule's next slot (offset + k * interval) after now, not now + interval: with a
+            # tick that does not divide the interval (7 s and 10 s) decisions keep the interval's rate.
+            next_decision = offset + policy.interval_s * (math.floor((now - offset) / policy.interval_s + 1e-9) + 1)
         p, d = ready
         held = (p + len(starting[0])) * tp, (d + len(starting[1])) * tp
         # Power: serving has priority, so training and clocks are planned against serving at full

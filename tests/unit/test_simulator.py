@@ -233,6 +233,15 @@ def test_a_policy_with_an_offset_decides_at_its_phase(cluster):
     assert [t for t, *_ in phased.seen][:2] == [10.0, 70.0] and phased.seen[0][1] == 1  # one tick of history
 
 
+def test_decisions_follow_the_policys_schedule_when_the_tick_does_not_divide_its_interval(cluster):
+    # 7 s ticks, a decision due every 10 s: each is taken at the first tick at or after its time.
+    trace = constant_trace(1.0, ticks=12, step_s=7.0)
+    assert [t for t, _ in simulate(trace, Scripted((1, 1), interval_s=10.0), cluster).decisions] == [
+        0.0, 14.0, 21.0, 35.0, 42.0, 56.0, 63.0, 70.0]
+    with pytest.raises(SimulationError, match="interval_s must be > 0"):
+        simulate(trace, Scripted((1, 1), interval_s=0.0), cluster)
+
+
 def test_flowtide_on_a_multi_day_trace_decides_and_nowcasts_one_tick_into_each_step(cluster):
     two_days = constant_trace(20.0, ticks=2 * 8640 + 6)
     policy = make_policy("flowtide", two_days, cluster)
