@@ -228,7 +228,8 @@ def load_servegen(folder: str | Path, step_s: float = 10.0, seed: int = 0, lengt
     Token sums per tick are those of i.i.d. draws from ``lengths`` (see :func:`_summed_lengths`);
     ``groups_per_tick`` drawn shapes per tick, weighted, carry per-request scoring. Synthesis
     draws ~3e8 inter-arrival gaps (tens of seconds); with ``cache_dir`` the result is kept in an
-    ``.npz`` keyed by the files' names, sizes and mtimes and every parameter.
+    ``.npz`` keyed by the folder's resolved path, the files' names and contents, and every parameter
+    (names, sizes and mtimes alone let two folders of the same name share an entry).
 
     Raises:
         TraceError: the folder is missing or holds no client files, or a file is malformed.
@@ -241,8 +242,12 @@ def load_servegen(folder: str | Path, step_s: float = 10.0, seed: int = 0, lengt
         raise TraceError(f"ServeGen folder {folder} holds no chunk-*-trace.csv client files")
     if step_s <= 0 or SERVEGEN_WINDOW_S % step_s:
         raise TraceError(f"step_s must divide the {SERVEGEN_WINDOW_S:.0f} s ServeGen window, got {step_s}")
-    key = hashlib.sha256(repr(([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files], step_s, seed,
-                                asdict(lengths), groups_per_tick)).encode()).hexdigest()[:16]
+    contents = hashlib.sha256()
+    for p in files:
+        contents.update(f"{p.name}\0{p.stat().st_size}\0".encode())
+        contents.update(p.read_bytes())
+    key = hashlib.sha256(repr((str(folder.resolve()), contents.hexdigest(), step_s, seed, asdict(lengths),
+                               groups_per_tick)).encode()).hexdigest()[:16]
     cached = Path(cache_dir) / f"servegen-{folder.name}-{key}.npz" if cache_dir is not None else None
     if cached is not None and cached.is_file():
         with np.load(cached) as z:

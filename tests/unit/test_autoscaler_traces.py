@@ -1,5 +1,6 @@
 """Trace loaders: Azure per-request CSVs and ServeGen per-client windows, with clear errors."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,18 @@ def test_servegen_cache_returns_the_same_trace(tmp_path):
     again = load_servegen(folder, seed=1, cache_dir=tmp_path / "cache")
     assert np.array_equal(first.n_requests, again.n_requests)
     assert np.array_equal(first.prompt_tokens, again.prompt_tokens)
+
+
+def test_servegen_folders_of_the_same_name_and_file_sizes_and_times_do_not_share_a_cache_entry(tmp_path):
+    first, second = tmp_path / "a" / "sg", tmp_path / "b" / "sg"
+    for folder, rate in ((first, "2.0"), (second, "3.0")):  # same length, same mtime
+        folder.parent.mkdir()
+        _write_client(folder, "chunk-0-trace.csv", [f"0,{rate},1.5,Gamma,0.44,1.0"])
+        os.utime(folder / "chunk-0-trace.csv", ns=(1_700_000_000_000_000_000,) * 2)
+    a = load_servegen(first, seed=1, cache_dir=tmp_path / "cache")
+    b = load_servegen(second, seed=1, cache_dir=tmp_path / "cache")
+    assert a.n_requests.sum() < 1500 < b.n_requests.sum()  # 1,200 and 1,800 expected
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
 
 
 def test_servegen_errors_name_the_file(tmp_path):
