@@ -129,6 +129,43 @@ def test_servegen_errors_name_the_file(tmp_path):
         load_servegen(folder)
 
 
+@pytest.mark.parametrize("rows, error", [
+    ([], "holds no windows"),  # a 0-byte file
+    (["0,inf,1.5,Gamma,0.44,1.0"], r"finite non-negative numbers \(row 1: rate 'inf'\)"),
+    (["0,2.0,1.5,Gamma,0.44"], r"\(row 1: scale missing\)"),
+    (["0,2.0,1.5,Gamma,0.44,1.0,7"], "rows have more than the 6 fields ts, rate, cv, dist, shape, scale"),
+    (["1e9,2.0,1.5,Gamma,0.44,1.0"], r"ts 1e\+09 at row 1 is beyond 3.16224e\+07 s"),
+    (["0,20000,1.5,Gamma,0.44,1.0"], "rate 20000 at row 1 is beyond 10000 req/s"),
+    (["0,1.0,1.0,Gamma,1e-9,1.0"], r"window at ts 0 \(Gamma shape 1e-09, rate 1\) does not cover its 600 s in \d+ draws"),
+    (["0,1.0,1.0,Weibull,0.001,1.0"], "a Weibull window has a shape below 0.05"),
+    (["0,0,0,,0,0", "600,0,0,,0,0"], "holds no requests"),
+])
+def test_servegen_windows_that_cannot_be_synthesised_are_refused_naming_the_file(tmp_path, rows, error):
+    folder = tmp_path / "sg"
+    folder.mkdir()
+    (folder / "chunk-0-trace.csv").write_text("".join(f"{row}\n" for row in rows))
+    with pytest.raises(TraceError, match=error) as raised:
+        load_servegen(folder)
+    assert str(folder) in str(raised.value)
+
+
+def test_a_servegen_client_file_that_is_a_folder_is_refused(tmp_path):
+    (tmp_path / "sg" / "chunk-0-trace.csv").mkdir(parents=True)
+    with pytest.raises(TraceError, match="chunk-0-trace.csv cannot be read: Is a directory"):
+        load_servegen(tmp_path / "sg")
+
+
+def test_azure_rows_with_a_trailing_comma_keep_their_columns_and_extra_values_are_refused(tmp_path):
+    trailing = tmp_path / "trailing.csv"
+    trailing.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n0,100,10,\n1,50,5,\n")
+    trace = load_azure_csv(trailing)
+    assert trace.prompt_tokens.tolist() == [100, 50] and trace.output_tokens.tolist() == [10, 5]
+    extra = tmp_path / "extra.csv"
+    extra.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n0,100,10,7\n1,50,5,8\n")
+    with pytest.raises(TraceError, match="extra.csv: its rows have more fields than its header"):
+        load_azure_csv(extra)
+
+
 def test_cluster_view_adds_rates_of_no_pool_twice_and_sums_power():
     names = ("arrival_rps", "queue_requests", "ttft_p99_s", "power_w")
     prefill = IndicatorSeries("prefill", 10.0, 0.0, names, np.array([[5.0, 2.0, 0.5, 1000.0]]))
