@@ -1,7 +1,7 @@
 """The two-pool simulator: accounting, cold starts, power order, causality and determinism."""
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pytest
@@ -128,8 +128,17 @@ def test_a_cap_below_serving_caps_clocks_then_brakes_and_counts_violations(clust
     s = simulate(trace, StaticPolicy(6, 6), clocks).summary()
     assert s["freq_capped_s"] == pytest.approx(3600.0) and s["power_violations"] == 0
     brake = warm(cluster, 6, 6, power_cap_w=(6 * 490 + 6 * 380) * tp * 0.5)
-    s = simulate(trace, StaticPolicy(6, 6), brake).summary()
-    assert s["power_violations"] == 360
+    result = simulate(trace, StaticPolicy(6, 6), brake)
+    s = result.summary()
+    assert s["power_violations"] == 1 and s["power_violation_s"] == 3600.0  # one episode, the whole hour
+    # The same hour at 5 s ticks: the same episode and seconds (counting ticks gave 360 and 720).
+    fine = simulate(constant_trace(20.0, ticks=720, step_s=5.0), StaticPolicy(6, 6), brake).summary()
+    assert (fine["power_violations"], fine["power_violation_s"]) == (1, 3600.0)
+    # Episodes are maximal runs of violating ticks, however long.
+    mask = np.zeros(360, bool)
+    mask[[3, 4, 5, 9, 300]] = True
+    s = replace(result, violated=mask).summary()
+    assert (s["power_violations"], s["power_violation_s"]) == (3, 50.0)
 
 
 def test_a_saturated_pool_at_capped_clocks_draws_its_capped_watts_all_the_time(cluster):
