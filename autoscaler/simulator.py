@@ -3,7 +3,7 @@
 Time advances in fixed ticks (10 s for multi-day traces, 1 s for hour-long ones); in each tick
 the pools are fluid queues driven by the profiled capacity model: prefill drains a token
 backlog at the replicas' profiled rate (plus an M/D/1 wait for arrivals within the tick),
-decode runs continuous batches up to the SLO batch with TPOT from the profile, and extra
+decode runs continuous batches up to the largest profiled batch with TPOT from the profile, and extra
 sequences wait for a slot. Replicas cold-start before serving, power follows POLCA's order
 (shed training, cap clocks, brake). Per-request SLO attainment is scored after the run,
 vectorised over the trace's request groups with each request's own prompt and output length.
@@ -25,7 +25,6 @@ import numpy as np
 
 from autoscaler.capacity import CapacityModel
 from autoscaler.decision import Decision, PoolView, Snapshot
-from autoscaler.indicators import ClusterIndicators, IndicatorSeries
 from autoscaler.power import PowerModel, plan_power
 from autoscaler.traces import TickTrace
 
@@ -116,7 +115,6 @@ class SimResult:
     power_cap_w: float | None
     ttft_slo_s: float
     tpot_slo_s: float
-    indicators: ClusterIndicators
     decisions: list[tuple[float, Decision]] = field(default_factory=list)  # (time, what the policy decided)
 
     def summary(self) -> dict[str, float | int | str | None]:
@@ -358,7 +356,6 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
     ok = (ttft <= params.ttft_slo_s) & (tpot <= params.tpot_slo_s)
     tick_ok = np.bincount(g.tick, ok * g.weight, n) / np.maximum(np.bincount(g.tick, g.weight, n), 1e-12)
     tick_ok[trace.n_requests == 0] = 1.0
-    indicators = _indicators(trace, rec, ttft, tpot, g, dt)
     result = SimResult(
         policy=policy.name, trace=trace.name, step_s=dt, prefill_replicas=rec["p"], decode_replicas=rec["d"],
         prefill_gpus_held=rec["pg"], decode_gpus_held=rec["dg"], power_w=rec["power"], serving_w=rec["serving_w"], training_gpus=rec["train"],
@@ -366,22 +363,6 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
         ttft_s=ttft, tpot_s=tpot, weight=g.weight, ok=ok, tick_attainment=tick_ok, scaling_actions=actions,
         step_latency_s=np.asarray(latencies), decision_latency_s=np.asarray(getattr(policy, "decision_s", latencies)),
         wall_s=wall, power_cap_w=params.power_cap_w,
-        ttft_slo_s=params.ttft_slo_s, tpot_slo_s=params.tpot_slo_s, indicators=indicators, decisions=decisions)
+        ttft_slo_s=params.ttft_slo_s, tpot_slo_s=params.tpot_slo_s, decisions=decisions)
     return result
 
-
-def _indicators(trace: TickTrace, rec: dict[str, np.ndarray], ttft: np.ndarray, tpot: np.ndarray, g, dt: float
-                ) -> ClusterIndicators:
-    """Per-pool indicator series of the run (latency columns: the worst request shape of each tick)."""
-    n = trace.n_ticks
-    worst_ttft = np.zeros(n)
-    worst_tpot = np.zeros(n)
-    np.maximum.at(worst_ttft, g.tick, np.where(np.isfinite(ttft), ttft, 1e9))
-    np.maximum.at(worst_tpot, g.tick, np.where(np.isfinite(tpot), tpot, 1e9))
-    rates = trace.rates()
-    names = ("arrival_rps", "input_tokens_per_s", "output_tokens_per_s", "ttft_p99_s", "tpot_p99_s", "power_w")
-    share = rec["pg"] / np.maximum(rec["pg"] + rec["dg"], 1e-9)
-    prefill = np.column_stack([rates, worst_ttft, np.zeros(n), rec["serving_w"] * share])
-    decode = np.column_stack([rates, np.zeros(n), worst_tpot, rec["serving_w"] * (1 - share)])
-    return ClusterIndicators({"prefill": IndicatorSeries("prefill", dt, 0.0, names, prefill),
-                              "decode": IndicatorSeries("decode", dt, 0.0, names, decode)})
