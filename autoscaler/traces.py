@@ -107,8 +107,8 @@ class RequestTrace:
     output_tokens: np.ndarray
 
     def to_ticks(self, step_s: float) -> TickTrace:
-        if step_s <= 0:
-            raise TraceError(f"step_s must be positive, got {step_s}")
+        if not (math.isfinite(step_s) and step_s > 0):
+            raise TraceError(f"step_s must be a finite number > 0, got {step_s}")
         tick = (self.arrival_s // step_s).astype(np.int64)
         n_ticks = int(tick[-1]) + 1 if tick.size else 0
         count = np.bincount(tick, minlength=n_ticks).astype(float)

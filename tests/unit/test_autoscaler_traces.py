@@ -72,6 +72,9 @@ def test_a_numeric_timestamp_column_is_seconds_from_the_first_request(tmp_path):
     for path in (relative, epoch):
         ticks = load_azure_csv(path).to_ticks(1.0)
         assert ticks.n_requests.tolist() == [1.0] * 20  # 20 requests over 19 s: one a tick
+    for tick in (0.0, float("nan")):
+        with pytest.raises(TraceError, match="step_s must be a finite number > 0"):
+            load_azure_csv(relative).to_ticks(tick)
     relative.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n0,100,10\n1.5,100,10\nsoon,100,10\n")
     with pytest.raises(TraceError, match="data row 3: TIMESTAMP 'soon' is not a number of seconds"):
         load_azure_csv(relative)
