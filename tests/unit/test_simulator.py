@@ -109,30 +109,52 @@ def test_the_policy_sees_each_finished_ticks_mean_latency_as_the_run_reports_it(
     assert latency[-1, 0] > 5 * latency[0, 0] > 0
 
 
-def test_power_cap_sheds_training_before_touching_serving(cluster):
-    trace = constant_trace(20.0)
+def test_replicas_demand_keeps_idle_draw_less_and_leave_the_cap_to_training(cluster):
     tp = cluster.capacity.gpus_per_replica
-    serving_full = (6 * 700 + 6 * 380) * tp
-    capped = warm(cluster, 6, 6, total_gpus=12 * tp + 10, power_cap_w=serving_full + 3000.0)
-    s = simulate(trace, StaticPolicy(6, 6), capped).summary()
+    training_w = PowerModel.for_hardware("h100-80gb").training_w
+    busy_w = (6 * 700 + 6 * 380) * tp  # twelve replicas busy at full clocks
+    # No demand: serving draws idle watts (75 a GPU), so training keeps all ten GPUs it wants under a
+    # cap that, planned against busy serving, left it 3,000 W (4 GPUs).
+    params = warm(cluster, 6, 6, total_gpus=12 * tp + 10, power_cap_w=busy_w + 3000.0)
+    idle = simulate(constant_trace(0.0), StaticPolicy(6, 6), params)
+    assert idle.summary()["training_gpu_hours"] == 10
+    np.testing.assert_allclose(idle.power_w, 12 * tp * 75 + 10 * training_w)
+    # 20 req/s keeps prefill a third busy: under 70% of the busy draw, which even capped clocks
+    # exceed at full activity (a brake all the hour when planned so), serving runs at full clocks.
+    s = simulate(constant_trace(20.0), StaticPolicy(6, 6), warm(params, 6, 6, power_cap_w=0.7 * busy_w)).summary()
+    free = simulate(constant_trace(20.0), StaticPolicy(6, 6), warm(cluster, 6, 6)).summary()
+    assert (s["power_violations"], s["freq_capped_s"]) == (0, 0) and s["training_gpu_hours"] > 0
+    assert s["slo_attainment"] == free["slo_attainment"] > 0.999
+
+
+def test_a_saturated_tick_sheds_training_then_caps_clocks_then_brakes(cluster):
+    trace = constant_trace(80.0)  # 80,000 prompt tokens/s saturate six prefill replicas at any clocks
+    tp = cluster.capacity.gpus_per_replica
+    training_w = PowerModel.for_hardware("h100-80gb").training_w
+    full_w, capped_w = (6 * 700 + 6 * 380) * tp, (6 * 490 + 6 * 380) * tp
     free = simulate(trace, StaticPolicy(6, 6), warm(cluster, 6, 6)).summary()
-    assert s["power_violations"] == 0 and s["freq_capped_s"] == 0
-    assert s["training_gpu_hours"] == pytest.approx(int(3000 // PowerModel.for_hardware("h100-80gb").training_w) * 1.0)
-    assert s["slo_attainment"] == free["slo_attainment"]
-
-
-def test_a_cap_below_serving_caps_clocks_then_brakes_and_counts_violations(cluster):
-    trace = constant_trace(20.0)
-    tp = cluster.capacity.gpus_per_replica
-    clocks = warm(cluster, 6, 6, power_cap_w=(6 * 490 + 6 * 380) * tp + 1.0)
-    s = simulate(trace, StaticPolicy(6, 6), clocks).summary()
-    assert s["freq_capped_s"] == pytest.approx(3600.0) and s["power_violations"] == 0
-    brake = warm(cluster, 6, 6, power_cap_w=(6 * 490 + 6 * 380) * tp * 0.5)
+    # Room for serving and 3,000 W: training is shed to what fits, serving untouched.
+    params = warm(cluster, 6, 6, total_gpus=12 * tp + 10, power_cap_w=full_w + 3000.0)
+    s = simulate(trace, StaticPolicy(6, 6), params).summary()
+    assert (s["power_violations"], s["freq_capped_s"]) == (0, 0)
+    assert s["training_gpu_hours"] == int(3000 // training_w) and s["slo_attainment"] == free["slo_attainment"]
+    # Serving alone exceeds the cap at full clocks, not at capped ones: no training, clocks capped.
+    policy = Scripted((6, 6))
+    s = simulate(trace, policy, warm(params, 6, 6, power_cap_w=capped_w + 1.0)).summary()
+    assert (s["training_gpu_hours"], s["freq_capped_s"], s["power_violations"]) == (0, 3600.0, 0)
+    # The backlog grew at the capped clocks' rate, once a tick (not also at full clocks, tried first).
+    capped_rate = 6 * cluster.capacity.prefill_tokens_per_s() / 1.3
+    for snap in policy.snapshots:
+        assert snap.prefill_backlog_tokens == pytest.approx(snap.now_s * (80_000 - capped_rate))
+    # Over the cap even capped: the brake scales serving down to the cap, every tick a violation.
+    brake = warm(params, 6, 6, power_cap_w=capped_w * 0.5)
     result = simulate(trace, StaticPolicy(6, 6), brake)
     s = result.summary()
+    np.testing.assert_allclose(result.power_w, capped_w * 0.5)
+    assert s["training_gpu_hours"] == 0 and s["freq_capped_s"] == 3600.0
     assert s["power_violations"] == 1 and s["power_violation_s"] == 3600.0  # one episode, the whole hour
     # The same hour at 5 s ticks: the same episode and seconds (counting ticks gave 360 and 720).
-    fine = simulate(constant_trace(20.0, ticks=720, step_s=5.0), StaticPolicy(6, 6), brake).summary()
+    fine = simulate(constant_trace(80.0, ticks=720, step_s=5.0), StaticPolicy(6, 6), brake).summary()
     assert (fine["power_violations"], fine["power_violation_s"]) == (1, 3600.0)
     # Episodes are maximal runs of violating ticks, however long.
     mask = np.zeros(360, bool)
