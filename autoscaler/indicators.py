@@ -1,8 +1,10 @@
 """Typed per-pool indicator time series and their cluster -> pool hierarchy (as in HARMONY).
 
 A pool's series is a ``[T, K]`` array over fixed-step ticks with named columns; the cluster
-view aggregates pools column by column (rates, queues and watts add; latency percentiles
-take the worst pool; KV use averages). Forecasters read the demand columns.
+view aggregates pools column by column: arrival and token rates take the largest pool's (every
+request passes through both pools, so a sum would count it twice), queues and watts add, latency
+percentiles take the worst pool, KV use averages. Forecasters read the demand columns. The live
+controller (to come) fills these series; the simulator keeps its per-tick records in ``SimResult``.
 """
 
 from __future__ import annotations

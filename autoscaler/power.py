@@ -1,14 +1,16 @@
 """Power model and the order of measures when the cluster power cap binds.
 
-Per-GPU watts are Splitwise's constant model (idle / prefill / decode). When the cap binds we
-follow POLCA (arXiv 2308.12908): first shed low-priority work (training), then cap serving GPU
-clocks (at a 70% power cap prefill runs 1.30x slower, decode ~1.00x: Splitwise's power-capped
-H100 profile), and only then refuse serving capacity (the power brake).
+Per-GPU watts are Splitwise's constant model (idle / prefill / decode). When serving's draw at
+its actual activity, plus training, exceeds the cap we follow POLCA's reactive controller (arXiv
+2308.12908): first shed low-priority work (training), then cap serving GPU clocks (at a 70% power
+cap prefill runs 1.30x slower, decode ~1.00x: Splitwise's power-capped H100 profile), and only then
+refuse serving capacity (the power brake).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -62,7 +64,8 @@ class PowerModel:
 
 @dataclass(frozen=True)
 class PowerPlan:
-    """What the power manager does this interval, in POLCA's order, and the resulting draw."""
+    """What the power manager does this interval, in POLCA's order, and the resulting draw (serving
+    and training)."""
 
     training_gpus: int
     freq_capped: bool
@@ -72,20 +75,26 @@ class PowerPlan:
     prefill_slowdown: float = 1.0
 
 
-def plan_power(model: PowerModel, cap_w: float | None, serving_w: float, serving_w_capped: float,
-               training_gpus_wanted: int) -> PowerPlan:
-    """Fit serving plus training under ``cap_w``: shed training, then cap clocks, then brake serving.
+def plan_power(model: PowerModel, cap_w: float | None, serving_w: Callable[[bool, float], float],
+               serving_w_capped_full: float, training_gpus_wanted: int) -> PowerPlan:
+    """POLCA's reactive controller over one interval: shed training, then cap clocks, then brake serving.
 
-    ``serving_w`` / ``serving_w_capped`` are the serving draw at full and at capped clocks. A
-    violation is recorded when the brake has to refuse serving capacity: serving alone, clocks
-    capped, would exceed the cap.
+    ``serving_w(freq_capped, scale)`` is serving's draw over the interval as it runs at those clocks
+    with the brake at ``scale`` (1: none), at the activity its demand gives it: idle replicas draw
+    idle watts, so demand that keeps them idle leaves room for training. It is called at full clocks,
+    then, only if serving alone exceeds the cap there, at capped clocks, and only if that still
+    exceeds it, braked. The brake scales serving to ``cap_w / serving_w_capped_full`` (its draw at
+    capped clocks and full activity), so that it fits whatever the braked interval does; a braked
+    interval is a violation.
     """
+    full = serving_w(False, 1.0)
     if cap_w is None:
-        return PowerPlan(training_gpus_wanted, False, 1.0, serving_w + training_gpus_wanted * model.training_w, False)
-    room = cap_w - serving_w
-    if room >= 0:
-        train = min(training_gpus_wanted, int(room // model.training_w))
-        return PowerPlan(train, False, 1.0, serving_w + train * model.training_w, False)
-    if serving_w_capped <= cap_w:
-        return PowerPlan(0, True, 1.0, serving_w_capped, False, model.prefill_slowdown_capped)
-    return PowerPlan(0, True, cap_w / serving_w_capped, cap_w, True, model.prefill_slowdown_capped)
+        return PowerPlan(training_gpus_wanted, False, 1.0, full + training_gpus_wanted * model.training_w, False)
+    if full <= cap_w:
+        train = min(training_gpus_wanted, int((cap_w - full) // model.training_w))
+        return PowerPlan(train, False, 1.0, full + train * model.training_w, False)
+    capped = serving_w(True, 1.0)
+    if capped <= cap_w:
+        return PowerPlan(0, True, 1.0, capped, False, model.prefill_slowdown_capped)
+    scale = cap_w / serving_w_capped_full
+    return PowerPlan(0, True, scale, serving_w(True, scale), True, model.prefill_slowdown_capped)

@@ -3,9 +3,10 @@
 Time advances in fixed ticks (10 s for multi-day traces, 1 s for hour-long ones); in each tick
 the pools are fluid queues driven by the profiled capacity model: prefill drains a token
 backlog at the replicas' profiled rate (plus an M/D/1 wait for arrivals within the tick),
-decode runs continuous batches up to the SLO batch with TPOT from the profile, and extra
-sequences wait for a slot. Replicas cold-start before serving, power follows POLCA's order
-(shed training, cap clocks, brake). Per-request SLO attainment is scored after the run,
+decode runs continuous batches up to the largest profiled batch with TPOT from the profile, and extra
+sequences wait for a slot. Replicas cold-start before serving; power follows POLCA's reactive
+order on the draw the tick's activity gives (shed training, cap clocks, brake). Per-request SLO
+attainment is scored after the run,
 vectorised over the trace's request groups with each request's own prompt and output length.
 The only randomness is in the trace synthesis and the policy's forecaster: a seeded run is
 reproducible.
@@ -19,13 +20,12 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, NamedTuple, Protocol
 
 import numpy as np
 
 from autoscaler.capacity import CapacityModel
 from autoscaler.decision import Decision, PoolView, Snapshot
-from autoscaler.indicators import ClusterIndicators, IndicatorSeries
 from autoscaler.power import PowerModel, plan_power
 from autoscaler.traces import TickTrace
 
@@ -33,6 +33,29 @@ from autoscaler.traces import TickTrace
 # Time constant of the prefill utilisation the M/D/1 wait uses: longer than a 1 s tick's noise,
 # shorter than the minutes over which load moves.
 UTIL_SMOOTHING_S = 30.0
+
+
+class _Fluid(NamedTuple):
+    """The pools' fluid state between ticks."""
+
+    q_tok: float = 0.0  # prefill backlog: tokens, requests, and their output tokens
+    q_req: float = 0.0
+    q_out: float = 0.0
+    active: float = 0.0  # decode: sequences and their remaining tokens
+    remaining: float = 0.0
+    util: float = 0.0  # prefill utilisation smoothed over UTIL_SMOOTHING_S (the M/D/1 wait's)
+    in_service: float = 0.0  # requests waiting within the last tick or being prefilled
+    concurrency: float = 0.0  # the last tick's decoding sequences, over all replicas
+
+
+class _Tick(NamedTuple):
+    """One tick served: the state after it, its prefill wait, TPOT, decode-slot wait and busy fractions."""
+
+    state: _Fluid
+    wait: float
+    tpot: float
+    dwait: float
+    busy: tuple[float, float]
 
 
 class SimulationError(ValueError):
@@ -74,8 +97,10 @@ class ClusterParams:
         for name, lo, hi, init in zip(("prefill", "decode"), self.min_replicas, self.max_replicas, self.initial_replicas):
             if not 0 <= lo <= init <= hi:
                 raise SimulationError(f"{name}: need 0 <= min_replicas <= initial_replicas <= max_replicas")
-        if self.cold_start_s < 0:
-            raise SimulationError("cold_start_s must be non-negative")
+        if not (math.isfinite(self.cold_start_s) and self.cold_start_s >= 0):
+            raise SimulationError(f"cold_start_s must be a finite number >= 0, got {self.cold_start_s}")
+        if self.power_cap_w is not None and not self.power_cap_w > 0:
+            raise SimulationError(f"power_cap_w must be > 0 watts (None: no cap), got {self.power_cap_w}")
 
     @property
     def gpus(self) -> int:
@@ -114,7 +139,6 @@ class SimResult:
     power_cap_w: float | None
     ttft_slo_s: float
     tpot_slo_s: float
-    indicators: ClusterIndicators
     decisions: list[tuple[float, Decision]] = field(default_factory=list)  # (time, what the policy decided)
 
     def summary(self) -> dict[str, float | int | str | None]:
@@ -131,7 +155,10 @@ class SimResult:
             "energy_kwh": float(self.serving_w.sum() * self.step_s / 3.6e6),
             "cluster_energy_kwh": float(self.power_w.sum() * self.step_s / 3.6e6),
             "training_gpu_hours": float(self.training_gpus.sum() * hours),
-            "power_violations": int(self.violated.sum()),
+            # Episodes (maximal runs of violating ticks) and seconds, both independent of the tick:
+            # a count of ticks made a 1 s trace's violations five times a 5 s trace's.
+            "power_violations": int(np.count_nonzero(np.diff(self.violated.astype(np.int8), prepend=0) == 1)),
+            "power_violation_s": float(self.violated.sum() * self.step_s),
             "freq_capped_s": float(self.freq_capped.sum() * self.step_s),
             "scaling_actions": int(self.scaling_actions),
             "ttft_p90_s": _wq(self.ttft_s, w, 0.90),
@@ -205,10 +232,70 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
     ready = list(params.initial_replicas)
     starting: list[deque[float]] = [deque(), deque()]
     target = list(params.initial_replicas)
-    q_tok = q_req = q_out = 0.0  # prefill backlog: tokens, requests, and their output tokens
-    active = remaining = 0.0  # decode: sequences and their remaining tokens
-    util = in_service = concurrency = 0.0
+    state = _Fluid()
     smooth = 1.0 - math.exp(-dt / UTIL_SMOOTHING_S)
+
+    def serve(s: _Fluid, t: int, p: int, d: int, slow: float, scale: float) -> _Tick:
+        """Tick ``t`` served from state ``s`` by ``p`` prefill and ``d`` decode replicas, prefill ``slow``
+        times slower and decode TPOT ``1 / scale`` times longer than profiled; ``s`` is left as it is,
+        so that the power manager can try clocks before the one it picks is committed."""
+        # Prefill: fluid backlog drained at the replicas' profiled rate.
+        a_tok, a_req, a_out = trace.prompt_tokens[t], trace.n_requests[t], trace.output_tokens[t]
+        rate = p * prefill_rate / slow
+        cap_tok = rate * dt
+        total = s.q_tok + a_tok
+        served = min(total, cap_tok)
+        frac = served / total if total > 0 else 0.0
+        q_tok = total - served
+        util = s.util + (min(1.0, a_tok / cap_tok if cap_tok > 0 else 1.0) - s.util) * smooth
+        done_req, done_out = (s.q_req + a_req) * frac, (s.q_out + a_out) * frac
+        q_req, q_out = s.q_req + a_req - done_req, s.q_out + a_out - done_out
+        if a_req > 0 and rate > 0:
+            # Random arrivals queue even below capacity: M/D/1 wait at the smoothed utilisation
+            # (the fluid backlog already carries overload across ticks).
+            rho = min(util, 0.95)
+            own = float(cap.prefill_time_s(mean_prompt_all[t]))
+            mdl = rho * own * slow / (2 * (1 - rho))
+            wait = (s.q_tok + q_tok) / 2 / rate + mdl
+            # Requests waiting within the tick or being prefilled (Little's law): Serve counts them
+            # as ongoing, beside the backlog carried over.
+            in_service = a_req / dt * (mdl + own * slow)
+        elif a_req > 0:
+            # No prefill capacity: every arrival stays in the backlog (counted there), unserved.
+            wait, in_service = math.inf, 0.0
+        else:
+            wait = in_service = 0.0
+        # Decode: continuous batching up to the profiled batch, as token work. The batch a replica
+        # runs is the tick's time-average concurrency, token-seconds of decoding over the tick
+        # (Little's law), solved with TPOT by fixed point; beyond the batch cap, work carries
+        # over and sequences wait for a slot.
+        active = s.active + done_req
+        remaining = s.remaining + done_out
+        ctx = mean_prompt_all[t] + (remaining / active / 2 if active > 0 else 0.0)
+        if d > 0 and remaining > 0:
+            full_tpot = float(cap.tpot_s(decode_batch_cap, ctx)) / scale
+            max_tokens = d * decode_batch_cap * dt / full_tpot
+            if remaining <= max_tokens:
+                produced = remaining
+                tpot = float(cap.tpot_s(1, ctx)) / scale
+                for _ in range(4):
+                    concurrency = min(d * decode_batch_cap, produced * tpot / dt)
+                    tpot = float(cap.tpot_s(concurrency / d, ctx)) / scale
+                finished, dwait = active, 0.0
+            else:
+                produced, tpot, concurrency = max_tokens, full_tpot, d * decode_batch_cap
+                finished = active * produced / remaining
+                queued = max(0.0, active - concurrency)
+                dwait = queued / (finished / dt) if finished > 0 else math.inf
+            active, remaining = active - finished, remaining - produced
+        else:
+            tpot = float(cap.tpot_s(1, ctx))
+            concurrency = 0.0
+            dwait = math.inf if remaining > 0 else 0.0
+        # Busy at the clocks this tick ran at: a saturated capped pool is busy all the tick.
+        busy = (served / cap_tok if cap_tok > 0 else 0.0, min(1.0, concurrency / d) if d else 0.0)
+        return _Tick(_Fluid(q_tok, q_req, q_out, active, remaining, util, in_service, concurrency),
+                     wait, tpot, dwait, busy)
     rec = {k: np.zeros(n) for k in ("p", "d", "pg", "dg", "power", "train", "capped", "viol", "wait", "slow",
                                      "tpot", "dwait", "serving_w")}
     observed = np.full((n, 2), np.nan)  # each tick's mean TTFT and TPOT, as the router's histograms report
@@ -216,7 +303,10 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
     latencies: list[float] = []
     decisions: list[tuple[float, Decision]] = []
     actions = 0
-    next_decision = float(getattr(policy, "offset_s", 0.0))
+    offset = float(getattr(policy, "offset_s", 0.0))
+    if not policy.interval_s > 0:
+        raise SimulationError(f"policy {policy.name}: interval_s must be > 0, got {policy.interval_s}")
+    next_decision = offset
     window = int(params.history_window_s // dt)
     recent_prompts: deque[float] = deque(maxlen=max(1, int(600 // dt)))
     start_wall = time.perf_counter()
@@ -236,10 +326,11 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
             snap = Snapshot(now_s=now, step_s=dt, history=rates[lo:t],
                             prefill=PoolView(ready[0], len(starting[0]), target[0]),
                             decode=PoolView(ready[1], len(starting[1]), target[1]),
-                            ongoing_prefill=q_req + in_service, ongoing_decode=concurrency + active,
+                            ongoing_prefill=state.q_req + state.in_service,
+                            ongoing_decode=state.concurrency + state.active,
                             mean_prompt_tokens=float(mean_prompt), mean_output_tokens=float(mean_out),
-                            tail_prompt_tokens=max(tail, float(mean_prompt)), prefill_backlog_tokens=q_tok,
-                            decode_queued_sequences=active, latency=observed[lo:t])
+                            tail_prompt_tokens=max(tail, float(mean_prompt)), prefill_backlog_tokens=state.q_tok,
+                            decode_queued_sequences=state.active, latency=observed[lo:t])
             t0 = time.perf_counter()
             decision = policy.step(snap)
             latencies.append(time.perf_counter() - t0)
@@ -262,81 +353,40 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
                     else:
                         ready[i] -= 1
                 target[i] = new
-            next_decision = now + policy.interval_s
+            # The schedule's next slot (offset + k * interval) after now, not now + interval: with a
+            # tick that does not divide the interval (7 s and 10 s) decisions keep the interval's rate.
+            next_decision = offset + policy.interval_s * (math.floor((now - offset) / policy.interval_s + 1e-9) + 1)
         p, d = ready
         held = (p + len(starting[0])) * tp, (d + len(starting[1])) * tp
-        # Power: serving has priority, so training and clocks are planned against serving at full
-        # activity (no lag behind a burst); the brake engages only if that alone exceeds the cap.
+        # Power, as POLCA's reactive controller: the tick at full clocks and the activity its demand
+        # gives; if serving and training exceed the cap, training is shed; if serving alone does,
+        # clocks are capped and the tick served again; if it still does, serving is braked. The
+        # state goes on from the tick at the clocks finally chosen, once.
         idle_w = (len(starting[0]) + len(starting[1])) * tp * pw.idle_w
-        full = float(pw.serving_w(p * tp, 1.0, d * tp, 1.0)) + idle_w
-        capped = float(pw.serving_w(p * tp, 1.0, d * tp, 1.0, freq_capped=True)) + idle_w
-        plan = plan_power(pw, params.power_cap_w, full, capped, max(0, params.gpus - held[0] - held[1]))
+        tried: dict[tuple[bool, float], _Tick] = {}
+
+        def serving_w(freq_capped: bool, scale: float) -> float:
+            slow = (pw.prefill_slowdown_capped if freq_capped else 1.0) / scale
+            tick = tried[freq_capped, scale] = serve(state, t, p, d, slow, scale)
+            return (float(pw.serving_w(p * tp, tick.busy[0], d * tp, tick.busy[1], freq_capped)) + idle_w) * scale
+
+        capped_full_w = float(pw.serving_w(p * tp, 1.0, d * tp, 1.0, freq_capped=True)) + idle_w
+        plan = plan_power(pw, params.power_cap_w, serving_w, capped_full_w, max(0, params.gpus - held[0] - held[1]))
+        tick = tried[plan.freq_capped, plan.serving_scale]
+        state = tick.state
         slow = plan.prefill_slowdown / plan.serving_scale
-        # Prefill: fluid backlog drained at the replicas' profiled rate.
-        a_tok, a_req, a_out = trace.prompt_tokens[t], trace.n_requests[t], trace.output_tokens[t]
-        rate = p * prefill_rate / slow
-        cap_tok = rate * dt
-        q0 = q_tok
-        total = q_tok + a_tok
-        served = min(total, cap_tok)
-        frac = served / total if total > 0 else 0.0
-        q_tok = total - served
-        util += (min(1.0, a_tok / cap_tok if cap_tok > 0 else 1.0) - util) * smooth
-        done_req, done_out = (q_req + a_req) * frac, (q_out + a_out) * frac
-        q_req, q_out = q_req + a_req - done_req, q_out + a_out - done_out
-        if a_req > 0:
-            if rate <= 0:
-                wait = math.inf
-            else:
-                # Random arrivals queue even below capacity: M/D/1 wait at the smoothed utilisation
-                # (the fluid backlog already carries overload across ticks).
-                rho = min(util, 0.95)
-                mdl = rho * float(cap.prefill_time_s(mean_prompt_all[t])) * slow / (2 * (1 - rho))
-                wait = (q0 + q_tok) / 2 / rate + mdl
-            # Requests waiting within the tick or being prefilled (Little's law): Serve counts them
-            # as ongoing, beside the backlog carried over.
-            in_service = a_req / dt * (mdl + float(cap.prefill_time_s(mean_prompt_all[t])) * slow)
-        else:
-            wait = in_service = 0.0
-        # Decode: continuous batching up to the profiled batch, as token work. The batch a replica
-        # runs is the tick's time-average concurrency, token-seconds of decoding over the tick
-        # (Little's law), solved with TPOT by fixed point; beyond the batch cap, work carries
-        # over and sequences wait for a slot.
-        active += done_req
-        remaining += done_out
-        ctx = mean_prompt_all[t] + (remaining / active / 2 if active > 0 else 0.0)
-        if d > 0 and remaining > 0:
-            full_tpot = float(cap.tpot_s(decode_batch_cap, ctx)) / plan.serving_scale
-            max_tokens = d * decode_batch_cap * dt / full_tpot
-            if remaining <= max_tokens:
-                produced = remaining
-                tpot = float(cap.tpot_s(1, ctx)) / plan.serving_scale
-                for _ in range(4):
-                    concurrency = min(d * decode_batch_cap, produced * tpot / dt)
-                    tpot = float(cap.tpot_s(concurrency / d, ctx)) / plan.serving_scale
-                finished, dwait = active, 0.0
-            else:
-                produced, tpot, concurrency = max_tokens, full_tpot, d * decode_batch_cap
-                finished = active * produced / remaining
-                queued = max(0.0, active - concurrency)
-                dwait = queued / (finished / dt) if finished > 0 else math.inf
-            active, remaining = active - finished, remaining - produced
-        else:
-            tpot = float(cap.tpot_s(1, ctx))
-            concurrency = 0.0
-            dwait = math.inf if remaining > 0 else 0.0
-        busy = (served / (p * prefill_rate * dt) if p else 0.0, min(1.0, concurrency / d) if d else 0.0)
-        power = float(pw.serving_w(p * tp, busy[0], d * tp, busy[1], freq_capped=plan.freq_capped))
-        power = power * plan.serving_scale + idle_w + plan.training_gpus * pw.training_w
-        viol = plan.violated
-        for key, value in (("p", p), ("d", d), ("pg", held[0]), ("dg", held[1]), ("power", power),
-                           ("train", plan.training_gpus), ("capped", plan.freq_capped), ("viol", viol),
+        wait, tpot, dwait = tick.wait, tick.tpot, tick.dwait
+        training_w = plan.training_gpus * pw.training_w
+        for key, value in (("p", p), ("d", d), ("pg", held[0]), ("dg", held[1]), ("power", plan.power_w),
+                           ("train", plan.training_gpus), ("capped", plan.freq_capped), ("viol", plan.violated),
                            ("wait", wait), ("slow", slow), ("tpot", tpot), ("dwait", dwait),
-                           ("serving_w", power - plan.training_gpus * pw.training_w)):
+                           ("serving_w", plan.power_w - training_w)):
             rec[key][t] = value
+        a_req = trace.n_requests[t]
         if a_req > 0:
-            recent_prompts.append(a_tok / a_req)
-            observed[t] = _request_latency(cap, wait, slow, tpot, dwait, mean_prompt_all[t], a_out / a_req)
+            recent_prompts.append(trace.prompt_tokens[t] / a_req)
+            observed[t] = _request_latency(cap, wait, slow, tpot, dwait, mean_prompt_all[t],
+                                           trace.output_tokens[t] / a_req)
         if progress is not None and (t % report_every == 0 or t == n - 1):
             progress(t + 1, n)
     wall = time.perf_counter() - start_wall
@@ -346,7 +396,6 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
     ok = (ttft <= params.ttft_slo_s) & (tpot <= params.tpot_slo_s)
     tick_ok = np.bincount(g.tick, ok * g.weight, n) / np.maximum(np.bincount(g.tick, g.weight, n), 1e-12)
     tick_ok[trace.n_requests == 0] = 1.0
-    indicators = _indicators(trace, rec, ttft, tpot, g, dt)
     result = SimResult(
         policy=policy.name, trace=trace.name, step_s=dt, prefill_replicas=rec["p"], decode_replicas=rec["d"],
         prefill_gpus_held=rec["pg"], decode_gpus_held=rec["dg"], power_w=rec["power"], serving_w=rec["serving_w"], training_gpus=rec["train"],
@@ -354,22 +403,6 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
         ttft_s=ttft, tpot_s=tpot, weight=g.weight, ok=ok, tick_attainment=tick_ok, scaling_actions=actions,
         step_latency_s=np.asarray(latencies), decision_latency_s=np.asarray(getattr(policy, "decision_s", latencies)),
         wall_s=wall, power_cap_w=params.power_cap_w,
-        ttft_slo_s=params.ttft_slo_s, tpot_slo_s=params.tpot_slo_s, indicators=indicators, decisions=decisions)
+        ttft_slo_s=params.ttft_slo_s, tpot_slo_s=params.tpot_slo_s, decisions=decisions)
     return result
 
-
-def _indicators(trace: TickTrace, rec: dict[str, np.ndarray], ttft: np.ndarray, tpot: np.ndarray, g, dt: float
-                ) -> ClusterIndicators:
-    """Per-pool indicator series of the run (latency columns: the worst request shape of each tick)."""
-    n = trace.n_ticks
-    worst_ttft = np.zeros(n)
-    worst_tpot = np.zeros(n)
-    np.maximum.at(worst_ttft, g.tick, np.where(np.isfinite(ttft), ttft, 1e9))
-    np.maximum.at(worst_tpot, g.tick, np.where(np.isfinite(tpot), tpot, 1e9))
-    rates = trace.rates()
-    names = ("arrival_rps", "input_tokens_per_s", "output_tokens_per_s", "ttft_p99_s", "tpot_p99_s", "power_w")
-    share = rec["pg"] / np.maximum(rec["pg"] + rec["dg"], 1e-9)
-    prefill = np.column_stack([rates, worst_ttft, np.zeros(n), rec["serving_w"] * share])
-    decode = np.column_stack([rates, np.zeros(n), worst_tpot, rec["serving_w"] * (1 - share)])
-    return ClusterIndicators({"prefill": IndicatorSeries("prefill", dt, 0.0, names, prefill),
-                              "decode": IndicatorSeries("decode", dt, 0.0, names, decode)})

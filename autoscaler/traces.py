@@ -10,7 +10,9 @@ window's Gamma/Weibull inter-arrival law (seeded) and token lengths are drawn fr
 from __future__ import annotations
 
 import hashlib
+import io
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +22,17 @@ import pandas as pd
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 SERVEGEN_WINDOW_S = 600.0
 SERVEGEN_COLUMNS = ("ts", "rate", "cv", "dist", "shape", "scale")
+# Bounds on a ServeGen window, far beyond the published data (14 days; a client's busiest window
+# 465 req/s) and low enough that a typo fails at once instead of exhausting memory.
+SERVEGEN_MAX_TS_S = 366 * 86_400.0
+SERVEGEN_MAX_RATE = 10_000.0
+# Weibull gaps are drawn as E ** (1 / shape) in float32, which overflows below this shape (the
+# published data's smallest is 0.18).
+SERVEGEN_MIN_WEIBULL_SHAPE = 0.05
+# A window's arrival buffer starts at its expected count plus four standard deviations and doubles
+# until the window is covered (once at most on the published data); a law that needs more doublings
+# (Gamma shape 1e-9, Weibull shape 0.001: gaps of zero and rare astronomic ones) cannot be drawn.
+SERVEGEN_MAX_DOUBLINGS = 4
 
 
 class TraceError(ValueError):
@@ -94,8 +107,8 @@ class RequestTrace:
     output_tokens: np.ndarray
 
     def to_ticks(self, step_s: float) -> TickTrace:
-        if step_s <= 0:
-            raise TraceError(f"step_s must be positive, got {step_s}")
+        if not (math.isfinite(step_s) and step_s > 0):
+            raise TraceError(f"step_s must be a finite number > 0, got {step_s}")
         tick = (self.arrival_s // step_s).astype(np.int64)
         n_ticks = int(tick[-1]) + 1 if tick.size else 0
         count = np.bincount(tick, minlength=n_ticks).astype(float)
@@ -106,56 +119,100 @@ class RequestTrace:
                          groups)
 
 
+def _timestamp_seconds(raw: pd.Series) -> tuple[np.ndarray, np.ndarray, str]:
+    """Each row's time in seconds (from any origin), which rows are unreadable, and what they should be.
+
+    A column whose first value is a number holds seconds; anything else is parsed as dates/times
+    (any mix of formats and UTC offsets, naive ones taken as UTC).
+    """
+    if pd.notna(pd.to_numeric(raw.iloc[:1], errors="coerce")).all():
+        seconds = pd.to_numeric(raw, errors="coerce").to_numpy(float)
+        return seconds, ~np.isfinite(seconds), "not a number of seconds"
+    stamps = pd.to_datetime(raw, errors="coerce", format="mixed", utc=True).dt.tz_convert(None)
+    return ((stamps - stamps.min()) / np.timedelta64(1, "s")).to_numpy(float), stamps.isna().to_numpy(), "not a date/time"
+
+
 def load_azure_csv(path: str | Path) -> RequestTrace:
     """Load an Azure LLM inference trace (``TIMESTAMP, ContextTokens, GeneratedTokens``).
 
+    TIMESTAMP is a date/time (the 2023 traces' naive ``2023-11-16 18:17:03.9799600``, the 2024
+    ones' ``2024-05-10 00:00:00.009930+00:00``, ISO ``...T18:15:46Z``; offsets may differ between
+    rows, all are converted to UTC) or, when its first value is a number, seconds: relative or
+    epoch seconds both work, since arrival times are taken from the first request.
+
     Raises:
-        TraceError: the file is missing, unreadable, lacks the columns, or holds no valid rows.
+        TraceError: the file is missing, unreadable, lacks the columns, has rows longer than its
+            header, or holds no valid rows.
     """
     path = Path(path)
     if not path.is_file():
         raise TraceError(f"trace file {path} does not exist")
     try:
-        frame = pd.read_csv(path, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise TraceError(f"trace file {path} is not a readable CSV: {exc}") from exc
+        # index_col=False: rows longer than the header (a trailing comma) would otherwise make the
+        # first column the index and shift the others; a trailing comma is dropped, extra values refused.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(path, skipinitialspace=True, index_col=False)
+    except pd.errors.ParserWarning:
+        raise TraceError(f"trace file {path}: its rows have more fields than its header") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+        raise TraceError(f"trace file {path} is not a readable CSV: {str(exc).strip()}") from exc
     frame.columns = [str(c).strip() for c in frame.columns]
     missing = [c for c in AZURE_COLUMNS if c not in frame.columns]
     if missing:
         raise TraceError(f"trace file {path} lacks columns {missing}; expected {AZURE_COLUMNS}")
-    stamps = pd.to_datetime(frame["TIMESTAMP"], errors="coerce", format="mixed")
-    context = pd.to_numeric(frame["ContextTokens"], errors="coerce")
-    generated = pd.to_numeric(frame["GeneratedTokens"], errors="coerce")
-    checks = {"TIMESTAMP": ("not a date/time", stamps.isna()),
-              "ContextTokens": ("not a non-negative number", context.isna() | (context < 0)),
-              "GeneratedTokens": ("not a non-negative number", generated.isna() | (generated < 0))}
-    bad = np.logical_or.reduce([wrong.to_numpy() for _, wrong in checks.values()])
+    if frame.empty:
+        raise TraceError(f"trace file {path} holds no requests")
+    arrival_s, stamp_bad, stamp_what = _timestamp_seconds(frame["TIMESTAMP"])
+    context = pd.to_numeric(frame["ContextTokens"], errors="coerce").to_numpy(float)
+    generated = pd.to_numeric(frame["GeneratedTokens"], errors="coerce").to_numpy(float)
+    checks = {"TIMESTAMP": (stamp_what, stamp_bad),
+              "ContextTokens": ("not a non-negative number", ~(np.isfinite(context) & (context >= 0))),
+              "GeneratedTokens": ("not a non-negative number", ~(np.isfinite(generated) & (generated >= 0)))}
+    bad = np.logical_or.reduce([wrong for _, wrong in checks.values()])
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         why = "; ".join(f"{col} {str(frame[col].iloc[first])!r} is {what}"
-                        for col, (what, wrong) in checks.items() if wrong.iloc[first])
+                        for col, (what, wrong) in checks.items() if wrong[first])
         raise TraceError(f"trace file {path}: {int(bad.sum())} malformed rows (first at data row {first + 1}: {why})")
-    if frame.empty:
-        raise TraceError(f"trace file {path} holds no requests")
-    order = np.argsort(stamps.to_numpy(), kind="stable")
-    t = stamps.to_numpy()[order]
-    arrival = (t - t[0]) / np.timedelta64(1, "s")
-    return RequestTrace(path.stem, arrival.astype(float), context.to_numpy(float)[order].clip(min=1),
-                        generated.to_numpy(float)[order].clip(min=1))
+    order = np.argsort(arrival_s, kind="stable")
+    t = arrival_s[order]
+    return RequestTrace(path.stem, t - t[0], context[order].clip(min=1), generated[order].clip(min=1))
 
 
-def _read_servegen_client(path: Path) -> pd.DataFrame:
+def _read_servegen_client(path: Path, data: bytes) -> pd.DataFrame:
+    """One client's windows (``data``: the bytes of ``path``), only those with arrivals.
+
+    Raises:
+        TraceError: the file is empty, not six fields a row, or a value is missing, negative,
+            not finite or beyond :data:`SERVEGEN_MAX_TS_S` / :data:`SERVEGEN_MAX_RATE`.
+    """
     try:
-        frame = pd.read_csv(path, header=None, names=list(SERVEGEN_COLUMNS))
+        # index_col=False: rows of more than six fields would otherwise make the first the index.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(io.BytesIO(data), header=None, names=list(SERVEGEN_COLUMNS), index_col=False,
+                                dtype={"dist": str})
+    except pd.errors.ParserWarning:
+        raise TraceError(f"ServeGen file {path}: rows have more than the {len(SERVEGEN_COLUMNS)} fields "
+                         f"{', '.join(SERVEGEN_COLUMNS)}") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise TraceError(f"ServeGen file {path} is not a readable CSV: {exc}") from exc
+        raise TraceError(f"ServeGen file {path} is not a readable CSV: {str(exc).strip()}") from exc
+    if frame.empty:
+        raise TraceError(f"ServeGen file {path} holds no windows")
     numeric = frame[["ts", "rate", "cv", "shape", "scale"]].apply(pd.to_numeric, errors="coerce")
-    wrong = numeric.isna() | (numeric < 0)
+    wrong = ~np.isfinite(numeric) | (numeric < 0)
     if wrong.any().any():
         row = int(np.flatnonzero(wrong.any(axis=1).to_numpy())[0])
         col = str(wrong.columns[wrong.iloc[row].to_numpy()][0])
-        raise TraceError(f"ServeGen file {path}: ts, rate, cv, shape, scale must be non-negative numbers "
-                         f"(row {row + 1}: {col} {str(frame[col].iloc[row])!r})")
+        value = frame[col].iloc[row]
+        raise TraceError(f"ServeGen file {path}: ts, rate, cv, shape, scale must be finite non-negative numbers "
+                         f"(row {row + 1}: {col} {'missing' if pd.isna(value) else repr(str(value))})")
+    for col, limit, unit in (("ts", SERVEGEN_MAX_TS_S, "s"), ("rate", SERVEGEN_MAX_RATE, "req/s")):
+        beyond = np.flatnonzero((numeric[col] > limit).to_numpy())
+        if beyond.size:
+            raise TraceError(f"ServeGen file {path}: {col} {numeric[col].iloc[beyond[0]]:g} at row {beyond[0] + 1} "
+                             f"is beyond {limit:g} {unit}")
     dist = frame["dist"].fillna("").astype(str).str.strip()
     active = numeric["rate"] > 0
     unknown = active & ~dist.isin(["Gamma", "Weibull"])
@@ -163,25 +220,34 @@ def _read_servegen_client(path: Path) -> pd.DataFrame:
         raise TraceError(f"ServeGen file {path}: unknown distribution {dist[unknown].iloc[0]!r} (Gamma or Weibull)")
     if (active & (numeric["shape"] <= 0)).any():
         raise TraceError(f"ServeGen file {path}: a window with arrivals has a non-positive shape")
+    if (active & (dist == "Weibull") & (numeric["shape"] < SERVEGEN_MIN_WEIBULL_SHAPE)).any():
+        raise TraceError(f"ServeGen file {path}: a Weibull window has a shape below {SERVEGEN_MIN_WEIBULL_SHAPE}, "
+                         "whose gaps overflow")
     out = numeric.assign(dist=dist)
     return out[active]
 
 
-def _window_arrivals(rng: np.random.Generator, windows: pd.DataFrame) -> np.ndarray:
-    """Arrival times (s from trace start) of a renewal process restarted in each window.
+def _window_arrivals(rng: np.random.Generator, windows: pd.DataFrame, path: Path) -> np.ndarray:
+    """Arrival times (s from trace start) of a renewal process restarted in each window of ``path``.
 
     The inter-arrival law keeps each window's fitted shape (hence its burstiness) and its scale
     is set so the mean gap is ``1 / rate``: the window's measured request rate is honoured.
+
+    Raises:
+        TraceError: a window's law is too heavy-tailed to cover the window (see
+            :data:`SERVEGEN_MAX_DOUBLINGS`).
     """
     rate = windows["rate"].to_numpy()
     shape = windows["shape"].to_numpy()
     gamma = (windows["dist"] == "Gamma").to_numpy()
-    unit_mean = np.where(gamma, shape, np.exp([math.lgamma(1.0 + 1.0 / k) for k in shape]))
+    unit_mean = shape.copy()  # the unit-scale law's mean: k for Gamma(k), Gamma(1 + 1/k) for Weibull(k)
+    unit_mean[~gamma] = np.exp([math.lgamma(1.0 + 1.0 / k) for k in shape[~gamma]])
     scale = 1.0 / (rate * unit_mean)
     start = windows["ts"].to_numpy()
     expected = rate * SERVEGEN_WINDOW_S
     need = np.ceil(1.1 * expected + 4.0 * np.sqrt(expected) * np.maximum(windows["cv"].to_numpy(), 1.0) + 20)
     need = need.astype(np.int64)
+    limit = need << SERVEGEN_MAX_DOUBLINGS
     out = []
     pending = np.arange(rate.size)
     while pending.size:
@@ -201,6 +267,12 @@ def _window_arrivals(rng: np.random.Generator, windows: pd.DataFrame) -> np.ndar
         out.append((within + np.repeat(start[pending], counts))[keep])
         need[pending[~covered]] *= 2
         pending = pending[~covered]
+        over = pending[need[pending] > limit[pending]]
+        if over.size:
+            w = windows.iloc[over[0]]
+            raise TraceError(f"ServeGen file {path}: the window at ts {w['ts']:g} ({w['dist']} shape {w['shape']:g}, "
+                             f"rate {w['rate']:g}) does not cover its {SERVEGEN_WINDOW_S:.0f} s in "
+                             f"{limit[over[0]]} draws: its inter-arrival law is too heavy-tailed to synthesise")
     return np.concatenate(out) if out else np.empty(0)
 
 
@@ -212,10 +284,12 @@ def load_servegen(folder: str | Path, step_s: float = 10.0, seed: int = 0, lengt
     Token sums per tick are those of i.i.d. draws from ``lengths`` (see :func:`_summed_lengths`);
     ``groups_per_tick`` drawn shapes per tick, weighted, carry per-request scoring. Synthesis
     draws ~3e8 inter-arrival gaps (tens of seconds); with ``cache_dir`` the result is kept in an
-    ``.npz`` keyed by the files' names, sizes and mtimes and every parameter.
+    ``.npz`` keyed by the folder's resolved path, the files' names and contents, and every parameter
+    (names, sizes and mtimes alone let two folders of the same name share an entry).
 
     Raises:
-        TraceError: the folder is missing or holds no client files, or a file is malformed.
+        TraceError: the folder is missing or holds no client files, a file is unreadable or
+            malformed, or the trace holds no requests.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -225,23 +299,34 @@ def load_servegen(folder: str | Path, step_s: float = 10.0, seed: int = 0, lengt
         raise TraceError(f"ServeGen folder {folder} holds no chunk-*-trace.csv client files")
     if step_s <= 0 or SERVEGEN_WINDOW_S % step_s:
         raise TraceError(f"step_s must divide the {SERVEGEN_WINDOW_S:.0f} s ServeGen window, got {step_s}")
-    key = hashlib.sha256(repr(([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files], step_s, seed,
-                                asdict(lengths), groups_per_tick)).encode()).hexdigest()[:16]
+    contents = hashlib.sha256()
+    data = []
+    for p in files:
+        try:
+            data.append(p.read_bytes())
+        except OSError as exc:
+            raise TraceError(f"ServeGen file {p} cannot be read: {exc.strerror or exc}") from exc
+        contents.update(f"{p.name}\0{len(data[-1])}\0".encode())
+        contents.update(data[-1])
+    key = hashlib.sha256(repr((str(folder.resolve()), contents.hexdigest(), step_s, seed, asdict(lengths),
+                               groups_per_tick)).encode()).hexdigest()[:16]
     cached = Path(cache_dir) / f"servegen-{folder.name}-{key}.npz" if cache_dir is not None else None
     if cached is not None and cached.is_file():
         with np.load(cached) as z:
             groups = RequestGroups(z["g_tick"], z["g_prompt"], z["g_output"], z["g_weight"])
             return TickTrace(folder.name, float(step_s), z["count"], z["prompt"], z["output"], groups)
-    clients = [_read_servegen_client(p) for p in files]
+    clients = [_read_servegen_client(p, raw) for p, raw in zip(files, data)]
     horizon = max((c["ts"].max() for c in clients if not c.empty), default=0.0) + SERVEGEN_WINDOW_S
     n_ticks = int(round(horizon / step_s))
     seeds = np.random.SeedSequence(seed).spawn(len(clients) + 1)
     count = np.zeros(n_ticks)
-    for client, ss in zip(clients, seeds[:-1]):
+    for client, ss, path in zip(clients, seeds[:-1], files):
         if client.empty:
             continue
-        arrivals = _window_arrivals(np.random.default_rng(ss), client)
+        arrivals = _window_arrivals(np.random.default_rng(ss), client, path)
         count += np.bincount((arrivals // step_s).astype(np.int64), minlength=n_ticks)[:n_ticks]
+    if not count.any():
+        raise TraceError(f"ServeGen folder {folder} holds no requests (every window's rate is 0 or too low to draw one)")
     rng = np.random.default_rng(seeds[-1])
     prompt_sum, output_sum = _summed_lengths(rng, count.astype(np.int64), lengths)
     g_prompt, g_output = lengths.draw(rng, n_ticks * groups_per_tick)

@@ -341,13 +341,29 @@ def parse_headrooms(text: str) -> tuple[float, ...]:
     return values
 
 
+def names_of(known: tuple[str, ...], what: str):
+    """argparse type: comma-separated names, each one of ``known``, checked before any run starts."""
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(n for n in text.split(",") if n)
+        unknown = [n for n in names if n not in known]
+        if unknown or not names:
+            said = f"unknown {what} {unknown[0]!r}" if unknown else f"no {what} given"
+            raise argparse.ArgumentTypeError(f"{said}; choose from {', '.join(known)}")
+        return names
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from autoscaler.forecast import FORECASTERS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--traces", default=",".join(TRACES), help="comma-separated: " + ", ".join(TRACES))
-    parser.add_argument("--policies", default=",".join(POLICY_ORDER))
-    parser.add_argument("--forecaster", default="flow", help="flowtide's forecaster")
+    parser.add_argument("--traces", type=names_of(tuple(TRACES), "trace"), default=",".join(TRACES),
+                        help="comma-separated: " + ", ".join(TRACES))
+    parser.add_argument("--policies", type=names_of(POLICY_ORDER, "policy"), default=",".join(POLICY_ORDER),
+                        help="comma-separated: " + ", ".join(POLICY_ORDER))
+    parser.add_argument("--forecaster", default="flow", choices=sorted(FORECASTERS), help="flowtide's forecaster")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--crps", action="store_true", help="also run benchmarks/forecast.py's CRPS evaluation")
     parser.add_argument("--json", type=Path, default=None, help="also write the result JSON here")
@@ -362,11 +378,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-dynamo-correction", dest="dynamo_correction", action="store_false",
                         help="run the Dynamo baseline without its decode correction factor (Dynamo's --no-correction)")
     args = parser.parse_args(argv)
-    missing = [str(TRACES[t][0]) for t in args.traces.split(",") if not TRACES[t][0].exists()]
+    missing = [str(TRACES[t][0]) for t in args.traces if not TRACES[t][0].exists()]
     if missing or not PROFILE.is_file():
         print(f"data not found: {missing or [str(PROFILE)]}; see ../shared/data/README.md", file=sys.stderr)
         return 2
-    policies = tuple(p for p in args.policies.split(",") if p)
+    policies = args.policies
     plots = ROOT / "results" / "autoscaler"
     t0 = time.perf_counter()
     results: dict = {"traces": {}}
@@ -381,8 +397,8 @@ def main(argv: list[str] | None = None) -> int:
                   TimeElapsedColumn()) as bar:
         pretrained = {}
         if args.pretrain and "flowtide" in policies:
-            pretrained = {t: ensure_pretrained(t, args.seed, bar) for t in args.traces.split(",") if t in PRETRAIN_SOURCES}
-        for trace in args.traces.split(","):
+            pretrained = {t: ensure_pretrained(t, args.seed, bar) for t in args.traces if t in PRETRAIN_SOURCES}
+        for trace in args.traces:
             path, tick = TRACES[trace]
             hindsight = args.hindsight == "all" or (args.hindsight == "short" and tick < 10.0)
             results["traces"][trace] = run_trace(trace, path, tick, policies, args.forecaster, args.seed, plots, bar,

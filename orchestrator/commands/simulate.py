@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -16,7 +18,50 @@ from pathlib import Path
 DEFAULT_PROFILE = Path(__file__).resolve().parents[3] / "shared" / "data" / "splitwise-perf" / "perf_model.csv"
 
 
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+    return value
+
+
+def positive(text: str) -> float:
+    """argparse type: a finite number > 0 (0 is refused, not taken for the default)."""
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def non_negative(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    value = _finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def output_problem(path: Path, folder: bool = False) -> str | None:
+    """Why ``path`` (a file, or a folder with ``folder``) cannot be written, or None if it can.
+
+    Checked before the run, so that a bad path fails at once instead of after minutes of simulation
+    with the results lost.
+    """
+    if path.exists() and path.is_dir() != folder:
+        return f"it is a {'file' if folder else 'folder'}"
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if existing != path and not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK):
+        return f"{existing} is not writable"
+    return None
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from autoscaler.forecast import FORECASTERS
     from autoscaler.policies import POLICIES
 
     p = subparsers.add_parser("simulate", help="replay a trace under a scaling policy", description=__doc__,
@@ -33,15 +78,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="llama2-70b")
     p.add_argument("--hardware", default="h100-80gb")
     p.add_argument("--tp", type=int, default=4, help="tensor parallel GPUs per replica")
-    p.add_argument("--tick-s", type=float, default=None, help="simulation tick (default 1 s for a CSV shorter than 2 days, else 10 s)")
+    p.add_argument("--tick-s", type=positive, default=None, help="simulation tick (default 1 s for a CSV shorter than 2 days, else 10 s)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ttft-slo-s", type=float, default=None, help="default: config autoscaler.slo.ttft_s")
-    p.add_argument("--tpot-slo-s", type=float, default=None, help="default: config autoscaler.slo.tpot_s")
-    p.add_argument("--power-cap-w", type=float, default=None,
+    p.add_argument("--ttft-slo-s", type=positive, default=None, help="default: config autoscaler.slo.ttft_s")
+    p.add_argument("--tpot-slo-s", type=positive, default=None, help="default: config autoscaler.slo.tpot_s")
+    p.add_argument("--power-cap-w", type=positive, default=None,
                    help="cluster cap; default: config autoscaler.power_cap_w, else 80%% of the cluster's TDP")
-    p.add_argument("--cold-start-s", type=float, default=60.0)
-    p.add_argument("--forecaster", default="flow", help="forecaster of the flowtide policy")
-    p.add_argument("--forecast-step-s", type=float, default=None,
+    p.add_argument("--cold-start-s", type=non_negative, default=60.0)
+    p.add_argument("--forecaster", default="flow", choices=sorted(FORECASTERS), help="forecaster of the flowtide policy")
+    p.add_argument("--forecast-step-s", type=positive, default=None,
                    help="flowtide's forecast step (default 600 s for multi-day traces, 30 s for short ones)")
     p.add_argument("--cache-dir", type=Path, default=Path("results/cache"), help="synthesised ServeGen arrivals")
     p.set_defaults(run=run)
@@ -55,34 +100,43 @@ def run(args: argparse.Namespace) -> int:
     from autoscaler.capacity import ProfileError, load_capacity
     from autoscaler.decision import DecisionError
     from autoscaler.plots import plot_run
-    from autoscaler.policies import LONG_TRACE_S, make_policy
+    from autoscaler.policies import LONG_TRACE_S, PolicyError, make_policy
     from autoscaler.power import PowerModel
     from autoscaler.scenario import default_cluster
-    from autoscaler.simulator import simulate
+    from autoscaler.simulator import SimulationError, simulate
     from autoscaler.traces import TraceError, load_azure_csv, load_trace
     from orchestrator.config import load_config
 
     console = Console(stderr=True, soft_wrap=True)  # a logged line stays one line: paths and commands copy whole
     config = load_config()
-    ttft = args.ttft_slo_s or config.autoscaler.slo.ttft_s
-    tpot = args.tpot_slo_s or config.autoscaler.slo.tpot_s
-    cap_w = args.power_cap_w or config.autoscaler.power_cap_w
+    ttft = args.ttft_slo_s if args.ttft_slo_s is not None else config.autoscaler.slo.ttft_s
+    tpot = args.tpot_slo_s if args.tpot_slo_s is not None else config.autoscaler.slo.tpot_s
+    cap_w = args.power_cap_w if args.power_cap_w is not None else config.autoscaler.power_cap_w
     trace_path = Path(args.trace)
+    if not _outputs_ok([("--json", args.json, False), ("--decisions", args.decisions, False),
+                        ("--plots", args.plots, True)]):
+        return 2
     try:
         capacity = load_capacity(args.profile, args.model, args.hardware, args.tp)
         with console.status(f"loading {trace_path} ..."):
             if trace_path.is_file():
                 requests = load_azure_csv(trace_path)
                 # 1 s ticks resolve an hour's bursts; a multi-day file gets ServeGen's 10 s (a month at 1 s is hours).
-                tick = args.tick_s or (1.0 if requests.arrival_s[-1] < LONG_TRACE_S else 10.0)
+                long = requests.arrival_s[-1] >= LONG_TRACE_S
+                tick = args.tick_s if args.tick_s is not None else 10.0 if long else 1.0
                 trace = requests.to_ticks(tick)
             else:
-                tick = args.tick_s or 10.0
+                tick = args.tick_s if args.tick_s is not None else 10.0
                 trace = load_trace(trace_path, tick, seed=args.seed, cache_dir=args.cache_dir)
     except (TraceError, ProfileError) as exc:
         hint = " (give --profile PATH: a perf_model.csv-schema file, e.g. from `flowtide profile`)" if (
             isinstance(exc, ProfileError) and not Path(args.profile).is_file()) else ""
         print(f"flowtide simulate: {exc}{hint}", file=sys.stderr)
+        return 2
+    folder = args.plots or Path("results/simulate") / trace.name
+    decisions_path = args.decisions or folder / f"{args.policy}-decisions.jsonl"
+    if not _outputs_ok([("the decision log", decisions_path, False),
+                        ("the plot folder", None if args.no_plots else folder, True)]):
         return 2
     power = PowerModel.for_hardware(args.hardware)
     try:
@@ -91,6 +145,9 @@ def run(args: argparse.Namespace) -> int:
                              forecast_step_s=args.forecast_step_s, seed=args.seed)
     except DecisionError as exc:
         print(f"flowtide simulate: {exc} (profile {args.model}/{args.hardware}/TP{args.tp})", file=sys.stderr)
+        return 2
+    except (SimulationError, PolicyError) as exc:
+        print(f"flowtide simulate: {exc}", file=sys.stderr)
         return 2
     console.print(
         f"profile {args.model}/{args.hardware}/TP{args.tp} ({args.profile}); SLO TTFT<={ttft}s TPOT<={tpot}s; "
@@ -116,11 +173,10 @@ def run(args: argparse.Namespace) -> int:
     for key, value in summary.items():
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
     Console().print(table)
-    folder = args.plots or Path("results/simulate") / trace.name
     if not args.no_plots:
         path = plot_run(result, capacity.prefill_tokens_per_s(), folder)
         console.print(f"plots: {path}")
-    path = result.write_decisions(args.decisions or folder / f"{args.policy}-decisions.jsonl")
+    path = result.write_decisions(decisions_path)
     bound = "; ".join(f"{pool}: " + ", ".join(f"{why} {n}" for why, n in counts.items())
                       for pool, counts in result.bindings().items())
     console.print(f"decisions: {path} ({len(result.decisions)}; bound by {bound})")
@@ -129,3 +185,14 @@ def run(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps(summary, indent=2))
         console.print(f"summary: {args.json}")
     return 0
+
+
+def _outputs_ok(outputs: list[tuple[str, Path | None, bool]]) -> bool:
+    """Print why the first of ``(what, path, is_folder)`` that cannot be written cannot (a None path is
+    not written); True if all can."""
+    for what, path, folder in outputs:
+        problem = None if path is None else output_problem(path, folder)
+        if problem is not None:
+            print(f"flowtide simulate: cannot write {what} {path}: {problem}", file=sys.stderr)
+            return False
+    return True

@@ -1,4 +1,4 @@
-"""`flowtide simulate` as a user runs it: the console script, a real trace file, JSON and plots out."""
+"""`flowtide simulate` as a user runs it: the CLI, a real trace file, JSON and plots out."""
 
 import json
 import os
@@ -14,14 +14,18 @@ from tests.conftest import SHARED_DATA, needs_data
 ROOT = Path(__file__).resolve().parents[2]
 CONV = SHARED_DATA / "azure-llm-2023" / "AzureLLMInferenceTrace_conv.csv"
 PROFILE = SHARED_DATA / "splitwise-perf" / "perf_model.csv"
-REQUIRED = ("slo_attainment", "gpu_hours", "energy_kwh", "power_violations", "scaling_actions", "ttft_p99_s",
-            "tpot_p99_s")
+REQUIRED = ("slo_attainment", "gpu_hours", "energy_kwh", "power_violations", "power_violation_s", "scaling_actions",
+            "ttft_p99_s", "tpot_p99_s")
 needs_trace = needs_data(CONV, PROFILE)
 
 
 def flowtide(*args, cwd=ROOT, env=None):
-    exe = Path(sys.executable).parent / "flowtide"
-    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+    # `python -m` with this checkout first on the path: the `flowtide` script runs whichever checkout
+    # was installed (with several worktrees, another one's code).
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**(env or os.environ), "PYTHONPATH": path}
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env=env)
 
 
 def azure_excerpt(tmp_path: Path, rows: int = 3000) -> Path:

@@ -116,3 +116,15 @@ def test_the_dynamo_baseline_runs_with_or_without_its_decode_correction(bench, t
     # At half its need the decode pool queues; only the corrected planner sizes it for the TPOT it saw.
     assert on[0.5]["gpu_hours"] > off[0.5]["gpu_hours"]
     assert on[0.5]["slo_attainment"] > off[0.5]["slo_attainment"] + 0.1
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--traces", "azure-code,bogus"], "argument --traces: unknown trace 'bogus'; choose from azure-code, azure-conv"),
+    (["--traces", "azure-code", "--policies", "static,k8s"], "argument --policies: unknown policy 'k8s'"),
+    (["--traces", "azure-code", "--policies", ","], "argument --policies: no policy given"),
+    (["--traces", "azure-code", "--forecaster", "nope"], "argument --forecaster: invalid choice: 'nope'"),
+])
+def test_unknown_traces_policies_and_forecasters_are_refused_before_any_run(bench, capsys, argv, says):
+    with pytest.raises(SystemExit) as exited:
+        bench.main([*argv, "--hindsight", "none", "--headroom", "1"])
+    assert exited.value.code == 2 and says in capsys.readouterr().err

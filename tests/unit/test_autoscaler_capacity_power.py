@@ -74,15 +74,31 @@ def test_own_engine_profile_in_the_same_schema_is_fitted(tmp_path):
 
 def test_polca_order_sheds_training_then_caps_clocks_then_brakes():
     pw = PowerModel.for_hardware("h100-80gb")
+    tried = []
+
+    def serving(full_clocks_w, capped_w):
+        """Serving's draw by clocks and brake, recording which the controller asked for."""
+        def draw(freq_capped, scale):
+            tried.append((freq_capped, scale))
+            return (capped_w if freq_capped else full_clocks_w) * scale
+        return draw
+
     # Room for serving and 2 of 10 training GPUs: training is shed, clocks untouched.
-    plan = plan_power(pw, 10_000.0, 8_000.0, 7_000.0, 10)
+    plan = plan_power(pw, 10_000.0, serving(8_000.0, 7_000.0), 9_000.0, 10)
     assert (plan.training_gpus, plan.freq_capped, plan.violated) == (int(2000 // pw.training_w), False, False)
+    assert tried == [(False, 1.0)]  # serving at full clocks fits: capped clocks are never tried
     # Serving alone exceeds the cap at full clocks but fits capped: no training, clocks capped, prefill 1.3x.
-    plan = plan_power(pw, 10_000.0, 11_000.0, 9_500.0, 10)
+    plan = plan_power(pw, 10_000.0, serving(11_000.0, 9_500.0), 12_000.0, 10)
     assert (plan.training_gpus, plan.freq_capped, plan.violated, plan.prefill_slowdown) == (0, True, False, 1.3)
-    # Even capped serving exceeds: the brake refuses serving capacity, and it is a violation.
-    plan = plan_power(pw, 10_000.0, 13_000.0, 12_500.0, 10)
+    assert plan.power_w == 9_500.0
+    # Even capped serving exceeds: the brake scales serving to fit at full activity (12,500 W capped), a violation.
+    tried.clear()
+    plan = plan_power(pw, 10_000.0, serving(13_000.0, 11_000.0), 12_500.0, 10)
     assert plan.violated and plan.serving_scale == pytest.approx(10_000 / 12_500)
+    assert tried == [(False, 1.0), (True, 1.0), (True, plan.serving_scale)]
+    assert plan.power_w == pytest.approx(11_000 * 10_000 / 12_500)
+    # Without a cap training takes what it wants.
+    assert plan_power(pw, None, serving(13_000.0, 11_000.0), 12_500.0, 10).training_gpus == 10
 
 
 def test_frequency_cap_lowers_prefill_watts_to_70_percent_of_tdp_and_leaves_decode():

@@ -1,5 +1,6 @@
 """Trace loaders: Azure per-request CSVs and ServeGen per-client windows, with clear errors."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -50,18 +51,51 @@ def test_azure_csv_with_extra_spaces_and_a_bad_row_is_refused_with_the_row(tmp_p
         load_trace(tmp_path / "nope.csv", 1.0)
 
 
+def test_azure_2024_timestamps_with_utc_offsets_are_read_as_utc(tmp_path):
+    # The 2024 traces' format, ISO with Z, and a row at +02:00: 02:00:03 there is 00:00:03 UTC.
+    trace = tmp_path / "azure-2024.csv"
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2024-05-10 00:00:00.009930+00:00,100,10\n"
+                     "2024-05-10 00:00:01.509930+00:00,50,5\n2024-05-10T02:00:03.009930+02:00,50,5\n"
+                     "2024-05-10T00:00:04.5Z,50,5\n")
+    assert load_azure_csv(trace).arrival_s.tolist() == pytest.approx([0.0, 1.5, 3.0, 4.49007])
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2024-05-10 00:00:00.009930+00:00,100,10\n"
+                     "2024-05-10 25:00:00+00:00,50,5\n")
+    with pytest.raises(TraceError, match="data row 2: TIMESTAMP '2024-05-10 25:00:00\\+00:00' is not a date/time"):
+        load_azure_csv(trace)
+
+
+def test_a_numeric_timestamp_column_is_seconds_from_the_first_request(tmp_path):
+    rows = "".join(f"{t},100,10\n" for t in range(20))
+    relative, epoch = tmp_path / "relative.csv", tmp_path / "epoch.csv"
+    relative.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + rows)
+    epoch.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "".join(f"{1.7e9 + t},100,10\n" for t in range(20)))
+    for path in (relative, epoch):
+        ticks = load_azure_csv(path).to_ticks(1.0)
+        assert ticks.n_requests.tolist() == [1.0] * 20  # 20 requests over 19 s: one a tick
+    for tick in (0.0, float("nan")):
+        with pytest.raises(TraceError, match="step_s must be a finite number > 0"):
+            load_azure_csv(relative).to_ticks(tick)
+    relative.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n0,100,10\n1.5,100,10\nsoon,100,10\n")
+    with pytest.raises(TraceError, match="data row 3: TIMESTAMP 'soon' is not a number of seconds"):
+        load_azure_csv(relative)
+
+
 def test_servegen_arrivals_honour_each_window_rate_and_are_seeded(tmp_path):
+    # 20 windows of each law, so that their mean rate is tight: over 30 seeds 3.00 req/s (sd 0.019)
+    # for the two Gamma clients and 5.01 (sd 0.056) for the Weibull one, and the bounds are 3+ sd.
+    # Keeping the fitted Gamma scale instead of rescaling the gaps to the window's rate gives 3.27.
     folder = tmp_path / "sg"
-    _write_client(folder, "chunk-0-trace.csv", ["0,2.0,1.5,Gamma,0.44,1.0", "600,0,0,,0,0", "1200,5.0,3,Weibull,0.4,1.0"])
-    _write_client(folder, "chunk-1-trace.csv", ["0,1.0,1.0,Gamma,1.0,1.0"])
+    _write_client(folder, "chunk-0-trace.csv", [f"{600 * w},2.0,1.5,Gamma,0.44,1.0" for w in range(20)]
+                  + ["12000,0,0,,0,0"] + [f"{600 * w},5.0,3,Weibull,0.4,1.0" for w in range(21, 41)])
+    _write_client(folder, "chunk-1-trace.csv", [f"{600 * w},1.0,1.0,Gamma,1.0,1.0" for w in range(20)])
     a = load_servegen(folder, step_s=10, seed=3)
     b = load_servegen(folder, step_s=10, seed=3)
     c = load_servegen(folder, step_s=10, seed=4)
     assert np.array_equal(a.n_requests, b.n_requests) and not np.array_equal(a.n_requests, c.n_requests)
     per_window = a.n_requests.reshape(-1, 60).sum(axis=1) / 600
-    assert per_window[0] == pytest.approx(3.0, rel=0.25)
-    assert per_window[1] == 0
-    assert per_window[2] == pytest.approx(5.0, rel=0.35)
+    assert per_window[:20].mean() == pytest.approx(3.0, abs=0.06)
+    assert per_window[20] == 0
+    assert per_window[21:].mean() == pytest.approx(5.0, abs=0.2)
     assert a.groups.weight.sum() == pytest.approx(a.n_requests.sum())
 
 
@@ -73,6 +107,18 @@ def test_servegen_cache_returns_the_same_trace(tmp_path):
     again = load_servegen(folder, seed=1, cache_dir=tmp_path / "cache")
     assert np.array_equal(first.n_requests, again.n_requests)
     assert np.array_equal(first.prompt_tokens, again.prompt_tokens)
+
+
+def test_servegen_folders_of_the_same_name_and_file_sizes_and_times_do_not_share_a_cache_entry(tmp_path):
+    first, second = tmp_path / "a" / "sg", tmp_path / "b" / "sg"
+    for folder, rate in ((first, "2.0"), (second, "3.0")):  # same length, same mtime
+        folder.parent.mkdir()
+        _write_client(folder, "chunk-0-trace.csv", [f"0,{rate},1.5,Gamma,0.44,1.0"])
+        os.utime(folder / "chunk-0-trace.csv", ns=(1_700_000_000_000_000_000,) * 2)
+    a = load_servegen(first, seed=1, cache_dir=tmp_path / "cache")
+    b = load_servegen(second, seed=1, cache_dir=tmp_path / "cache")
+    assert a.n_requests.sum() < 1500 < b.n_requests.sum()  # 1,200 and 1,800 expected
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
 
 
 def test_servegen_errors_name_the_file(tmp_path):
@@ -88,6 +134,43 @@ def test_servegen_errors_name_the_file(tmp_path):
     _write_client(folder, "chunk-0-trace.csv", ["0,2.0,1.5,Gamma,0.44,1.0", "600,abc,1.5,Gamma,0.44,1.0"])
     with pytest.raises(TraceError, match=r"non-negative numbers \(row 2: rate 'abc'\)"):
         load_servegen(folder)
+
+
+@pytest.mark.parametrize("rows, error", [
+    ([], "holds no windows"),  # a 0-byte file
+    (["0,inf,1.5,Gamma,0.44,1.0"], r"finite non-negative numbers \(row 1: rate 'inf'\)"),
+    (["0,2.0,1.5,Gamma,0.44"], r"\(row 1: scale missing\)"),
+    (["0,2.0,1.5,Gamma,0.44,1.0,7"], "rows have more than the 6 fields ts, rate, cv, dist, shape, scale"),
+    (["1e9,2.0,1.5,Gamma,0.44,1.0"], r"ts 1e\+09 at row 1 is beyond 3.16224e\+07 s"),
+    (["0,20000,1.5,Gamma,0.44,1.0"], "rate 20000 at row 1 is beyond 10000 req/s"),
+    (["0,1.0,1.0,Gamma,1e-9,1.0"], r"window at ts 0 \(Gamma shape 1e-09, rate 1\) does not cover its 600 s in \d+ draws"),
+    (["0,1.0,1.0,Weibull,0.001,1.0"], "a Weibull window has a shape below 0.05"),
+    (["0,0,0,,0,0", "600,0,0,,0,0"], "holds no requests"),
+])
+def test_servegen_windows_that_cannot_be_synthesised_are_refused_naming_the_file(tmp_path, rows, error):
+    folder = tmp_path / "sg"
+    folder.mkdir()
+    (folder / "chunk-0-trace.csv").write_text("".join(f"{row}\n" for row in rows))
+    with pytest.raises(TraceError, match=error) as raised:
+        load_servegen(folder)
+    assert str(folder) in str(raised.value)
+
+
+def test_a_servegen_client_file_that_is_a_folder_is_refused(tmp_path):
+    (tmp_path / "sg" / "chunk-0-trace.csv").mkdir(parents=True)
+    with pytest.raises(TraceError, match="chunk-0-trace.csv cannot be read: Is a directory"):
+        load_servegen(tmp_path / "sg")
+
+
+def test_azure_rows_with_a_trailing_comma_keep_their_columns_and_extra_values_are_refused(tmp_path):
+    trailing = tmp_path / "trailing.csv"
+    trailing.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n0,100,10,\n1,50,5,\n")
+    trace = load_azure_csv(trailing)
+    assert trace.prompt_tokens.tolist() == [100, 50] and trace.output_tokens.tolist() == [10, 5]
+    extra = tmp_path / "extra.csv"
+    extra.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n0,100,10,7\n1,50,5,8\n")
+    with pytest.raises(TraceError, match="extra.csv: its rows have more fields than its header"):
+        load_azure_csv(extra)
 
 
 def test_cluster_view_adds_rates_of_no_pool_twice_and_sums_power():

@@ -1,7 +1,7 @@
 """The two-pool simulator: accounting, cold starts, power order, causality and determinism."""
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pytest
@@ -13,7 +13,7 @@ from autoscaler.policies import PolicyError, make_policy
 from autoscaler.policies.flowtide import FlowtidePolicy
 from autoscaler.policies.static import StaticPolicy
 from autoscaler.power import PowerModel
-from autoscaler.simulator import ClusterParams, simulate
+from autoscaler.simulator import ClusterParams, SimulationError, simulate
 from autoscaler.traces import RequestGroups, TickTrace
 
 from tests.conftest import SHARED_DATA, needs_data
@@ -49,10 +49,12 @@ class Scripted:
     interval_s: float = 10.0
     offset_s: float = 0.0
     seen: list = field(default_factory=list)
+    snapshots: list = field(default_factory=list)
 
     def step(self, snapshot: Snapshot) -> Decision:
         self.seen.append((snapshot.now_s, snapshot.history.shape[0], snapshot.history.copy(),
                           snapshot.latency.copy()))
+        self.snapshots.append(snapshot)
         if snapshot.now_s >= self.from_s:
             return Decision(*self.targets)
         return Decision(snapshot.prefill.target, snapshot.decode.target)
@@ -107,27 +109,92 @@ def test_the_policy_sees_each_finished_ticks_mean_latency_as_the_run_reports_it(
     assert latency[-1, 0] > 5 * latency[0, 0] > 0
 
 
-def test_power_cap_sheds_training_before_touching_serving(cluster):
-    trace = constant_trace(20.0)
+def test_replicas_demand_keeps_idle_draw_less_and_leave_the_cap_to_training(cluster):
     tp = cluster.capacity.gpus_per_replica
-    serving_full = (6 * 700 + 6 * 380) * tp
-    capped = warm(cluster, 6, 6, total_gpus=12 * tp + 10, power_cap_w=serving_full + 3000.0)
-    s = simulate(trace, StaticPolicy(6, 6), capped).summary()
+    training_w = PowerModel.for_hardware("h100-80gb").training_w
+    busy_w = (6 * 700 + 6 * 380) * tp  # twelve replicas busy at full clocks
+    # No demand: serving draws idle watts (75 a GPU), so training keeps all ten GPUs it wants under a
+    # cap that, planned against busy serving, left it 3,000 W (4 GPUs).
+    params = warm(cluster, 6, 6, total_gpus=12 * tp + 10, power_cap_w=busy_w + 3000.0)
+    idle = simulate(constant_trace(0.0), StaticPolicy(6, 6), params)
+    assert idle.summary()["training_gpu_hours"] == 10
+    np.testing.assert_allclose(idle.power_w, 12 * tp * 75 + 10 * training_w)
+    # 20 req/s keeps prefill a third busy: under 70% of the busy draw, which even capped clocks
+    # exceed at full activity (a brake all the hour when planned so), serving runs at full clocks.
+    s = simulate(constant_trace(20.0), StaticPolicy(6, 6), warm(params, 6, 6, power_cap_w=0.7 * busy_w)).summary()
+    free = simulate(constant_trace(20.0), StaticPolicy(6, 6), warm(cluster, 6, 6)).summary()
+    assert (s["power_violations"], s["freq_capped_s"]) == (0, 0) and s["training_gpu_hours"] > 0
+    assert s["slo_attainment"] == free["slo_attainment"] > 0.999
+
+
+def test_a_saturated_tick_sheds_training_then_caps_clocks_then_brakes(cluster):
+    trace = constant_trace(80.0)  # 80,000 prompt tokens/s saturate six prefill replicas at any clocks
+    tp = cluster.capacity.gpus_per_replica
+    training_w = PowerModel.for_hardware("h100-80gb").training_w
+    full_w, capped_w = (6 * 700 + 6 * 380) * tp, (6 * 490 + 6 * 380) * tp
     free = simulate(trace, StaticPolicy(6, 6), warm(cluster, 6, 6)).summary()
-    assert s["power_violations"] == 0 and s["freq_capped_s"] == 0
-    assert s["training_gpu_hours"] == pytest.approx(int(3000 // PowerModel.for_hardware("h100-80gb").training_w) * 1.0)
-    assert s["slo_attainment"] == free["slo_attainment"]
+    # Room for serving and 3,000 W: training is shed to what fits, serving untouched.
+    params = warm(cluster, 6, 6, total_gpus=12 * tp + 10, power_cap_w=full_w + 3000.0)
+    s = simulate(trace, StaticPolicy(6, 6), params).summary()
+    assert (s["power_violations"], s["freq_capped_s"]) == (0, 0)
+    assert s["training_gpu_hours"] == int(3000 // training_w) and s["slo_attainment"] == free["slo_attainment"]
+    # Serving alone exceeds the cap at full clocks, not at capped ones: no training, clocks capped.
+    policy = Scripted((6, 6))
+    s = simulate(trace, policy, warm(params, 6, 6, power_cap_w=capped_w + 1.0)).summary()
+    assert (s["training_gpu_hours"], s["freq_capped_s"], s["power_violations"]) == (0, 3600.0, 0)
+    # The backlog grew at the capped clocks' rate, once a tick (not also at full clocks, tried first).
+    capped_rate = 6 * cluster.capacity.prefill_tokens_per_s() / 1.3
+    for snap in policy.snapshots:
+        assert snap.prefill_backlog_tokens == pytest.approx(snap.now_s * (80_000 - capped_rate))
+    # Over the cap even capped: the brake scales serving down to the cap, every tick a violation.
+    brake = warm(params, 6, 6, power_cap_w=capped_w * 0.5)
+    result = simulate(trace, StaticPolicy(6, 6), brake)
+    s = result.summary()
+    np.testing.assert_allclose(result.power_w, capped_w * 0.5)
+    assert s["training_gpu_hours"] == 0 and s["freq_capped_s"] == 3600.0
+    assert s["power_violations"] == 1 and s["power_violation_s"] == 3600.0  # one episode, the whole hour
+    # The same hour at 5 s ticks: the same episode and seconds (counting ticks gave 360 and 720).
+    fine = simulate(constant_trace(80.0, ticks=720, step_s=5.0), StaticPolicy(6, 6), brake).summary()
+    assert (fine["power_violations"], fine["power_violation_s"]) == (1, 3600.0)
+    # Episodes are maximal runs of violating ticks, however long.
+    mask = np.zeros(360, bool)
+    mask[[3, 4, 5, 9, 300]] = True
+    s = replace(result, violated=mask).summary()
+    assert (s["power_violations"], s["power_violation_s"]) == (3, 50.0)
 
 
-def test_a_cap_below_serving_caps_clocks_then_brakes_and_counts_violations(cluster):
-    trace = constant_trace(20.0)
+def test_a_saturated_pool_at_capped_clocks_draws_its_capped_watts_all_the_time(cluster):
+    # 60 req/s of 1,000-token prompts saturate six prefill replicas; the cap sits between the pools'
+    # draw at capped clocks (prefill 490 W a GPU, 70% of TDP; decode 380 W) and at full clocks.
     tp = cluster.capacity.gpus_per_replica
-    clocks = warm(cluster, 6, 6, power_cap_w=(6 * 490 + 6 * 380) * tp + 1.0)
-    s = simulate(trace, StaticPolicy(6, 6), clocks).summary()
-    assert s["freq_capped_s"] == pytest.approx(3600.0) and s["power_violations"] == 0
-    brake = warm(cluster, 6, 6, power_cap_w=(6 * 490 + 6 * 380) * tp * 0.5)
-    s = simulate(trace, StaticPolicy(6, 6), brake).summary()
-    assert s["power_violations"] == 360
+    capped_w = (6 * 490 + 6 * 380) * tp
+    result = simulate(constant_trace(60.0), StaticPolicy(6, 6), warm(cluster, 6, 6, power_cap_w=capped_w + 1.0))
+    s = result.summary()
+    assert s["freq_capped_s"] == 3600.0 and s["training_gpu_hours"] == 0 and s["slo_attainment"] < 0.5
+    np.testing.assert_allclose(result.power_w, capped_w)
+    assert s["energy_kwh"] == pytest.approx(capped_w * 3600 / 3.6e6)
+
+
+def test_a_prefill_pool_without_replicas_serves_nothing_and_counts_no_request_in_service(cluster):
+    # From the start (it raised UnboundLocalError), and after scaling to zero at 50 s (a stale M/D/1
+    # wait counted requests in service that no replica held).
+    for initial, from_s in ((0, 0.0), (2, 50.0)):
+        policy = Scripted((0, 1), from_s=from_s)
+        params = warm(cluster, initial, 1, min_replicas=(0, 1))
+        result = simulate(constant_trace(1.0, ticks=30), policy, params)
+        assert not np.isfinite(result.ttft_s[int(from_s // 10):]).any()
+        for snap in policy.snapshots:
+            if snap.now_s > from_s:
+                assert snap.ongoing_prefill == pytest.approx(snap.now_s - from_s)  # 1 req/s, all in the backlog
+
+
+def test_cluster_params_refuse_a_non_positive_power_cap_and_a_non_finite_cold_start(cluster):
+    for bad in (0.0, -100.0, float("nan")):
+        with pytest.raises(SimulationError, match="power_cap_w must be > 0 watts"):
+            warm(cluster, 1, 1, power_cap_w=bad)
+    for bad in (-5.0, float("nan"), float("inf")):
+        with pytest.raises(SimulationError, match="cold_start_s must be a finite number >= 0"):
+            warm(cluster, 1, 1, cold_start_s=bad)
 
 
 class MeanForecaster:
@@ -195,6 +262,15 @@ def test_a_policy_with_an_offset_decides_at_its_phase(cluster):
     phased = Scripted((2, 2), interval_s=60.0, offset_s=10.0)
     assert [t for t, _ in simulate(trace, phased, cluster).decisions] == [10.0, 70.0, 130.0, 190.0, 250.0]
     assert [t for t, *_ in phased.seen][:2] == [10.0, 70.0] and phased.seen[0][1] == 1  # one tick of history
+
+
+def test_decisions_follow_the_policys_schedule_when_the_tick_does_not_divide_its_interval(cluster):
+    # 7 s ticks, a decision due every 10 s: each is taken at the first tick at or after its time.
+    trace = constant_trace(1.0, ticks=12, step_s=7.0)
+    assert [t for t, _ in simulate(trace, Scripted((1, 1), interval_s=10.0), cluster).decisions] == [
+        0.0, 14.0, 21.0, 35.0, 42.0, 56.0, 63.0, 70.0]
+    with pytest.raises(SimulationError, match="interval_s must be > 0"):
+        simulate(trace, Scripted((1, 1), interval_s=0.0), cluster)
 
 
 def test_flowtide_on_a_multi_day_trace_decides_and_nowcasts_one_tick_into_each_step(cluster):
