@@ -25,6 +25,12 @@ class ProfileError(ValueError):
     """A profile file is missing, malformed, or lacks the requested configuration."""
 
 
+def decode_context_tokens(prompt_tokens, output_tokens):
+    """Mean context of a decoding sequence: its prompt plus half its output (the middle of its decode),
+    the ``ctx`` the TPOT curve is fitted and read at."""
+    return prompt_tokens + output_tokens / 2.0
+
+
 def load_profile_table(path: str | Path) -> pd.DataFrame:
     """Read a profile CSV and check it has the perf_model.csv columns with positive times."""
     path = Path(path)
@@ -141,7 +147,7 @@ def fit_capacity(table: pd.DataFrame, model: str, hardware: str, tensor_parallel
         above = np.ones_like(above)
     prefill = _relative_nnls(np.column_stack([np.ones_like(n), n, n * n])[above], prompt_s[above])
     b = rows["batch_size"].to_numpy(float)
-    ctx = (rows["prompt_size"] + rows["token_size"] / 2.0).to_numpy(float)
+    ctx = decode_context_tokens(rows["prompt_size"], rows["token_size"]).to_numpy(float)
     decode = _relative_nnls(np.column_stack([np.ones_like(b), b, b * b, b * ctx / 1000.0]),
                             rows["token_time"].to_numpy(float) / 1e3)
     return CapacityModel(model=model, hardware=hardware, tensor_parallel=int(tensor_parallel),

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from autoscaler.capacity import CapacityModel
+from autoscaler.capacity import CapacityModel, decode_context_tokens
 from autoscaler.forecast.base import Forecast
 from autoscaler.indicators import DEMAND_INDICATORS
 from autoscaler.power import PowerModel
@@ -160,18 +160,20 @@ class DecisionState:
 
 
 def pool_demand(samples: np.ndarray, capacity: CapacityModel, params: DecisionParams, mean_prompt: float,
-                tail_prompt: float, mean_output: float, prefill_slowdown: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+                tail_prompt: float, mean_output: float, prefill_slowdown: float = 1.0,
+                decode_queued: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Replicas needed per sample and step, ``([S, H], [S, H])`` for prefill and decode.
 
     Prefill needs input tokens/s over the load one replica carries within the TTFT SLO; decode
-    needs the concurrent sequences (Little's law at the SLO batch's TPOT) over that batch.
+    needs the concurrent sequences (Little's law at the SLO batch's TPOT) plus ``decode_queued``
+    sequences already waiting for a slot (admitted as soon as a replica has room), over that batch.
     """
     names = list(DEMAND_INDICATORS)
     tokens_in = samples[..., names.index("input_tokens_per_s")]
     tokens_out = samples[..., names.index("output_tokens_per_s")]
     per_prefill = capacity.prefill_tokens_per_s_within(params.ttft_slo_s / prefill_slowdown, mean_prompt, tail_prompt,
                                                        params.latency_margin) / prefill_slowdown
-    ctx = mean_prompt + mean_output / 2.0
+    ctx = decode_context_tokens(mean_prompt, mean_output)
     batch = capacity.max_batch_within(params.tpot_slo_s, ctx, params.latency_margin)
     if per_prefill <= 0:
         own = float(capacity.prefill_time_s(tail_prompt)) * prefill_slowdown
@@ -182,7 +184,7 @@ def pool_demand(samples: np.ndarray, capacity: CapacityModel, params: DecisionPa
         raise DecisionError(f"the profile cannot meet the TPOT SLO even unloaded: TPOT at batch 1 is "
                             f"{float(capacity.tpot_s(1, ctx)):.3g} s, over {params.latency_margin:g} x {params.tpot_slo_s:g} s")
     concurrency = tokens_out * float(capacity.tpot_s(batch, ctx))
-    return tokens_in / per_prefill, concurrency / batch
+    return tokens_in / per_prefill, concurrency / batch + decode_queued / batch
 
 
 def _choose(need: np.ndarray, weight: np.ndarray, lo: int, hi: int, gpu_h_per_replica: float,
@@ -242,12 +244,7 @@ def decide(snapshot: Snapshot, state: DecisionState, params: DecisionParams) -> 
     kwh = (tp * params.power.prefill_w, tp * params.power.decode_w)
     args = (samples, params.capacity, params, snapshot.mean_prompt_tokens, snapshot.tail_prompt_tokens,
             snapshot.mean_output_tokens)
-    need_p, need_d = pool_demand(*args)
-    ctx = snapshot.mean_prompt_tokens + snapshot.mean_output_tokens / 2.0
-    # Sequences waiting for a batch slot are admitted as soon as a replica has room.
-    queued_d = snapshot.decode_queued_sequences / max(1, params.capacity.max_batch_within(
-        params.tpot_slo_s, ctx, params.latency_margin))
-    need_d = need_d + queued_d
+    need_p, need_d = pool_demand(*args, decode_queued=snapshot.decode_queued_sequences)
     weight = rps * fc.step_s
     chosen = [_choose(need, weight, lo, hi, gpu_h, k * step_h * samples.shape[1] / 1e3, params)
               for need, lo, hi, k in zip((need_p, need_d), params.min_replicas, params.max_replicas, kwh)]
@@ -263,16 +260,16 @@ def decide(snapshot: Snapshot, state: DecisionState, params: DecisionParams) -> 
             # clocks can carry less than the count that fits at full clocks (15 capped replicas are
             # 11.5 at full speed, 12 may fit uncapped), and then it costs more for less.
             full_fit = _fit_power(params, n_p, n_d, need_p, need_d, weight, capped=False)
-            need_pc, need_dc = pool_demand(*args, prefill_slowdown=params.power.prefill_slowdown_capped)
-            need_dc = need_dc + queued_d
+            # Capped clocks slow prefill only: decode is memory-bound, its need stays need_d.
+            need_pc = pool_demand(*args, prefill_slowdown=params.power.prefill_slowdown_capped)[0]
             n_pc, _ = _choose(need_pc, weight, params.min_replicas[0], params.max_replicas[0], gpu_h,
                               kwh[0] * step_h * samples.shape[1] / 1e3, params)
-            capped_fit = _fit_power(params, n_pc, n_d, need_pc, need_dc, weight, capped=True)
+            capped_fit = _fit_power(params, n_pc, n_d, need_pc, need_d, weight, capped=True)
             # A tie keeps full clocks.
             freq_capped = _fit_score(*capped_fit, params) > _fit_score(*full_fit, params)
             n_p, n_d, p_ok, att_p, att_d = capped_fit if freq_capped else full_fit
             if freq_capped:
-                need_p, need_d = need_pc, need_dc
+                need_p = need_pc
             r_p = Reason("power_cap", float((need_p <= n_p).mean()), att_p)
             r_d = Reason(r_d.binding if r_d.binding == "min_replicas" else "power_cap",
                          float((need_d <= n_d).mean()), att_d)

@@ -62,12 +62,11 @@ class PowerModel:
 
 @dataclass(frozen=True)
 class PowerPlan:
-    """What the power manager does this interval, in POLCA's order, and the resulting draw."""
+    """What the power manager does this interval, in POLCA's order."""
 
     training_gpus: int
     freq_capped: bool
     serving_scale: float
-    power_w: float
     violated: bool
     prefill_slowdown: float = 1.0
 
@@ -81,11 +80,11 @@ def plan_power(model: PowerModel, cap_w: float | None, serving_w: float, serving
     capped, would exceed the cap.
     """
     if cap_w is None:
-        return PowerPlan(training_gpus_wanted, False, 1.0, serving_w + training_gpus_wanted * model.training_w, False)
+        return PowerPlan(training_gpus_wanted, False, 1.0, False)
     room = cap_w - serving_w
     if room >= 0:
         train = min(training_gpus_wanted, int(room // model.training_w))
-        return PowerPlan(train, False, 1.0, serving_w + train * model.training_w, False)
+        return PowerPlan(train, False, 1.0, False)
     if serving_w_capped <= cap_w:
-        return PowerPlan(0, True, 1.0, serving_w_capped, False, model.prefill_slowdown_capped)
-    return PowerPlan(0, True, cap_w / serving_w_capped, cap_w, True, model.prefill_slowdown_capped)
+        return PowerPlan(0, True, 1.0, False, model.prefill_slowdown_capped)
+    return PowerPlan(0, True, cap_w / serving_w_capped, True, model.prefill_slowdown_capped)
