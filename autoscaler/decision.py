@@ -93,9 +93,25 @@ class DecisionParams:
     latency_margin: float = 0.9
 
     def __post_init__(self) -> None:
+        for name in ("min_replicas", "max_replicas"):
+            if len(getattr(self, name)) != len(POOLS):
+                raise DecisionError(f"{name} must give one count per pool {POOLS}, got {getattr(self, name)!r}")
         for pool, lo, hi in zip(POOLS, self.min_replicas, self.max_replicas):
             if not 0 <= lo <= hi:
                 raise DecisionError(f"{pool}: need 0 <= min_replicas <= max_replicas, got {lo}, {hi}")
+        # interval_s > 0 also keeps the window a replica asked for now serves in (cold start + interval) open.
+        for name in ("ttft_slo_s", "tpot_slo_s", "interval_s"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise DecisionError(f"{name} must be a finite number > 0, got {getattr(self, name)!r}")
+        for name in ("cold_start_s", "scale_down_delay_s"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise DecisionError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
+        if self.power_cap_w is not None and not (math.isfinite(self.power_cap_w) and self.power_cap_w > 0):
+            raise DecisionError(f"power_cap_w must be a finite number of watts > 0 (or None: no cap), got "
+                                f"{self.power_cap_w!r}")
+        if not 0 < self.latency_margin <= 1:
+            raise DecisionError(f"latency_margin (the share of an SLO the sizing may use) must lie in (0, 1], got "
+                                f"{self.latency_margin!r}")
         if not 0 < self.attainment_target < 1:
             raise DecisionError(f"attainment_target must lie in (0, 1), got {self.attainment_target}")
         if not (self.miss_penalty_gpu_h >= 0 and self.energy_gpu_h_per_kwh >= 0):

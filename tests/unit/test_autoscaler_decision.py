@@ -1,5 +1,6 @@
 """The Bayesian decision: hand-built snapshots, a fake clock, and forecasts we choose."""
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -216,3 +217,15 @@ def test_the_reason_says_when_the_miss_penalty_not_the_floor_set_the_count(param
 def test_a_negative_cost_is_refused_by_name(params, field):
     with pytest.raises(DecisionError, match=field):
         replace(params, **{field: -0.01})
+
+
+@pytest.mark.parametrize("field, value", [
+    ("min_replicas", (1,)), ("max_replicas", (40, 40, 40)), ("power_cap_w", -5.0), ("latency_margin", 1.5),
+    ("scale_down_delay_s", -100.0), ("interval_s", math.nan), ("interval_s", 0.0), ("cold_start_s", -1.0),
+    ("ttft_slo_s", 0.0), ("tpot_slo_s", -0.1),
+])
+def test_bad_decision_params_are_refused_by_name(params, field, value):
+    # Each was accepted: a short tuple was truncated by zip, interval_s = cold_start_s = 0 divided by
+    # zero on a backlog, ttft_slo_s = 0 was blamed on the profile at the first decision.
+    with pytest.raises(DecisionError, match=field):
+        replace(params, **{field: value})

@@ -466,3 +466,17 @@ def test_forecaster_samples_stay_within_the_growth_the_trace_has_shown():
     np.testing.assert_allclose(out[:, 1, :2], [[288.0, 300.0], [384.0, 384.0]])  # 240 x [1.2, 1.6]
     np.testing.assert_array_equal(out[..., 2], samples[..., 2])  # a column at 0 has no ratio to scale: untouched
     np.testing.assert_array_equal(FlowtidePolicy._within_seen_growth(samples, hist[:1]), samples)  # no ratio yet
+
+
+from autoscaler.scenario import default_cluster  # noqa: E402
+from autoscaler.simulator import SimulationError  # noqa: E402
+
+
+@pytest.mark.parametrize("kw", [{"headroom": 0.5}, {"headroom": math.nan}, {"cap_fraction": 0.0},
+                                {"cap_fraction": -0.5}, {"power_cap_w": -1.0}])
+def test_default_cluster_refuses_a_size_or_cap_it_cannot_build_by_name(cluster, kw):
+    # headroom 0.5 failed on initial_replicas, nan on math.ceil; a cap fraction of 0 meant no cap.
+    trace = tick_trace(np.full(60, 20.0))
+    assert StaticPolicy.for_peak(trace, cluster).prefill >= 2  # so half the peak is fewer replicas
+    with pytest.raises(SimulationError, match=next(iter(kw))):
+        default_cluster(trace, cluster.capacity, cluster.power, **kw)
