@@ -233,7 +233,9 @@ def decide(snapshot: Snapshot, state: DecisionState, params: DecisionParams) -> 
     """One decision from a snapshot carrying a forecast; see the module docstring.
 
     Raises:
-        DecisionError: the snapshot has no forecast, or the forecast's indicators are not the demand columns.
+        DecisionError: the snapshot has no forecast, the forecast's indicators are not the demand
+            columns, or the samples it reads are not finite (a NaN weighs nothing, and the minimum
+            counts would look sure to attain the SLO).
     """
     fc = snapshot.forecast
     if fc is None:
@@ -245,6 +247,9 @@ def decide(snapshot: Snapshot, state: DecisionState, params: DecisionParams) -> 
     into = 0.0 if fc.start_s is None else max(0.0, snapshot.now_s - fc.start_s)
     steps = max(1, int(math.ceil((into + params.cold_start_s + params.interval_s) / fc.step_s - 1e-9)))
     window = fc.samples[:, :steps]
+    if not np.isfinite(window).all():
+        raise DecisionError(f"forecast samples must be finite; the first {steps} step(s) hold "
+                            f"{int((~np.isfinite(window)).sum())} NaN or infinite value(s)")
     samples = np.maximum(window, 0.0)
     if snapshot.prefill_backlog_tokens > 0:
         # Work already queued must drain before a prompt queued behind it can meet the TTFT SLO: it

@@ -130,6 +130,15 @@ def test_decide_refuses_a_snapshot_without_a_forecast(params):
         replace(params, min_replicas=(5, 1), max_replicas=(2, 2))
 
 
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_forecast_with_non_finite_samples_is_refused_not_sized_to_the_minimum(params, bad):
+    # A NaN made the request weight NaN: every count then expected attainment 1, and the pools went to 1.
+    rps = np.full((8, 3), 80.0)
+    rps[0, 0] = bad
+    with pytest.raises(DecisionError, match="finite"):
+        decide(snapshot(0, forecast(rps)), DecisionState(), params)
+
+
 def test_clocks_stay_full_when_the_count_that_fits_capped_would_serve_less(params):
     # Demand beyond what the cap allows either way: 12 prefill replicas fit at full clocks, 15 (the
     # maximum) at capped clocks, which serve like 15 / 1.3 = 11.5. Capping would cost more for less.
