@@ -137,11 +137,14 @@ class Reason:
 
 @dataclass(frozen=True)
 class Decision:
+    """Per-pool targets and why. ``p_power_ok`` is P(serving power <= cap) at the targets; NaN where
+    the policy does not compute it (the baselines), so a log never claims a check that was not made."""
+
     prefill: int
     decode: int
     reasons: dict[str, Reason] = field(default_factory=dict)
     freq_cap_expected: bool = False
-    p_power_ok: float = 1.0
+    p_power_ok: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (NaN, where a policy has no such figure, becomes None)."""
@@ -153,11 +156,16 @@ class Decision:
                 "reasons": {pool: {k: clean(v) for k, v in asdict(r).items()} for pool, r in self.reasons.items()}}
 
     def explain(self) -> str:
-        parts = [f"{pool}={getattr(self, pool)} ({r.binding}, "
-                 + (f"wants {r.wanted}, " if r.wanted is not None and r.wanted != getattr(self, pool) else "")
-                 + f"q={r.quantile_used:.3f}, attainment={r.expected_attainment:.4f})" for pool, r in self.reasons.items()]
-        return "; ".join(parts) + f"; P(power<=cap)={self.p_power_ok:.3f}" + (
-            "; clocks capped" if self.freq_cap_expected else "")
+        """One line per decision; a figure the policy has none of (NaN) is left out, not printed as nan."""
+        parts = []
+        for pool, r in self.reasons.items():
+            figures = [r.binding] + ([f"wants {r.wanted}"] if r.wanted not in (None, getattr(self, pool)) else [])
+            figures += [f"{name}={value:{fmt}}" for name, value, fmt in (
+                ("q", r.quantile_used, ".3f"), ("attainment", r.expected_attainment, ".4f")) if not math.isnan(value)]
+            parts.append(f"{pool}={getattr(self, pool)} ({', '.join(figures)})")
+        if not math.isnan(self.p_power_ok):
+            parts.append(f"P(power<=cap)={self.p_power_ok:.3f}")
+        return "; ".join(parts + (["clocks capped"] if self.freq_cap_expected else []))
 
 
 @dataclass(frozen=True)
@@ -211,22 +219,24 @@ def _choose(need: np.ndarray, weight: np.ndarray, lo: int, hi: int, gpu_h_per_re
     served within the SLO); the expected attainment is its request-weighted mean over samples
     and steps, so a step that carries more requests counts for more. The binding is ``slo`` when
     the count is the floor's smallest, ``miss_cost`` when the expected misses' penalty buys more:
-    the penalty is per request, so on busy traffic it, not the floor, sets the count.
+    the penalty is per request, so on busy traffic it, not the floor, sets the count; ``min_replicas``
+    only when demand alone would choose fewer than ``lo``.
     """
-    counts = np.arange(lo, hi + 1, dtype=float)
+    counts = np.arange(0, hi + 1, dtype=float)  # from 0, to tell what demand alone would choose
     att = _attainment(counts, need)
     expected = _expected_attainment(att, weight)
     missed = ((1.0 - att) * weight[None]).mean(axis=1).sum(axis=1)  # expected misses over the window
     cost = counts * (gpu_h_per_replica + params.energy_gpu_h_per_kwh * kwh_per_replica) + params.miss_penalty_gpu_h * missed
     feasible = expected >= params.attainment_target
-    if not feasible.any():
-        i, binding = len(counts) - 1, "max_replicas"
+    allowed = feasible & (counts >= lo)
+    if not allowed.any():
+        n, binding = hi, "max_replicas"
     else:
-        i = int(np.argmin(np.where(feasible, cost, np.inf)))
-        floor = int(np.argmax(feasible))  # expected attainment grows with the count
-        binding = "min_replicas" if i == 0 and lo > 0 else "miss_cost" if i > floor else "slo"
-    n = counts[i]
-    return int(n), Reason(binding, float((need <= n).mean()), float(expected[i]))
+        n = int(np.argmin(np.where(allowed, cost, np.inf)))  # counts[n] == n
+        own = int(np.argmin(np.where(feasible, cost, np.inf)))
+        floor = int(np.argmax(allowed))  # expected attainment grows with the count
+        binding = "min_replicas" if own < lo else "miss_cost" if n > floor else "slo"
+    return n, Reason(binding, float((need <= n).mean()), float(expected[n]))
 
 
 def decide(snapshot: Snapshot, state: DecisionState, params: DecisionParams) -> tuple[Decision, DecisionState]:
@@ -270,6 +280,7 @@ def decide(snapshot: Snapshot, state: DecisionState, params: DecisionParams) -> 
     chosen = [_choose(need, weight, lo, hi, gpu_h, k * step_h * samples.shape[1] / 1e3, params)
               for need, lo, hi, k in zip((need_p, need_d), params.min_replicas, params.max_replicas, kwh)]
     (n_p, r_p), (n_d, r_d) = chosen
+    wish_p, wish_d = n_p, n_d
     freq_capped = False
     p_ok = 1.0
     if params.power_cap_w is not None:
@@ -288,14 +299,16 @@ def decide(snapshot: Snapshot, state: DecisionState, params: DecisionParams) -> 
             capped_fit = _fit_power(params, n_pc, n_d, need_pc, need_d, weight, capped=True)
             # A tie keeps full clocks.
             freq_capped = _fit_score(*capped_fit, params) > _fit_score(*full_fit, params)
-            n_p, n_d, p_ok, att_p, att_d = capped_fit if freq_capped else full_fit
+            n_p, n_d, p_ok = (capped_fit if freq_capped else full_fit)[:3]
             if freq_capped:
                 need_p = need_pc
-            r_p = Reason("power_cap", float((need_p <= n_p).mean()), att_p)
-            r_d = Reason(r_d.binding if r_d.binding == "min_replicas" else "power_cap",
-                         float((need_d <= n_d).mean()), att_d)
+            # A pool is bound by the cap only if the cap changed its count (or prefill's clocks).
+            if freq_capped or n_p != wish_p:
+                r_p = _reason_at("power_cap", n_p, need_p, weight)
+            if n_d != wish_d:
+                r_d = _reason_at("power_cap", n_d, need_d, weight)
     targets, reasons, since, peaks = [], {}, list(state.down_since_s), list(state.down_peak)
-    for i, (pool, n, reason) in enumerate(zip(POOLS, (n_p, n_d), (r_p, r_d))):
+    for i, (pool, n, reason, need) in enumerate(zip(POOLS, (n_p, n_d), (r_p, r_d), (need_p, need_d))):
         reason = replace(reason, wanted=n)
         current = getattr(snapshot, pool).target
         if n >= current:
@@ -307,12 +320,12 @@ def decide(snapshot: Snapshot, state: DecisionState, params: DecisionParams) -> 
         since[i] = snapshot.now_s if since[i] is None else since[i]
         peaks[i] = max(peaks[i], n)
         if snapshot.now_s - since[i] + 1e-6 >= params.scale_down_delay_s:
-            targets.append(peaks[i])
-            since[i], peaks[i] = None, 0
-            reasons[pool] = reason
+            target, since[i], peaks[i] = peaks[i], None, 0  # released to the most wished during the wait
         else:
-            targets.append(current)
-            reasons[pool] = replace(reason, binding="hysteresis")
+            target = current
+        targets.append(target)
+        # Above this wish, the hysteresis set the count: its figures are the target's, not the wish's.
+        reasons[pool] = reason if target == n else _reason_at("hysteresis", target, need, weight, wanted=n)
     decision = Decision(targets[0], targets[1], reasons, freq_capped, p_ok)
     return decision, DecisionState(tuple(since), tuple(peaks))
 
@@ -331,6 +344,12 @@ def _expected_attainment(att: np.ndarray, weight: np.ndarray) -> np.ndarray:
 
 def _pool_attainment(n: int, need: np.ndarray, weight: np.ndarray) -> float:
     return float(_expected_attainment(_attainment([n], need), weight)[0])
+
+
+def _reason_at(binding: str, n: int, need: np.ndarray, weight: np.ndarray, wanted: int | None = None) -> Reason:
+    """The reason for a count something other than the demand set (a hold, a bound, the cap), with
+    that count's demand quantile and expected attainment."""
+    return Reason(binding, float((need <= n).mean()), _pool_attainment(n, need, weight), wanted)
 
 
 def _fit_score(n_p: int, n_d: int, p_ok: float, att_p: float, att_d: float,

@@ -157,7 +157,8 @@ class DynamoPolicy:
             scale = budget / ((p + d) * tp)
             p, d = max(lo[0], math.floor(p * scale)), max(lo[1], math.floor(d * scale))
             bindings = ["gpu_power_budget", "gpu_power_budget"]
-        return Decision(p, d, {pool: Reason(binding, 0.5, float("nan"))
+        # A point forecast: no demand quantile, no expected attainment.
+        return Decision(p, d, {pool: Reason(binding, float("nan"), float("nan"))
                                for pool, binding in zip(("prefill", "decode"), bindings)})
 
     def _corrected_params(self, snapshot: Snapshot) -> DecisionParams:

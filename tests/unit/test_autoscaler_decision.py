@@ -30,6 +30,20 @@ def forecast(rps, step_s=60.0, prompt=1000.0, output=200.0):
     return Forecast(np.stack([rps, rps * prompt, rps * output], axis=-1), DEMAND_INDICATORS, step_s)
 
 
+def attainment_of(n, fc, params, steps=2):
+    """Expected attainment of ``n`` prefill replicas by the spec, written out: requests served within
+    the SLO over requests, over the steps a replica asked for now serves in (cold start + interval)."""
+    window = fc.samples[:, :steps]
+    need_p, _ = pool_demand(window, params.capacity, params, 1000, 2000, 200)
+    rps = window[..., 0]
+    return float((rps * np.minimum(1.0, n / need_p)).sum() / rps.sum())
+
+
+def spread(rps, shape=(400, 2), seed=0):
+    """A forecast around ``rps`` wide enough that a count's expected attainment moves with the count."""
+    return forecast(rps * np.random.default_rng(seed).lognormal(0, 0.4, shape))
+
+
 def snapshot(now, fc, prefill=1, decode=1):
     return Snapshot(now_s=now, step_s=10.0, history=np.zeros((0, 3)), prefill=PoolView(prefill, 0, prefill),
                     decode=PoolView(decode, 0, decode), ongoing_prefill=0, ongoing_decode=0, mean_prompt_tokens=1000,
@@ -80,13 +94,32 @@ def test_scale_down_waits_out_the_hysteresis_and_does_not_flap(params):
     assert f"prefill={held.prefill} (hysteresis, wants {targets[-1]}," in held.explain()
 
 
-def test_a_bump_during_the_wait_keeps_the_larger_count(params):
+def test_a_bump_during_the_wait_keeps_the_larger_count_and_says_the_hysteresis_set_it(params):
     state = DecisionState()
-    d, state = decide(snapshot(0, forecast(np.full((8, 3), 10.0)), 20, 20), state, params)
-    d, state = decide(snapshot(120, forecast(np.full((8, 3), 30.0)), 20, 20), state, params)
-    d, state = decide(snapshot(300, forecast(np.full((8, 3), 10.0)), 20, 20), state, params)
-    mid, _ = decide(snapshot(0, forecast(np.full((8, 3), 30.0))), DecisionState(), params)
-    assert d.prefill == mid.prefill
+    low = spread(10.0)
+    d, state = decide(snapshot(0, low, 20, 20), state, params)
+    d, state = decide(snapshot(120, spread(30.0), 20, 20), state, params)
+    d, state = decide(snapshot(300, low, 20, 20), state, params)
+    mid, _ = decide(snapshot(0, spread(30.0)), DecisionState(), params)
+    wish, _ = decide(snapshot(0, low), DecisionState(), params)
+    assert d.prefill == mid.prefill > wish.prefill
+    # Released to the wait's peak, not to this wish: the label and figures are the peak's.
+    r = d.reasons["prefill"]
+    assert (r.binding, r.wanted) == ("hysteresis", wish.prefill)
+    assert r.expected_attainment == pytest.approx(attainment_of(d.prefill, low, params))
+    assert r.expected_attainment > wish.reasons["prefill"].expected_attainment
+
+
+def test_a_held_target_reports_its_own_quantile_and_attainment_not_the_wish(params):
+    low = spread(10.0)
+    wish, _ = decide(snapshot(0, low), DecisionState(), params)
+    held_at = wish.prefill + 2
+    held, _ = decide(snapshot(60, low, held_at, held_at), DecisionState((0.0, 0.0), (0, 0)), params)
+    r = held.reasons["prefill"]
+    assert held.prefill == held_at and (r.binding, r.wanted) == ("hysteresis", wish.prefill)
+    assert r.expected_attainment == pytest.approx(attainment_of(held_at, low, params))
+    assert r.expected_attainment > wish.reasons["prefill"].expected_attainment
+    assert r.quantile_used > wish.reasons["prefill"].quantile_used
 
 
 def test_power_cap_caps_clocks_first_then_refuses_serving(params):
@@ -113,6 +146,17 @@ def test_bounds_hold_and_the_reason_says_which(params):
     d, _ = decide(snapshot(0, forecast(np.full((4, 3), 500.0))), DecisionState(), low)
     assert d.prefill == 5 and d.reasons["prefill"].binding == "max_replicas"
     assert "prefill=5 (max_replicas" in d.explain()
+
+
+def test_min_replicas_binds_only_when_demand_alone_would_choose_fewer(params):
+    fc = forecast(np.full((4, 3), 30.0))
+    free, _ = decide(snapshot(0, fc), DecisionState(), params)
+    assert free.prefill >= 2
+    # A minimum equal to what demand needs does not set the count: the SLO does.
+    at, _ = decide(snapshot(0, fc), DecisionState(), replace(params, min_replicas=(free.prefill, 1)))
+    assert at.prefill == free.prefill and at.reasons["prefill"].binding == "slo"
+    above, _ = decide(snapshot(0, fc), DecisionState(), replace(params, min_replicas=(free.prefill + 1, 1)))
+    assert above.reasons["prefill"].binding == "min_replicas"
 
 
 def test_decide_is_pure_and_its_state_round_trips(params):
@@ -173,6 +217,8 @@ def test_serving_refused_under_the_cap_comes_from_the_pool_that_loses_least(para
     d, _ = decide(snapshot(0, fc), DecisionState(), replace(params, max_replicas=(15, 2), power_cap_w=cap_w))
     assert (d.prefill, d.decode) == (12, 2) and not d.freq_cap_expected and d.p_power_ok >= 0.99
     assert d.reasons["decode"].expected_attainment > 0.99
+    # The cap cut prefill only: decode keeps the reason its demand gave it.
+    assert d.reasons["prefill"].binding == "power_cap" and d.reasons["decode"].binding == "slo"
 
 
 def test_steps_a_replica_asked_for_now_cannot_serve_do_not_size_it(params):

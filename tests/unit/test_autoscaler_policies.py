@@ -73,6 +73,18 @@ def test_dynamo_sizes_from_the_last_interval_and_clamps_to_the_power_budget(clus
     assert d.prefill / d.decode == pytest.approx(free.prefill / free.decode, rel=0.5)
 
 
+def test_baselines_claim_no_power_check_or_quantile_they_did_not_compute(cluster):
+    # Dynamo sizes from a point forecast and none of the baselines computes P(power <= cap): the log
+    # said P(power<=cap)=1.000 and Dynamo q=0.500.
+    rows = np.tile([[20.0, 20_000.0, 4_000.0]], (18, 1))
+    for decision in (DynamoPolicy(cluster).step(snap(180.0, rows)),
+                     RayServePolicy(cluster, interval_s=10.0).step(snap(0))):
+        assert math.isnan(decision.p_power_ok) and math.isnan(decision.reasons["prefill"].quantile_used)
+        out = decision.to_dict()
+        assert out["p_power_ok"] is None and out["reasons"]["prefill"]["quantile_used"] is None
+        assert "P(power" not in decision.explain() and "nan" not in decision.explain()
+
+
 def test_dynamo_corrects_decode_by_the_tpot_its_sequences_saw(cluster):
     rows = np.tile([[20.0, 20_000.0, 4_000.0]], (18, 1))  # 1,000-token prompts, 200 output tokens
     blind = DynamoPolicy(cluster).step(snap(180.0, rows, targets=(4, 8)))
