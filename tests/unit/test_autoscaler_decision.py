@@ -284,3 +284,56 @@ def test_bad_decision_params_are_refused_by_name(params, field, value):
     # zero on a backlog, ttft_slo_s = 0 was blamed on the profile at the first decision.
     with pytest.raises(DecisionError, match=field):
         replace(params, **{field: value})
+
+
+def test_the_power_constraint_allows_eps_of_samples_over_the_cap_and_no_more(params):
+    # eps = 0.1. Busy samples (40 req/s) draw more than the cap at the counts demand wants, quiet ones
+    # (5 req/s) less. With 5% busy samples P(power <= cap) = 0.95 >= 0.9: the counts stand. With 20%,
+    # P = 0.8: serving is cut until the draw fits in 90% of samples, though the mean draw would fit.
+    tp = params.capacity.gpus_per_replica
+    loose = replace(params, power_eps=0.1)
+
+    def draw_w(n_p, n_d, rps):
+        """Serving watts at (n_p, n_d) replicas when demand is ``rps``: each pool busy as its need keeps it."""
+        need_p, need_d = pool_demand(forecast(np.full((1, 1), rps)).samples, params.capacity, params, 1000, 2000, 200)
+        busy_p = min(1.0, float(need_p[0, 0]) / n_p)
+        busy_d = min(1.0, float(need_d[0, 0]) * params.capacity.max_batch / n_d)
+        return float(params.power.serving_w(n_p * tp, busy_p, n_d * tp, busy_d))
+
+    for busy_share, fits in ((0.05, True), (0.20, False)):
+        rps = np.full((100, 2), 5.0)
+        rps[: int(busy_share * 100)] = 40.0
+        fc = forecast(rps)
+        free, _ = decide(snapshot(0, fc), DecisionState(), loose)
+        quiet_w, busy_w = draw_w(free.prefill, free.decode, 5.0), draw_w(free.prefill, free.decode, 40.0)
+        cap_w = (quiet_w + busy_w) / 2
+        assert busy_share * busy_w + (1 - busy_share) * quiet_w < cap_w  # the mean draw fits either way
+        d, _ = decide(snapshot(0, fc), DecisionState(), replace(loose, power_cap_w=cap_w))
+        if fits:
+            assert (d.prefill, d.decode) == (free.prefill, free.decode)
+            assert d.p_power_ok == pytest.approx(0.95) and not d.freq_cap_expected
+        else:
+            assert d.prefill + d.decode < free.prefill + free.decode and d.p_power_ok >= 0.9
+
+
+def test_sequences_waiting_for_a_decode_slot_add_their_batches_of_replicas(params):
+    fc = forecast(np.full((8, 2), 20.0))
+    base, _ = decide(snapshot(0, fc), DecisionState(), params)
+    batch = params.capacity.max_batch_within(params.tpot_slo_s, 1100.0, params.latency_margin)
+    d, _ = decide(replace(snapshot(0, fc), decode_queued_sequences=10 * batch), DecisionState(), params)
+    assert d.decode == base.decode + 10 and d.prefill == base.prefill
+
+
+def test_expected_attainment_weighs_each_sample_by_its_requests(params):
+    # Half the samples carry 100 req/s of short prompts, half 1 req/s of prompts that need three times
+    # the prefill replicas. Weighted by requests, the long-prompt samples are 1% of the requests: the
+    # floor is met with about half their need, where an unweighted mean would want all of it.
+    short, long = [100.0, 100.0 * 300, 100.0 * 50], [1.0, 3 * 100.0 * 300, 1.0 * 50]
+    fc = Forecast(np.array([[short, short], [long, long]] * 32), DEMAND_INDICATORS, 60.0)
+    floor = replace(params, miss_penalty_gpu_h=0.0)
+    d, _ = decide(snapshot(0, fc), DecisionState(), floor)
+    need_p, _ = pool_demand(fc.samples, params.capacity, params, 1000, 2000, 200)
+    weighted = next(n for n in range(1, 41) if attainment_of(n, fc, params) >= floor.attainment_target)
+    unweighted = next(n for n in range(1, 41) if np.minimum(1.0, n / need_p).mean() >= floor.attainment_target)
+    assert d.prefill == weighted < unweighted
+    assert d.reasons["prefill"].expected_attainment == pytest.approx(attainment_of(d.prefill, fc, params))

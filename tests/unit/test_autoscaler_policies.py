@@ -60,6 +60,16 @@ def test_ray_serve_scales_with_ongoing_requests_after_the_upscale_delay(cluster)
     assert decisions[-1].decode == 4
 
 
+def test_ray_serve_waits_its_default_600s_before_scaling_down(cluster):
+    policy = RayServePolicy(cluster, interval_s=10.0)
+    targets = (10, 4)
+    for t in range(0, 610, 10):
+        d = policy.step(snap(float(t), targets=targets))  # nothing ongoing: it wishes for the minimum
+        if t < 600:
+            assert (d.prefill, d.decode) == targets, t
+    assert (d.prefill, d.decode) == cluster.min_replicas
+
+
 def test_dynamo_sizes_from_the_last_interval_and_clamps_to_the_power_budget(cluster):
     rows = np.tile([[20.0, 20_000.0, 4_000.0]], (18, 1))  # 180 s of 10 s ticks
     free = DynamoPolicy(cluster).step(snap(180.0, rows))
