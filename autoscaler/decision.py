@@ -4,11 +4,11 @@
 all memory is in the returned state. For each pool it picks the replica count minimising the
 expected GPU and energy cost plus a penalty per expected SLO miss, integrated over the
 forecast samples, subject to an expected-attainment floor over the window up to the time a
-replica started now would serve until the next decision (cold start + interval), min/max bounds, scale-down
-hysteresis, and P(cluster power <= cap) >= 1 - eps with POLCA's clock cap as the first
-resort (arXiv 2308.12908) unless fewer replicas at full clocks would serve more. Capacity per
-replica comes from the profiled latency curves, as DistServe sizes prefill and decode instances
-separately to each SLO.
+replica started now would serve until the next decision (cold start + interval), min/max bounds,
+scale-down hysteresis (which never holds replicas past the bounds or the cap), and
+P(cluster power <= cap) >= 1 - eps with POLCA's clock cap as the first resort (arXiv 2308.12908)
+unless fewer replicas at full clocks would serve more. Capacity per replica comes from the
+profiled latency curves, as DistServe sizes prefill and decode instances separately to each SLO.
 """
 
 from __future__ import annotations
@@ -282,10 +282,8 @@ def decide(snapshot: Snapshot, state: DecisionState, params: DecisionParams) -> 
     (n_p, r_p), (n_d, r_d) = chosen
     wish_p, wish_d = n_p, n_d
     freq_capped = False
-    p_ok = 1.0
     if params.power_cap_w is not None:
-        p_ok = _p_power_ok(params, n_p, n_d, need_p, need_d, capped=False)
-        if p_ok < 1 - params.power_eps:
+        if _p_power_ok(params, n_p, n_d, need_p, need_d, capped=False) < 1 - params.power_eps:
             # Two ways to fit the cap. POLCA: cap clocks before refusing serving; prefill then needs
             # 1.3x the replicas. Or keep full clocks and refuse serving down to what fits. Capping
             # is worth it only while it serves more: near the cap, the count that fits at capped
@@ -299,7 +297,7 @@ def decide(snapshot: Snapshot, state: DecisionState, params: DecisionParams) -> 
             capped_fit = _fit_power(params, n_pc, n_d, need_pc, need_d, weight, capped=True)
             # A tie keeps full clocks.
             freq_capped = _fit_score(*capped_fit, params) > _fit_score(*full_fit, params)
-            n_p, n_d, p_ok = (capped_fit if freq_capped else full_fit)[:3]
+            n_p, n_d = (capped_fit if freq_capped else full_fit)[:2]
             if freq_capped:
                 need_p = need_pc
             # A pool is bound by the cap only if the cap changed its count (or prefill's clocks).
@@ -307,9 +305,10 @@ def decide(snapshot: Snapshot, state: DecisionState, params: DecisionParams) -> 
                 r_p = _reason_at("power_cap", n_p, need_p, weight)
             if n_d != wish_d:
                 r_d = _reason_at("power_cap", n_d, need_d, weight)
+    wishes, needs = (n_p, n_d), (need_p, need_d)
     targets, reasons, since, peaks = [], {}, list(state.down_since_s), list(state.down_peak)
-    for i, (pool, n, reason, need) in enumerate(zip(POOLS, (n_p, n_d), (r_p, r_d), (need_p, need_d))):
-        reason = replace(reason, wanted=n)
+    wished = {pool: replace(r, wanted=n) for pool, n, r in zip(POOLS, wishes, (r_p, r_d))}
+    for i, (pool, n, reason, need) in enumerate(zip(POOLS, wishes, wished.values(), needs)):
         current = getattr(snapshot, pool).target
         if n >= current:
             since[i], peaks[i] = None, 0
@@ -320,12 +319,28 @@ def decide(snapshot: Snapshot, state: DecisionState, params: DecisionParams) -> 
         since[i] = snapshot.now_s if since[i] is None else since[i]
         peaks[i] = max(peaks[i], n)
         if snapshot.now_s - since[i] + 1e-6 >= params.scale_down_delay_s:
-            target, since[i], peaks[i] = peaks[i], None, 0  # released to the most wished during the wait
+            # Released to the most wished during the wait (never above the target: a cut may have gone lower).
+            target, since[i], peaks[i] = min(peaks[i], current), None, 0
         else:
             target = current
+        # The hysteresis keeps only what the cluster may hold: a count above the bound is cut at once.
+        binding = "hysteresis" if target <= params.max_replicas[i] else "max_replicas"
+        target = min(target, params.max_replicas[i])
         targets.append(target)
-        # Above this wish, the hysteresis set the count: its figures are the target's, not the wish's.
-        reasons[pool] = reason if target == n else _reason_at("hysteresis", target, need, weight, wanted=n)
+        # Above this wish, the hold set the count: its figures are the target's, not the wish's.
+        reasons[pool] = reason if target == n else _reason_at(binding, target, need, weight, wanted=n)
+    p_ok = 1.0
+    if params.power_cap_w is not None:
+        p_ok = _p_power_ok(params, targets[0], targets[1], need_p, need_d, capped=freq_capped)
+        if p_ok < 1 - params.power_eps:
+            # Held replicas must fit the cap too: power safety is not flapping, so a cut it forces applies now.
+            held = tuple(targets)
+            targets = list(_trim_to_cap(params, held, wishes, need_p, need_d, freq_capped))
+            for i, pool in enumerate(POOLS):
+                if targets[i] != held[i]:
+                    reasons[pool] = wished[pool] if targets[i] == wishes[i] else _reason_at(
+                        "power_cap", targets[i], needs[i], weight, wanted=wishes[i])
+            p_ok = _p_power_ok(params, targets[0], targets[1], need_p, need_d, capped=freq_capped)
     decision = Decision(targets[0], targets[1], reasons, freq_capped, p_ok)
     return decision, DecisionState(tuple(since), tuple(peaks))
 
@@ -352,8 +367,7 @@ def _reason_at(binding: str, n: int, need: np.ndarray, weight: np.ndarray, wante
     return Reason(binding, float((need <= n).mean()), _pool_attainment(n, need, weight), wanted)
 
 
-def _fit_score(n_p: int, n_d: int, p_ok: float, att_p: float, att_d: float,
-               params: DecisionParams) -> tuple[bool, float, int]:
+def _fit_score(n_p: int, n_d: int, att_p: float, att_d: float, params: DecisionParams) -> tuple[bool, float, int]:
     """Order of counts that fit the cap: both pools at the target first, then the cheapest; short
     of it, the most requests served, counting each pool's misses (a request needs both SLOs; at
     worst the two pools miss different requests, so the share served is at least
@@ -363,33 +377,56 @@ def _fit_score(n_p: int, n_d: int, p_ok: float, att_p: float, att_d: float,
 
 
 def _fit_power(params: DecisionParams, n_p: int, n_d: int, need_p: np.ndarray, need_d: np.ndarray,
-               weight: np.ndarray, capped: bool) -> tuple[int, int, float, float, float]:
+               weight: np.ndarray, capped: bool) -> tuple[int, int, float, float]:
     """The counts at most ``(n_p, n_d)`` with P(serving power <= cap) >= 1 - eps at the given clocks.
 
-    For each decode count, the most prefill replicas that fit beside it (power grows with the
-    count); of those, the best by :func:`_fit_score`. If nothing fits, the minimum counts.
-    Returns ``(n_p, n_d, P(power ok), expected attainment prefill, decode)``.
+    For each decode count, the most prefill replicas that fit beside it; of those, the best by
+    :func:`_fit_score`. If nothing fits, the minimum counts.
+    Returns ``(n_p, n_d, expected attainment prefill, decode)``.
     """
     lo_p, lo_d = params.min_replicas
-    ok = 1 - params.power_eps
     best: tuple | None = None
     for d in range(n_d, lo_d - 1, -1):
-        lo, hi = lo_p, n_p
-        if _p_power_ok(params, lo, d, need_p, need_d, capped=capped) < ok:
+        p = _most_prefill_within_cap(params, lo_p, n_p, d, need_p, need_d, capped)
+        if p is None:
             continue
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if _p_power_ok(params, mid, d, need_p, need_d, capped=capped) >= ok:
-                lo = mid
-            else:
-                hi = mid - 1
-        fit = (lo, d, ok, _pool_attainment(lo, need_p, weight), _pool_attainment(d, need_d, weight))
+        fit = (p, d, _pool_attainment(p, need_p, weight), _pool_attainment(d, need_d, weight))
         if best is None or _fit_score(*fit, params) > _fit_score(*best, params):
             best = fit
     if best is None:
-        best = (lo_p, lo_d, 0.0, _pool_attainment(lo_p, need_p, weight), _pool_attainment(lo_d, need_d, weight))
-    n_p, n_d, _, att_p, att_d = best
-    return n_p, n_d, _p_power_ok(params, n_p, n_d, need_p, need_d, capped=capped), att_p, att_d
+        best = (lo_p, lo_d, _pool_attainment(lo_p, need_p, weight), _pool_attainment(lo_d, need_d, weight))
+    return best
+
+
+def _trim_to_cap(params: DecisionParams, held: tuple[int, int], wish: tuple[int, int], need_p: np.ndarray,
+                 need_d: np.ndarray, capped: bool) -> tuple[int, int]:
+    """Held targets over the cap, cut toward the wishes only as far as P(serving power <= cap) >= 1 - eps needs.
+
+    Between ``wish`` and ``held`` per pool: for each decode count, the most prefill replicas that fit
+    beside it; the most replicas in all win (a tie: more decode). The wishes if nothing above them fits.
+    """
+    best = wish
+    for d in range(held[1], wish[1] - 1, -1):
+        p = _most_prefill_within_cap(params, wish[0], held[0], d, need_p, need_d, capped)
+        if p is not None and p + d > sum(best):
+            best = (p, d)
+    return best
+
+
+def _most_prefill_within_cap(params: DecisionParams, lo: int, hi: int, n_d: int, need_p: np.ndarray,
+                             need_d: np.ndarray, capped: bool) -> int | None:
+    """The most prefill replicas in ``[lo, hi]`` beside ``n_d`` decode replicas with P(power <= cap)
+    >= 1 - eps (bisection: power grows with the count); None if even ``lo`` does not fit."""
+    ok = 1 - params.power_eps
+    if _p_power_ok(params, lo, n_d, need_p, need_d, capped=capped) < ok:
+        return None
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if _p_power_ok(params, mid, n_d, need_p, need_d, capped=capped) >= ok:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def _p_power_ok(params: DecisionParams, n_p: int, n_d: int, need_p: np.ndarray, need_d: np.ndarray,

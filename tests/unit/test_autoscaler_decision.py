@@ -44,6 +44,16 @@ def spread(rps, shape=(400, 2), seed=0):
     return forecast(rps * np.random.default_rng(seed).lognormal(0, 0.4, shape))
 
 
+def draw_w(params, n_p, n_d, rps):
+    """Serving watts at full clocks of (n_p, n_d) replicas under a steady ``rps`` (1,000-token prompts,
+    200 output tokens), each pool busy as far as its need keeps it: the decision's power model, written out."""
+    need_p, need_d = pool_demand(forecast(np.full((1, 1), rps)).samples, params.capacity, params, 1000, 2000, 200)
+    busy_p = min(1.0, float(need_p[0, 0]) / n_p)
+    busy_d = min(1.0, float(need_d[0, 0]) * params.capacity.max_batch / n_d)
+    tp = params.capacity.gpus_per_replica
+    return float(params.power.serving_w(n_p * tp, busy_p, n_d * tp, busy_d))
+
+
 def snapshot(now, fc, prefill=1, decode=1):
     return Snapshot(now_s=now, step_s=10.0, history=np.zeros((0, 3)), prefill=PoolView(prefill, 0, prefill),
                     decode=PoolView(decode, 0, decode), ongoing_prefill=0, ongoing_decode=0, mean_prompt_tokens=1000,
@@ -290,22 +300,13 @@ def test_the_power_constraint_allows_eps_of_samples_over_the_cap_and_no_more(par
     # eps = 0.1. Busy samples (40 req/s) draw more than the cap at the counts demand wants, quiet ones
     # (5 req/s) less. With 5% busy samples P(power <= cap) = 0.95 >= 0.9: the counts stand. With 20%,
     # P = 0.8: serving is cut until the draw fits in 90% of samples, though the mean draw would fit.
-    tp = params.capacity.gpus_per_replica
     loose = replace(params, power_eps=0.1)
-
-    def draw_w(n_p, n_d, rps):
-        """Serving watts at (n_p, n_d) replicas when demand is ``rps``: each pool busy as its need keeps it."""
-        need_p, need_d = pool_demand(forecast(np.full((1, 1), rps)).samples, params.capacity, params, 1000, 2000, 200)
-        busy_p = min(1.0, float(need_p[0, 0]) / n_p)
-        busy_d = min(1.0, float(need_d[0, 0]) * params.capacity.max_batch / n_d)
-        return float(params.power.serving_w(n_p * tp, busy_p, n_d * tp, busy_d))
-
     for busy_share, fits in ((0.05, True), (0.20, False)):
         rps = np.full((100, 2), 5.0)
         rps[: int(busy_share * 100)] = 40.0
         fc = forecast(rps)
         free, _ = decide(snapshot(0, fc), DecisionState(), loose)
-        quiet_w, busy_w = draw_w(free.prefill, free.decode, 5.0), draw_w(free.prefill, free.decode, 40.0)
+        quiet_w, busy_w = draw_w(params, free.prefill, free.decode, 5.0), draw_w(params, free.prefill, free.decode, 40.0)
         cap_w = (quiet_w + busy_w) / 2
         assert busy_share * busy_w + (1 - busy_share) * quiet_w < cap_w  # the mean draw fits either way
         d, _ = decide(snapshot(0, fc), DecisionState(), replace(loose, power_cap_w=cap_w))
@@ -337,3 +338,60 @@ def test_expected_attainment_weighs_each_sample_by_its_requests(params):
     unweighted = next(n for n in range(1, 41) if np.minimum(1.0, n / need_p).mean() >= floor.attainment_target)
     assert d.prefill == weighted < unweighted
     assert d.reasons["prefill"].expected_attainment == pytest.approx(attainment_of(d.prefill, fc, params))
+
+
+def test_a_hold_above_max_replicas_is_cut_to_the_bound_at_once(params):
+    # A cluster shrunk under running replicas (60 each, the bound now 40): hysteresis held 60 for 300 s.
+    low = spread(10.0)
+    wish, _ = decide(snapshot(0, low), DecisionState(), params)
+    d, state = decide(snapshot(0, low, 60, 60), DecisionState(), params)
+    assert (d.prefill, d.decode) == params.max_replicas
+    r = d.reasons["prefill"]
+    assert (r.binding, r.wanted) == ("max_replicas", wish.prefill)
+    assert r.expected_attainment == pytest.approx(attainment_of(40, low, params))
+    assert state.down_since_s == (0.0, 0.0)  # the wait for the wish goes on below the bound
+
+
+def test_held_replicas_the_power_cap_cannot_carry_are_cut_at_once(params):
+    # Steady 20 req/s; the targets held from a busier time draw more than a cap the wish fits under.
+    # The cap leaves room for the held prefill replicas (idle: 75 W a GPU) beside two decode replicas
+    # above the wish (busy: 380 W a GPU); the cut keeps the most replicas it can.
+    fc = forecast(np.full((8, 2), 20.0))
+    wish, _ = decide(snapshot(0, fc), DecisionState(), params)
+    held = (wish.prefill + 6, wish.decode + 6)
+    cap_w = draw_w(params, held[0], wish.decode + 2, 20.0) + 1.0
+    assert draw_w(params, held[0], wish.decode + 3, 20.0) > cap_w
+    d, state = decide(snapshot(0, fc, *held), DecisionState(), replace(params, power_cap_w=cap_w))
+    assert (d.prefill, d.decode) == (held[0], wish.decode + 2)
+    assert d.p_power_ok == 1.0 and not d.freq_cap_expected  # full clocks: the targets fit the cap
+    assert (d.reasons["decode"].binding, d.reasons["decode"].wanted) == ("power_cap", wish.decode)
+    assert d.reasons["prefill"].binding == "hysteresis"
+    assert state.down_since_s == (0.0, 0.0)  # what the cap leaves above the wish waits out the delay
+
+
+def test_p_power_ok_is_that_of_the_targets_held_not_of_the_wish(params):
+    # eps 0.1: 5% busy samples put the held targets over the cap, none put the wish over it.
+    rps = np.full((100, 2), 5.0)
+    rps[:5] = 40.0
+    fc = forecast(rps)
+    loose = replace(params, power_eps=0.1)
+    wish, _ = decide(snapshot(0, fc), DecisionState(), loose)
+    held = (wish.prefill + 2, wish.decode)
+    cap_w = (draw_w(params, *held, 40.0) + draw_w(params, wish.prefill, wish.decode, 40.0)) / 2
+    assert draw_w(params, *held, 5.0) < cap_w
+    d, _ = decide(snapshot(0, fc, *held), DecisionState(), replace(loose, power_cap_w=cap_w))
+    assert (d.prefill, d.decode) == held and d.p_power_ok == pytest.approx(0.95)
+
+
+def test_a_release_never_raises_a_target_the_cap_cut_below_the_waits_peak(params):
+    low_fc, busy_fc = forecast(np.full((8, 2), 20.0)), forecast(np.full((8, 2), 40.0))
+    low, _ = decide(snapshot(0, low_fc), DecisionState(), params)
+    busy, _ = decide(snapshot(0, busy_fc), DecisionState(), params)
+    assert busy.decode >= low.decode + 2
+    _, state = decide(snapshot(0, busy_fc, 20, 20), DecisionState(), params)  # the wait's peak: busy's counts
+    tight = replace(params, power_cap_w=draw_w(params, 20, low.decode + 1, 20.0) + 1.0)
+    d, state = decide(snapshot(60, low_fc, 20, 20), state, tight)  # the cap cuts decode below that peak
+    assert (d.prefill, d.decode) == (20, low.decode + 1)
+    # Released with the cap lifted: decode goes no higher than the cut left it, not back up to the peak.
+    d, _ = decide(snapshot(300, low_fc, d.prefill, d.decode), state, params)
+    assert (d.prefill, d.decode) == (busy.prefill, low.decode + 1)
