@@ -25,6 +25,12 @@ class ProfileError(ValueError):
     """A profile file is missing, malformed, or lacks the requested configuration."""
 
 
+def decode_context_tokens(prompt_tokens, output_tokens):
+    """Mean context of a decoding sequence: its prompt plus half its output (the middle of its decode),
+    the ``ctx`` the TPOT curve is fitted and read at."""
+    return prompt_tokens + output_tokens / 2.0
+
+
 def load_profile_table(path: str | Path) -> pd.DataFrame:
     """Read a profile CSV and check it has the perf_model.csv columns with positive times."""
     path = Path(path)
@@ -51,8 +57,13 @@ class CapacityModel:
 
     Prefill: ``prompt_time(n) = max(floor, p0 + p1 n + p2 n^2)`` seconds for a batch holding ``n`` prompt
     tokens (non-negative least squares on relative error). Decode: ``tpot(b, ctx) = d0 + d1 b + d2 b^2 + d3 b ctx``
-    seconds per token at batch ``b`` with mean context ``ctx`` tokens. ``max_batch`` is the
-    largest profiled decode batch: we never plan beyond what was measured.
+    seconds per token at batch ``b`` with mean context ``ctx`` tokens (:func:`decode_context_tokens`).
+
+    Only the decode batch is held to what was measured: :meth:`max_batch_within` never goes past
+    ``max_batch``, the largest profiled batch. Prompt length and context are read off the fitted
+    polynomials, beyond the profile's range too: Splitwise's llama2-70b H100 TP4 rows stop at an
+    8,192-token prompt and a context of 8,256, so a longer tail prompt's prefill time (e.g.
+    ``prefill_tokens_per_s_within(10, 1000, 20_000)``) and a longer context's TPOT are extrapolated.
     """
 
     model: str
@@ -62,7 +73,6 @@ class CapacityModel:
     prefill_floor_s: float
     decode_coef: tuple[float, float, float, float]
     max_batch: int
-    max_prompt_tokens: int
 
     @property
     def gpus_per_replica(self) -> int:
@@ -141,14 +151,13 @@ def fit_capacity(table: pd.DataFrame, model: str, hardware: str, tensor_parallel
         above = np.ones_like(above)
     prefill = _relative_nnls(np.column_stack([np.ones_like(n), n, n * n])[above], prompt_s[above])
     b = rows["batch_size"].to_numpy(float)
-    ctx = (rows["prompt_size"] + rows["token_size"] / 2.0).to_numpy(float)
+    ctx = decode_context_tokens(rows["prompt_size"], rows["token_size"]).to_numpy(float)
     decode = _relative_nnls(np.column_stack([np.ones_like(b), b, b * b, b * ctx / 1000.0]),
                             rows["token_time"].to_numpy(float) / 1e3)
     return CapacityModel(model=model, hardware=hardware, tensor_parallel=int(tensor_parallel),
                          prefill_coef=tuple(float(x) for x in prefill), prefill_floor_s=floor,
                          decode_coef=tuple(float(x) for x in decode),
-                         max_batch=int(rows["batch_size"].max()),
-                         max_prompt_tokens=int(rows["prompt_size"].max()))
+                         max_batch=int(rows["batch_size"].max()))
 
 
 def _relative_nnls(features: np.ndarray, target: np.ndarray) -> np.ndarray:

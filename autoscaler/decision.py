@@ -4,11 +4,11 @@
 all memory is in the returned state. For each pool it picks the replica count minimising the
 expected GPU and energy cost plus a penalty per expected SLO miss, integrated over the
 forecast samples, subject to an expected-attainment floor over the window up to the time a
-replica started now would serve until the next decision (cold start + interval), min/max bounds, scale-down
-hysteresis, and P(cluster power <= cap) >= 1 - eps with POLCA's clock cap as the first
-resort (arXiv 2308.12908) unless fewer replicas at full clocks would serve more. Capacity per
-replica comes from the profiled latency curves, as DistServe sizes prefill and decode instances
-separately to each SLO.
+replica started now would serve until the next decision (cold start + interval), min/max bounds,
+scale-down hysteresis (which never holds replicas past the bounds or the cap), and
+P(cluster power <= cap) >= 1 - eps with POLCA's clock cap as the first resort (arXiv 2308.12908)
+unless fewer replicas at full clocks would serve more. Capacity per replica comes from the
+profiled latency curves, as DistServe sizes prefill and decode instances separately to each SLO.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from autoscaler.capacity import CapacityModel
+from autoscaler.capacity import CapacityModel, decode_context_tokens
 from autoscaler.forecast.base import Forecast
 from autoscaler.indicators import DEMAND_INDICATORS
 from autoscaler.power import PowerModel
@@ -93,9 +93,25 @@ class DecisionParams:
     latency_margin: float = 0.9
 
     def __post_init__(self) -> None:
+        for name in ("min_replicas", "max_replicas"):
+            if len(getattr(self, name)) != len(POOLS):
+                raise DecisionError(f"{name} must give one count per pool {POOLS}, got {getattr(self, name)!r}")
         for pool, lo, hi in zip(POOLS, self.min_replicas, self.max_replicas):
             if not 0 <= lo <= hi:
                 raise DecisionError(f"{pool}: need 0 <= min_replicas <= max_replicas, got {lo}, {hi}")
+        # interval_s > 0 also keeps the window a replica asked for now serves in (cold start + interval) open.
+        for name in ("ttft_slo_s", "tpot_slo_s", "interval_s"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise DecisionError(f"{name} must be a finite number > 0, got {getattr(self, name)!r}")
+        for name in ("cold_start_s", "scale_down_delay_s"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise DecisionError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
+        if self.power_cap_w is not None and not (math.isfinite(self.power_cap_w) and self.power_cap_w > 0):
+            raise DecisionError(f"power_cap_w must be a finite number of watts > 0 (or None: no cap), got "
+                                f"{self.power_cap_w!r}")
+        if not 0 < self.latency_margin <= 1:
+            raise DecisionError(f"latency_margin (the share of an SLO the sizing may use) must lie in (0, 1], got "
+                                f"{self.latency_margin!r}")
         if not 0 < self.attainment_target < 1:
             raise DecisionError(f"attainment_target must lie in (0, 1), got {self.attainment_target}")
         if not (self.miss_penalty_gpu_h >= 0 and self.energy_gpu_h_per_kwh >= 0):
@@ -121,11 +137,14 @@ class Reason:
 
 @dataclass(frozen=True)
 class Decision:
+    """Per-pool targets and why. ``p_power_ok`` is P(serving power <= cap) at the targets; NaN where
+    the policy does not compute it (the baselines), so a log never claims a check that was not made."""
+
     prefill: int
     decode: int
     reasons: dict[str, Reason] = field(default_factory=dict)
     freq_cap_expected: bool = False
-    p_power_ok: float = 1.0
+    p_power_ok: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (NaN, where a policy has no such figure, becomes None)."""
@@ -137,11 +156,16 @@ class Decision:
                 "reasons": {pool: {k: clean(v) for k, v in asdict(r).items()} for pool, r in self.reasons.items()}}
 
     def explain(self) -> str:
-        parts = [f"{pool}={getattr(self, pool)} ({r.binding}, "
-                 + (f"wants {r.wanted}, " if r.wanted is not None and r.wanted != getattr(self, pool) else "")
-                 + f"q={r.quantile_used:.3f}, attainment={r.expected_attainment:.4f})" for pool, r in self.reasons.items()]
-        return "; ".join(parts) + f"; P(power<=cap)={self.p_power_ok:.3f}" + (
-            "; clocks capped" if self.freq_cap_expected else "")
+        """One line per decision; a figure the policy has none of (NaN) is left out, not printed as nan."""
+        parts = []
+        for pool, r in self.reasons.items():
+            figures = [r.binding] + ([f"wants {r.wanted}"] if r.wanted not in (None, getattr(self, pool)) else [])
+            figures += [f"{name}={value:{fmt}}" for name, value, fmt in (
+                ("q", r.quantile_used, ".3f"), ("attainment", r.expected_attainment, ".4f")) if not math.isnan(value)]
+            parts.append(f"{pool}={getattr(self, pool)} ({', '.join(figures)})")
+        if not math.isnan(self.p_power_ok):
+            parts.append(f"P(power<=cap)={self.p_power_ok:.3f}")
+        return "; ".join(parts + (["clocks capped"] if self.freq_cap_expected else []))
 
 
 @dataclass(frozen=True)
@@ -160,18 +184,20 @@ class DecisionState:
 
 
 def pool_demand(samples: np.ndarray, capacity: CapacityModel, params: DecisionParams, mean_prompt: float,
-                tail_prompt: float, mean_output: float, prefill_slowdown: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+                tail_prompt: float, mean_output: float, prefill_slowdown: float = 1.0,
+                decode_queued: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Replicas needed per sample and step, ``([S, H], [S, H])`` for prefill and decode.
 
     Prefill needs input tokens/s over the load one replica carries within the TTFT SLO; decode
-    needs the concurrent sequences (Little's law at the SLO batch's TPOT) over that batch.
+    needs the concurrent sequences (Little's law at the SLO batch's TPOT) plus ``decode_queued``
+    sequences already waiting for a slot (admitted as soon as a replica has room), over that batch.
     """
     names = list(DEMAND_INDICATORS)
     tokens_in = samples[..., names.index("input_tokens_per_s")]
     tokens_out = samples[..., names.index("output_tokens_per_s")]
     per_prefill = capacity.prefill_tokens_per_s_within(params.ttft_slo_s / prefill_slowdown, mean_prompt, tail_prompt,
                                                        params.latency_margin) / prefill_slowdown
-    ctx = mean_prompt + mean_output / 2.0
+    ctx = decode_context_tokens(mean_prompt, mean_output)
     batch = capacity.max_batch_within(params.tpot_slo_s, ctx, params.latency_margin)
     if per_prefill <= 0:
         own = float(capacity.prefill_time_s(tail_prompt)) * prefill_slowdown
@@ -182,7 +208,7 @@ def pool_demand(samples: np.ndarray, capacity: CapacityModel, params: DecisionPa
         raise DecisionError(f"the profile cannot meet the TPOT SLO even unloaded: TPOT at batch 1 is "
                             f"{float(capacity.tpot_s(1, ctx)):.3g} s, over {params.latency_margin:g} x {params.tpot_slo_s:g} s")
     concurrency = tokens_out * float(capacity.tpot_s(batch, ctx))
-    return tokens_in / per_prefill, concurrency / batch
+    return tokens_in / per_prefill, concurrency / batch + decode_queued / batch
 
 
 def _choose(need: np.ndarray, weight: np.ndarray, lo: int, hi: int, gpu_h_per_replica: float,
@@ -193,29 +219,33 @@ def _choose(need: np.ndarray, weight: np.ndarray, lo: int, hi: int, gpu_h_per_re
     served within the SLO); the expected attainment is its request-weighted mean over samples
     and steps, so a step that carries more requests counts for more. The binding is ``slo`` when
     the count is the floor's smallest, ``miss_cost`` when the expected misses' penalty buys more:
-    the penalty is per request, so on busy traffic it, not the floor, sets the count.
+    the penalty is per request, so on busy traffic it, not the floor, sets the count; ``min_replicas``
+    only when demand alone would choose fewer than ``lo``.
     """
-    counts = np.arange(lo, hi + 1, dtype=float)
+    counts = np.arange(0, hi + 1, dtype=float)  # from 0, to tell what demand alone would choose
     att = _attainment(counts, need)
     expected = _expected_attainment(att, weight)
     missed = ((1.0 - att) * weight[None]).mean(axis=1).sum(axis=1)  # expected misses over the window
     cost = counts * (gpu_h_per_replica + params.energy_gpu_h_per_kwh * kwh_per_replica) + params.miss_penalty_gpu_h * missed
     feasible = expected >= params.attainment_target
-    if not feasible.any():
-        i, binding = len(counts) - 1, "max_replicas"
+    allowed = feasible & (counts >= lo)
+    if not allowed.any():
+        n, binding = hi, "max_replicas"
     else:
-        i = int(np.argmin(np.where(feasible, cost, np.inf)))
-        floor = int(np.argmax(feasible))  # expected attainment grows with the count
-        binding = "min_replicas" if i == 0 and lo > 0 else "miss_cost" if i > floor else "slo"
-    n = counts[i]
-    return int(n), Reason(binding, float((need <= n).mean()), float(expected[i]))
+        n = int(np.argmin(np.where(allowed, cost, np.inf)))  # counts[n] == n
+        own = int(np.argmin(np.where(feasible, cost, np.inf)))
+        floor = int(np.argmax(allowed))  # expected attainment grows with the count
+        binding = "min_replicas" if own < lo else "miss_cost" if n > floor else "slo"
+    return n, Reason(binding, float((need <= n).mean()), float(expected[n]))
 
 
 def decide(snapshot: Snapshot, state: DecisionState, params: DecisionParams) -> tuple[Decision, DecisionState]:
     """One decision from a snapshot carrying a forecast; see the module docstring.
 
     Raises:
-        DecisionError: the snapshot has no forecast, or the forecast's indicators are not the demand columns.
+        DecisionError: the snapshot has no forecast, the forecast's indicators are not the demand
+            columns, or the samples it reads are not finite (a NaN weighs nothing, and the minimum
+            counts would look sure to attain the SLO).
     """
     fc = snapshot.forecast
     if fc is None:
@@ -227,6 +257,9 @@ def decide(snapshot: Snapshot, state: DecisionState, params: DecisionParams) -> 
     into = 0.0 if fc.start_s is None else max(0.0, snapshot.now_s - fc.start_s)
     steps = max(1, int(math.ceil((into + params.cold_start_s + params.interval_s) / fc.step_s - 1e-9)))
     window = fc.samples[:, :steps]
+    if not np.isfinite(window).all():
+        raise DecisionError(f"forecast samples must be finite; the first {steps} step(s) hold "
+                            f"{int((~np.isfinite(window)).sum())} NaN or infinite value(s)")
     samples = np.maximum(window, 0.0)
     if snapshot.prefill_backlog_tokens > 0:
         # Work already queued must drain before a prompt queued behind it can meet the TTFT SLO: it
@@ -242,43 +275,40 @@ def decide(snapshot: Snapshot, state: DecisionState, params: DecisionParams) -> 
     kwh = (tp * params.power.prefill_w, tp * params.power.decode_w)
     args = (samples, params.capacity, params, snapshot.mean_prompt_tokens, snapshot.tail_prompt_tokens,
             snapshot.mean_output_tokens)
-    need_p, need_d = pool_demand(*args)
-    ctx = snapshot.mean_prompt_tokens + snapshot.mean_output_tokens / 2.0
-    # Sequences waiting for a batch slot are admitted as soon as a replica has room.
-    queued_d = snapshot.decode_queued_sequences / max(1, params.capacity.max_batch_within(
-        params.tpot_slo_s, ctx, params.latency_margin))
-    need_d = need_d + queued_d
+    need_p, need_d = pool_demand(*args, decode_queued=snapshot.decode_queued_sequences)
     weight = rps * fc.step_s
     chosen = [_choose(need, weight, lo, hi, gpu_h, k * step_h * samples.shape[1] / 1e3, params)
               for need, lo, hi, k in zip((need_p, need_d), params.min_replicas, params.max_replicas, kwh)]
     (n_p, r_p), (n_d, r_d) = chosen
+    wish_p, wish_d = n_p, n_d
     freq_capped = False
-    p_ok = 1.0
     if params.power_cap_w is not None:
-        p_ok = _p_power_ok(params, n_p, n_d, need_p, need_d, capped=False)
-        if p_ok < 1 - params.power_eps:
+        if _p_power_ok(params, n_p, n_d, need_p, need_d, capped=False) < 1 - params.power_eps:
             # Two ways to fit the cap. POLCA: cap clocks before refusing serving; prefill then needs
             # 1.3x the replicas. Or keep full clocks and refuse serving down to what fits. Capping
             # is worth it only while it serves more: near the cap, the count that fits at capped
             # clocks can carry less than the count that fits at full clocks (15 capped replicas are
             # 11.5 at full speed, 12 may fit uncapped), and then it costs more for less.
             full_fit = _fit_power(params, n_p, n_d, need_p, need_d, weight, capped=False)
-            need_pc, need_dc = pool_demand(*args, prefill_slowdown=params.power.prefill_slowdown_capped)
-            need_dc = need_dc + queued_d
+            # Capped clocks slow prefill only: decode is memory-bound, its need stays need_d.
+            need_pc = pool_demand(*args, prefill_slowdown=params.power.prefill_slowdown_capped)[0]
             n_pc, _ = _choose(need_pc, weight, params.min_replicas[0], params.max_replicas[0], gpu_h,
                               kwh[0] * step_h * samples.shape[1] / 1e3, params)
-            capped_fit = _fit_power(params, n_pc, n_d, need_pc, need_dc, weight, capped=True)
+            capped_fit = _fit_power(params, n_pc, n_d, need_pc, need_d, weight, capped=True)
             # A tie keeps full clocks.
             freq_capped = _fit_score(*capped_fit, params) > _fit_score(*full_fit, params)
-            n_p, n_d, p_ok, att_p, att_d = capped_fit if freq_capped else full_fit
+            n_p, n_d = (capped_fit if freq_capped else full_fit)[:2]
             if freq_capped:
-                need_p, need_d = need_pc, need_dc
-            r_p = Reason("power_cap", float((need_p <= n_p).mean()), att_p)
-            r_d = Reason(r_d.binding if r_d.binding == "min_replicas" else "power_cap",
-                         float((need_d <= n_d).mean()), att_d)
+                need_p = need_pc
+            # A pool is bound by the cap only if the cap changed its count (or prefill's clocks).
+            if freq_capped or n_p != wish_p:
+                r_p = _reason_at("power_cap", n_p, need_p, weight)
+            if n_d != wish_d:
+                r_d = _reason_at("power_cap", n_d, need_d, weight)
+    wishes, needs = (n_p, n_d), (need_p, need_d)
     targets, reasons, since, peaks = [], {}, list(state.down_since_s), list(state.down_peak)
-    for i, (pool, n, reason) in enumerate(zip(POOLS, (n_p, n_d), (r_p, r_d))):
-        reason = replace(reason, wanted=n)
+    wished = {pool: replace(r, wanted=n) for pool, n, r in zip(POOLS, wishes, (r_p, r_d))}
+    for i, (pool, n, reason, need) in enumerate(zip(POOLS, wishes, wished.values(), needs)):
         current = getattr(snapshot, pool).target
         if n >= current:
             since[i], peaks[i] = None, 0
@@ -289,12 +319,28 @@ def decide(snapshot: Snapshot, state: DecisionState, params: DecisionParams) -> 
         since[i] = snapshot.now_s if since[i] is None else since[i]
         peaks[i] = max(peaks[i], n)
         if snapshot.now_s - since[i] + 1e-6 >= params.scale_down_delay_s:
-            targets.append(peaks[i])
-            since[i], peaks[i] = None, 0
-            reasons[pool] = reason
+            # Released to the most wished during the wait (never above the target: a cut may have gone lower).
+            target, since[i], peaks[i] = min(peaks[i], current), None, 0
         else:
-            targets.append(current)
-            reasons[pool] = replace(reason, binding="hysteresis")
+            target = current
+        # The hysteresis keeps only what the cluster may hold: a count above the bound is cut at once.
+        binding = "hysteresis" if target <= params.max_replicas[i] else "max_replicas"
+        target = min(target, params.max_replicas[i])
+        targets.append(target)
+        # Above this wish, the hold set the count: its figures are the target's, not the wish's.
+        reasons[pool] = reason if target == n else _reason_at(binding, target, need, weight, wanted=n)
+    p_ok = 1.0
+    if params.power_cap_w is not None:
+        p_ok = _p_power_ok(params, targets[0], targets[1], need_p, need_d, capped=freq_capped)
+        if p_ok < 1 - params.power_eps:
+            # Held replicas must fit the cap too: power safety is not flapping, so a cut it forces applies now.
+            held = tuple(targets)
+            targets = list(_trim_to_cap(params, held, wishes, need_p, need_d, freq_capped))
+            for i, pool in enumerate(POOLS):
+                if targets[i] != held[i]:
+                    reasons[pool] = wished[pool] if targets[i] == wishes[i] else _reason_at(
+                        "power_cap", targets[i], needs[i], weight, wanted=wishes[i])
+            p_ok = _p_power_ok(params, targets[0], targets[1], need_p, need_d, capped=freq_capped)
     decision = Decision(targets[0], targets[1], reasons, freq_capped, p_ok)
     return decision, DecisionState(tuple(since), tuple(peaks))
 
@@ -315,8 +361,13 @@ def _pool_attainment(n: int, need: np.ndarray, weight: np.ndarray) -> float:
     return float(_expected_attainment(_attainment([n], need), weight)[0])
 
 
-def _fit_score(n_p: int, n_d: int, p_ok: float, att_p: float, att_d: float,
-               params: DecisionParams) -> tuple[bool, float, int]:
+def _reason_at(binding: str, n: int, need: np.ndarray, weight: np.ndarray, wanted: int | None = None) -> Reason:
+    """The reason for a count something other than the demand set (a hold, a bound, the cap), with
+    that count's demand quantile and expected attainment."""
+    return Reason(binding, float((need <= n).mean()), _pool_attainment(n, need, weight), wanted)
+
+
+def _fit_score(n_p: int, n_d: int, att_p: float, att_d: float, params: DecisionParams) -> tuple[bool, float, int]:
     """Order of counts that fit the cap: both pools at the target first, then the cheapest; short
     of it, the most requests served, counting each pool's misses (a request needs both SLOs; at
     worst the two pools miss different requests, so the share served is at least
@@ -326,33 +377,56 @@ def _fit_score(n_p: int, n_d: int, p_ok: float, att_p: float, att_d: float,
 
 
 def _fit_power(params: DecisionParams, n_p: int, n_d: int, need_p: np.ndarray, need_d: np.ndarray,
-               weight: np.ndarray, capped: bool) -> tuple[int, int, float, float, float]:
+               weight: np.ndarray, capped: bool) -> tuple[int, int, float, float]:
     """The counts at most ``(n_p, n_d)`` with P(serving power <= cap) >= 1 - eps at the given clocks.
 
-    For each decode count, the most prefill replicas that fit beside it (power grows with the
-    count); of those, the best by :func:`_fit_score`. If nothing fits, the minimum counts.
-    Returns ``(n_p, n_d, P(power ok), expected attainment prefill, decode)``.
+    For each decode count, the most prefill replicas that fit beside it; of those, the best by
+    :func:`_fit_score`. If nothing fits, the minimum counts.
+    Returns ``(n_p, n_d, expected attainment prefill, decode)``.
     """
     lo_p, lo_d = params.min_replicas
-    ok = 1 - params.power_eps
     best: tuple | None = None
     for d in range(n_d, lo_d - 1, -1):
-        lo, hi = lo_p, n_p
-        if _p_power_ok(params, lo, d, need_p, need_d, capped=capped) < ok:
+        p = _most_prefill_within_cap(params, lo_p, n_p, d, need_p, need_d, capped)
+        if p is None:
             continue
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if _p_power_ok(params, mid, d, need_p, need_d, capped=capped) >= ok:
-                lo = mid
-            else:
-                hi = mid - 1
-        fit = (lo, d, ok, _pool_attainment(lo, need_p, weight), _pool_attainment(d, need_d, weight))
+        fit = (p, d, _pool_attainment(p, need_p, weight), _pool_attainment(d, need_d, weight))
         if best is None or _fit_score(*fit, params) > _fit_score(*best, params):
             best = fit
     if best is None:
-        best = (lo_p, lo_d, 0.0, _pool_attainment(lo_p, need_p, weight), _pool_attainment(lo_d, need_d, weight))
-    n_p, n_d, _, att_p, att_d = best
-    return n_p, n_d, _p_power_ok(params, n_p, n_d, need_p, need_d, capped=capped), att_p, att_d
+        best = (lo_p, lo_d, _pool_attainment(lo_p, need_p, weight), _pool_attainment(lo_d, need_d, weight))
+    return best
+
+
+def _trim_to_cap(params: DecisionParams, held: tuple[int, int], wish: tuple[int, int], need_p: np.ndarray,
+                 need_d: np.ndarray, capped: bool) -> tuple[int, int]:
+    """Held targets over the cap, cut toward the wishes only as far as P(serving power <= cap) >= 1 - eps needs.
+
+    Between ``wish`` and ``held`` per pool: for each decode count, the most prefill replicas that fit
+    beside it; the most replicas in all win (a tie: more decode). The wishes if nothing above them fits.
+    """
+    best = wish
+    for d in range(held[1], wish[1] - 1, -1):
+        p = _most_prefill_within_cap(params, wish[0], held[0], d, need_p, need_d, capped)
+        if p is not None and p + d > sum(best):
+            best = (p, d)
+    return best
+
+
+def _most_prefill_within_cap(params: DecisionParams, lo: int, hi: int, n_d: int, need_p: np.ndarray,
+                             need_d: np.ndarray, capped: bool) -> int | None:
+    """The most prefill replicas in ``[lo, hi]`` beside ``n_d`` decode replicas with P(power <= cap)
+    >= 1 - eps (bisection: power grows with the count); None if even ``lo`` does not fit."""
+    ok = 1 - params.power_eps
+    if _p_power_ok(params, lo, n_d, need_p, need_d, capped=capped) < ok:
+        return None
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if _p_power_ok(params, mid, n_d, need_p, need_d, capped=capped) >= ok:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def _p_power_ok(params: DecisionParams, n_p: int, n_d: int, need_p: np.ndarray, need_d: np.ndarray,

@@ -9,6 +9,7 @@ refuse serving capacity (the power brake).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -37,6 +38,19 @@ class PowerModel:
     tdp_w: float
     freq_cap_fraction: float = 0.70
     prefill_slowdown_capped: float = 1.30  # decode is memory-bound: ~1.0x at the cap (Splitwise), so unaffected
+
+    def __post_init__(self) -> None:
+        for name in ("idle_w", "prefill_w", "decode_w"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise PowerError(f"{name} must be a finite number of watts >= 0, got {getattr(self, name)!r}")
+        if not (math.isfinite(self.tdp_w) and self.tdp_w > 0):
+            raise PowerError(f"tdp_w must be a finite number of watts > 0, got {self.tdp_w!r}")
+        if not 0 < self.freq_cap_fraction <= 1:
+            raise PowerError(f"freq_cap_fraction (capped clocks' share of TDP) must lie in (0, 1], got "
+                             f"{self.freq_cap_fraction!r}")
+        if not (math.isfinite(self.prefill_slowdown_capped) and self.prefill_slowdown_capped >= 1):
+            raise PowerError(f"prefill_slowdown_capped must be a finite factor >= 1 (capped clocks are not faster), "
+                             f"got {self.prefill_slowdown_capped!r}")
 
     @classmethod
     def for_hardware(cls, hardware: str) -> PowerModel:
@@ -70,7 +84,6 @@ class PowerPlan:
     training_gpus: int
     freq_capped: bool
     serving_scale: float
-    power_w: float
     violated: bool
     prefill_slowdown: float = 1.0
 
@@ -86,7 +99,12 @@ def plan_power(model: PowerModel, cap_w: float | None, serving_w: Callable[[bool
     exceeds it, braked. The brake scales serving to ``cap_w / serving_w_capped_full`` (its draw at
     capped clocks and full activity), so that it fits whatever the braked interval does; a braked
     interval is a violation.
+
+    Raises:
+        PowerError: ``cap_w`` is not a finite number of watts > 0 (None means no cap).
     """
+    if cap_w is not None and not (math.isfinite(cap_w) and cap_w > 0):
+        raise PowerError(f"cap_w must be a finite number of watts > 0 (or None: no cap), got {cap_w!r}")
     full = serving_w(False, 1.0)
     if cap_w is None:
         return PowerPlan(training_gpus_wanted, False, 1.0, full + training_gpus_wanted * model.training_w, False)

@@ -20,6 +20,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from autoscaler.capacity import decode_context_tokens
 from autoscaler.decision import Decision, DecisionParams, Reason, Snapshot, pool_demand
 from autoscaler.forecast import ForecastInputError, make_forecaster
 from autoscaler.simulator import ClusterParams
@@ -89,7 +90,7 @@ class DynamoPolicy:
         isl, osl = in_tps / rps, out_tps / rps
         concurrency = rps * (ttft + osl * tpot) / snapshot.decode.ready
         capacity = self.cluster.capacity
-        expected = float(capacity.tpot_s(min(max(concurrency, 1.0), capacity.max_batch), isl + osl / 2.0))
+        expected = float(capacity.tpot_s(min(max(concurrency, 1.0), capacity.max_batch), decode_context_tokens(isl, osl)))
         self.decode_correction = tpot / expected
 
     def _fit_rows(self, n: int) -> int | None:
@@ -156,14 +157,15 @@ class DynamoPolicy:
             scale = budget / ((p + d) * tp)
             p, d = max(lo[0], math.floor(p * scale)), max(lo[1], math.floor(d * scale))
             bindings = ["gpu_power_budget", "gpu_power_budget"]
-        return Decision(p, d, {pool: Reason(binding, 0.5, float("nan"))
+        # A point forecast: no demand quantile, no expected attainment.
+        return Decision(p, d, {pool: Reason(binding, float("nan"), float("nan"))
                                for pool, binding in zip(("prefill", "decode"), bindings)})
 
     def _corrected_params(self, snapshot: Snapshot) -> DecisionParams:
         """The decision parameters with the TPOT target divided by the decode correction; never
         below what batch 1 meets (Dynamo then sizes at its lightest profiled load)."""
         capacity, params = self.cluster.capacity, self.params
-        ctx = snapshot.mean_prompt_tokens + snapshot.mean_output_tokens / 2.0
+        ctx = decode_context_tokens(snapshot.mean_prompt_tokens, snapshot.mean_output_tokens)
         lightest = float(capacity.tpot_s(1, ctx)) / params.latency_margin * (1 + 1e-9)
         return replace(params, tpot_slo_s=max(params.tpot_slo_s / self.decode_correction, lightest))
 

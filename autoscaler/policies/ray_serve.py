@@ -13,6 +13,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
+from autoscaler.capacity import decode_context_tokens
 from autoscaler.decision import Decision, Reason, Snapshot
 from autoscaler.simulator import ClusterParams
 
@@ -60,7 +61,7 @@ class RayServePolicy:
         """target_ongoing_requests per pool: a replica's occupancy at its SLO load (Little's law,
         L = lambda * mean TTFT, from the profile); decode's is the SLO batch; both over ``headroom``."""
         cap, p = self.cluster.capacity, self.params
-        ctx = snapshot.mean_prompt_tokens + snapshot.mean_output_tokens / 2
+        ctx = decode_context_tokens(snapshot.mean_prompt_tokens, snapshot.mean_output_tokens)
         tokens_s = cap.prefill_tokens_per_s_within(p.ttft_slo_s, snapshot.mean_prompt_tokens,
                                                    snapshot.tail_prompt_tokens, p.latency_margin)
         mean_ttft = float(cap.ttft_s(tokens_s, snapshot.mean_prompt_tokens, snapshot.mean_prompt_tokens))

@@ -107,3 +107,16 @@ def test_frequency_cap_lowers_prefill_watts_to_70_percent_of_tdp_and_leaves_deco
     assert float(pw.serving_w(0, 0.0, 1, 1.0, freq_capped=True)) == pytest.approx(380)
     with pytest.raises(PowerError, match="no power constants"):
         PowerModel.for_hardware("tpu-v5")
+
+
+@pytest.mark.parametrize("field, value", [("freq_cap_fraction", 2.0), ("prefill_slowdown_capped", 0.5),
+                                          ("tdp_w", 0.0), ("idle_w", -1.0)])
+def test_a_power_model_with_impossible_values_is_refused_by_name(field, value):
+    with pytest.raises(PowerError, match=field):
+        PowerModel(**{"idle_w": 75.0, "prefill_w": 700.0, "decode_w": 380.0, "tdp_w": 700.0, field: value})
+
+
+def test_a_cap_that_is_not_positive_watts_is_refused_not_planned():
+    # A cap of -1 W was planned as a brake with serving_scale -0.0125.
+    with pytest.raises(PowerError, match="cap_w"):
+        plan_power(PowerModel.for_hardware("h100-80gb"), -1.0, 8_000.0, 7_000.0, 10)

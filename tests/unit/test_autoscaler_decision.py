@@ -1,5 +1,6 @@
 """The Bayesian decision: hand-built snapshots, a fake clock, and forecasts we choose."""
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -27,6 +28,30 @@ def forecast(rps, step_s=60.0, prompt=1000.0, output=200.0):
     """Samples [S, H] of request rate -> the three demand columns with fixed mean lengths."""
     rps = np.asarray(rps, dtype=float)
     return Forecast(np.stack([rps, rps * prompt, rps * output], axis=-1), DEMAND_INDICATORS, step_s)
+
+
+def attainment_of(n, fc, params, steps=2):
+    """Expected attainment of ``n`` prefill replicas by the spec, written out: requests served within
+    the SLO over requests, over the steps a replica asked for now serves in (cold start + interval)."""
+    window = fc.samples[:, :steps]
+    need_p, _ = pool_demand(window, params.capacity, params, 1000, 2000, 200)
+    rps = window[..., 0]
+    return float((rps * np.minimum(1.0, n / need_p)).sum() / rps.sum())
+
+
+def spread(rps, shape=(400, 2), seed=0):
+    """A forecast around ``rps`` wide enough that a count's expected attainment moves with the count."""
+    return forecast(rps * np.random.default_rng(seed).lognormal(0, 0.4, shape))
+
+
+def draw_w(params, n_p, n_d, rps):
+    """Serving watts at full clocks of (n_p, n_d) replicas under a steady ``rps`` (1,000-token prompts,
+    200 output tokens), each pool busy as far as its need keeps it: the decision's power model, written out."""
+    need_p, need_d = pool_demand(forecast(np.full((1, 1), rps)).samples, params.capacity, params, 1000, 2000, 200)
+    busy_p = min(1.0, float(need_p[0, 0]) / n_p)
+    busy_d = min(1.0, float(need_d[0, 0]) * params.capacity.max_batch / n_d)
+    tp = params.capacity.gpus_per_replica
+    return float(params.power.serving_w(n_p * tp, busy_p, n_d * tp, busy_d))
 
 
 def snapshot(now, fc, prefill=1, decode=1):
@@ -79,13 +104,32 @@ def test_scale_down_waits_out_the_hysteresis_and_does_not_flap(params):
     assert f"prefill={held.prefill} (hysteresis, wants {targets[-1]}," in held.explain()
 
 
-def test_a_bump_during_the_wait_keeps_the_larger_count(params):
+def test_a_bump_during_the_wait_keeps_the_larger_count_and_says_the_hysteresis_set_it(params):
     state = DecisionState()
-    d, state = decide(snapshot(0, forecast(np.full((8, 3), 10.0)), 20, 20), state, params)
-    d, state = decide(snapshot(120, forecast(np.full((8, 3), 30.0)), 20, 20), state, params)
-    d, state = decide(snapshot(300, forecast(np.full((8, 3), 10.0)), 20, 20), state, params)
-    mid, _ = decide(snapshot(0, forecast(np.full((8, 3), 30.0))), DecisionState(), params)
-    assert d.prefill == mid.prefill
+    low = spread(10.0)
+    d, state = decide(snapshot(0, low, 20, 20), state, params)
+    d, state = decide(snapshot(120, spread(30.0), 20, 20), state, params)
+    d, state = decide(snapshot(300, low, 20, 20), state, params)
+    mid, _ = decide(snapshot(0, spread(30.0)), DecisionState(), params)
+    wish, _ = decide(snapshot(0, low), DecisionState(), params)
+    assert d.prefill == mid.prefill > wish.prefill
+    # Released to the wait's peak, not to this wish: the label and figures are the peak's.
+    r = d.reasons["prefill"]
+    assert (r.binding, r.wanted) == ("hysteresis", wish.prefill)
+    assert r.expected_attainment == pytest.approx(attainment_of(d.prefill, low, params))
+    assert r.expected_attainment > wish.reasons["prefill"].expected_attainment
+
+
+def test_a_held_target_reports_its_own_quantile_and_attainment_not_the_wish(params):
+    low = spread(10.0)
+    wish, _ = decide(snapshot(0, low), DecisionState(), params)
+    held_at = wish.prefill + 2
+    held, _ = decide(snapshot(60, low, held_at, held_at), DecisionState((0.0, 0.0), (0, 0)), params)
+    r = held.reasons["prefill"]
+    assert held.prefill == held_at and (r.binding, r.wanted) == ("hysteresis", wish.prefill)
+    assert r.expected_attainment == pytest.approx(attainment_of(held_at, low, params))
+    assert r.expected_attainment > wish.reasons["prefill"].expected_attainment
+    assert r.quantile_used > wish.reasons["prefill"].quantile_used
 
 
 def test_power_cap_caps_clocks_first_then_refuses_serving(params):
@@ -114,6 +158,17 @@ def test_bounds_hold_and_the_reason_says_which(params):
     assert "prefill=5 (max_replicas" in d.explain()
 
 
+def test_min_replicas_binds_only_when_demand_alone_would_choose_fewer(params):
+    fc = forecast(np.full((4, 3), 30.0))
+    free, _ = decide(snapshot(0, fc), DecisionState(), params)
+    assert free.prefill >= 2
+    # A minimum equal to what demand needs does not set the count: the SLO does.
+    at, _ = decide(snapshot(0, fc), DecisionState(), replace(params, min_replicas=(free.prefill, 1)))
+    assert at.prefill == free.prefill and at.reasons["prefill"].binding == "slo"
+    above, _ = decide(snapshot(0, fc), DecisionState(), replace(params, min_replicas=(free.prefill + 1, 1)))
+    assert above.reasons["prefill"].binding == "min_replicas"
+
+
 def test_decide_is_pure_and_its_state_round_trips(params):
     fc = forecast(np.random.default_rng(1).uniform(10, 50, (32, 3)))
     state = DecisionState((120.0, None), (4, 0))
@@ -127,6 +182,15 @@ def test_decide_refuses_a_snapshot_without_a_forecast(params):
         decide(snapshot(0, None), DecisionState(), params)
     with pytest.raises(DecisionError, match="min_replicas <= max_replicas"):
         replace(params, min_replicas=(5, 1), max_replicas=(2, 2))
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_forecast_with_non_finite_samples_is_refused_not_sized_to_the_minimum(params, bad):
+    # A NaN made the request weight NaN: every count then expected attainment 1, and the pools went to 1.
+    rps = np.full((8, 3), 80.0)
+    rps[0, 0] = bad
+    with pytest.raises(DecisionError, match="finite"):
+        decide(snapshot(0, forecast(rps)), DecisionState(), params)
 
 
 def test_clocks_stay_full_when_the_count_that_fits_capped_would_serve_less(params):
@@ -163,6 +227,8 @@ def test_serving_refused_under_the_cap_comes_from_the_pool_that_loses_least(para
     d, _ = decide(snapshot(0, fc), DecisionState(), replace(params, max_replicas=(15, 2), power_cap_w=cap_w))
     assert (d.prefill, d.decode) == (12, 2) and not d.freq_cap_expected and d.p_power_ok >= 0.99
     assert d.reasons["decode"].expected_attainment > 0.99
+    # The cap cut prefill only: decode keeps the reason its demand gave it.
+    assert d.reasons["prefill"].binding == "power_cap" and d.reasons["decode"].binding == "slo"
 
 
 def test_steps_a_replica_asked_for_now_cannot_serve_do_not_size_it(params):
@@ -216,3 +282,116 @@ def test_the_reason_says_when_the_miss_penalty_not_the_floor_set_the_count(param
 def test_a_negative_cost_is_refused_by_name(params, field):
     with pytest.raises(DecisionError, match=field):
         replace(params, **{field: -0.01})
+
+
+@pytest.mark.parametrize("field, value", [
+    ("min_replicas", (1,)), ("max_replicas", (40, 40, 40)), ("power_cap_w", -5.0), ("latency_margin", 1.5),
+    ("scale_down_delay_s", -100.0), ("interval_s", math.nan), ("interval_s", 0.0), ("cold_start_s", -1.0),
+    ("ttft_slo_s", 0.0), ("tpot_slo_s", -0.1),
+])
+def test_bad_decision_params_are_refused_by_name(params, field, value):
+    # Each was accepted: a short tuple was truncated by zip, interval_s = cold_start_s = 0 divided by
+    # zero on a backlog, ttft_slo_s = 0 was blamed on the profile at the first decision.
+    with pytest.raises(DecisionError, match=field):
+        replace(params, **{field: value})
+
+
+def test_the_power_constraint_allows_eps_of_samples_over_the_cap_and_no_more(params):
+    # eps = 0.1. Busy samples (40 req/s) draw more than the cap at the counts demand wants, quiet ones
+    # (5 req/s) less. With 5% busy samples P(power <= cap) = 0.95 >= 0.9: the counts stand. With 20%,
+    # P = 0.8: serving is cut until the draw fits in 90% of samples, though the mean draw would fit.
+    loose = replace(params, power_eps=0.1)
+    for busy_share, fits in ((0.05, True), (0.20, False)):
+        rps = np.full((100, 2), 5.0)
+        rps[: int(busy_share * 100)] = 40.0
+        fc = forecast(rps)
+        free, _ = decide(snapshot(0, fc), DecisionState(), loose)
+        quiet_w, busy_w = draw_w(params, free.prefill, free.decode, 5.0), draw_w(params, free.prefill, free.decode, 40.0)
+        cap_w = (quiet_w + busy_w) / 2
+        assert busy_share * busy_w + (1 - busy_share) * quiet_w < cap_w  # the mean draw fits either way
+        d, _ = decide(snapshot(0, fc), DecisionState(), replace(loose, power_cap_w=cap_w))
+        if fits:
+            assert (d.prefill, d.decode) == (free.prefill, free.decode)
+            assert d.p_power_ok == pytest.approx(0.95) and not d.freq_cap_expected
+        else:
+            assert d.prefill + d.decode < free.prefill + free.decode and d.p_power_ok >= 0.9
+
+
+def test_sequences_waiting_for_a_decode_slot_add_their_batches_of_replicas(params):
+    fc = forecast(np.full((8, 2), 20.0))
+    base, _ = decide(snapshot(0, fc), DecisionState(), params)
+    batch = params.capacity.max_batch_within(params.tpot_slo_s, 1100.0, params.latency_margin)
+    d, _ = decide(replace(snapshot(0, fc), decode_queued_sequences=10 * batch), DecisionState(), params)
+    assert d.decode == base.decode + 10 and d.prefill == base.prefill
+
+
+def test_expected_attainment_weighs_each_sample_by_its_requests(params):
+    # Half the samples carry 100 req/s of short prompts, half 1 req/s of prompts that need three times
+    # the prefill replicas. Weighted by requests, the long-prompt samples are 1% of the requests: the
+    # floor is met with about half their need, where an unweighted mean would want all of it.
+    short, long = [100.0, 100.0 * 300, 100.0 * 50], [1.0, 3 * 100.0 * 300, 1.0 * 50]
+    fc = Forecast(np.array([[short, short], [long, long]] * 32), DEMAND_INDICATORS, 60.0)
+    floor = replace(params, miss_penalty_gpu_h=0.0)
+    d, _ = decide(snapshot(0, fc), DecisionState(), floor)
+    need_p, _ = pool_demand(fc.samples, params.capacity, params, 1000, 2000, 200)
+    weighted = next(n for n in range(1, 41) if attainment_of(n, fc, params) >= floor.attainment_target)
+    unweighted = next(n for n in range(1, 41) if np.minimum(1.0, n / need_p).mean() >= floor.attainment_target)
+    assert d.prefill == weighted < unweighted
+    assert d.reasons["prefill"].expected_attainment == pytest.approx(attainment_of(d.prefill, fc, params))
+
+
+def test_a_hold_above_max_replicas_is_cut_to_the_bound_at_once(params):
+    # A cluster shrunk under running replicas (60 each, the bound now 40): hysteresis held 60 for 300 s.
+    low = spread(10.0)
+    wish, _ = decide(snapshot(0, low), DecisionState(), params)
+    d, state = decide(snapshot(0, low, 60, 60), DecisionState(), params)
+    assert (d.prefill, d.decode) == params.max_replicas
+    r = d.reasons["prefill"]
+    assert (r.binding, r.wanted) == ("max_replicas", wish.prefill)
+    assert r.expected_attainment == pytest.approx(attainment_of(40, low, params))
+    assert state.down_since_s == (0.0, 0.0)  # the wait for the wish goes on below the bound
+
+
+def test_held_replicas_the_power_cap_cannot_carry_are_cut_at_once(params):
+    # Steady 20 req/s; the targets held from a busier time draw more than a cap the wish fits under.
+    # The cap leaves room for the held prefill replicas (idle: 75 W a GPU) beside two decode replicas
+    # above the wish (busy: 380 W a GPU); the cut keeps the most replicas it can.
+    fc = forecast(np.full((8, 2), 20.0))
+    wish, _ = decide(snapshot(0, fc), DecisionState(), params)
+    held = (wish.prefill + 6, wish.decode + 6)
+    cap_w = draw_w(params, held[0], wish.decode + 2, 20.0) + 1.0
+    assert draw_w(params, held[0], wish.decode + 3, 20.0) > cap_w
+    d, state = decide(snapshot(0, fc, *held), DecisionState(), replace(params, power_cap_w=cap_w))
+    assert (d.prefill, d.decode) == (held[0], wish.decode + 2)
+    assert d.p_power_ok == 1.0 and not d.freq_cap_expected  # full clocks: the targets fit the cap
+    assert (d.reasons["decode"].binding, d.reasons["decode"].wanted) == ("power_cap", wish.decode)
+    assert d.reasons["prefill"].binding == "hysteresis"
+    assert state.down_since_s == (0.0, 0.0)  # what the cap leaves above the wish waits out the delay
+
+
+def test_p_power_ok_is_that_of_the_targets_held_not_of_the_wish(params):
+    # eps 0.1: 5% busy samples put the held targets over the cap, none put the wish over it.
+    rps = np.full((100, 2), 5.0)
+    rps[:5] = 40.0
+    fc = forecast(rps)
+    loose = replace(params, power_eps=0.1)
+    wish, _ = decide(snapshot(0, fc), DecisionState(), loose)
+    held = (wish.prefill + 2, wish.decode)
+    cap_w = (draw_w(params, *held, 40.0) + draw_w(params, wish.prefill, wish.decode, 40.0)) / 2
+    assert draw_w(params, *held, 5.0) < cap_w
+    d, _ = decide(snapshot(0, fc, *held), DecisionState(), replace(loose, power_cap_w=cap_w))
+    assert (d.prefill, d.decode) == held and d.p_power_ok == pytest.approx(0.95)
+
+
+def test_a_release_never_raises_a_target_the_cap_cut_below_the_waits_peak(params):
+    low_fc, busy_fc = forecast(np.full((8, 2), 20.0)), forecast(np.full((8, 2), 40.0))
+    low, _ = decide(snapshot(0, low_fc), DecisionState(), params)
+    busy, _ = decide(snapshot(0, busy_fc), DecisionState(), params)
+    assert busy.decode >= low.decode + 2
+    _, state = decide(snapshot(0, busy_fc, 20, 20), DecisionState(), params)  # the wait's peak: busy's counts
+    tight = replace(params, power_cap_w=draw_w(params, 20, low.decode + 1, 20.0) + 1.0)
+    d, state = decide(snapshot(60, low_fc, 20, 20), state, tight)  # the cap cuts decode below that peak
+    assert (d.prefill, d.decode) == (20, low.decode + 1)
+    # Released with the cap lifted: decode goes no higher than the cut left it, not back up to the peak.
+    d, _ = decide(snapshot(300, low_fc, d.prefill, d.decode), state, params)
+    assert (d.prefill, d.decode) == (busy.prefill, low.decode + 1)

@@ -60,6 +60,16 @@ def test_ray_serve_scales_with_ongoing_requests_after_the_upscale_delay(cluster)
     assert decisions[-1].decode == 4
 
 
+def test_ray_serve_waits_its_default_600s_before_scaling_down(cluster):
+    policy = RayServePolicy(cluster, interval_s=10.0)
+    targets = (10, 4)
+    for t in range(0, 610, 10):
+        d = policy.step(snap(float(t), targets=targets))  # nothing ongoing: it wishes for the minimum
+        if t < 600:
+            assert (d.prefill, d.decode) == targets, t
+    assert (d.prefill, d.decode) == cluster.min_replicas
+
+
 def test_dynamo_sizes_from_the_last_interval_and_clamps_to_the_power_budget(cluster):
     rows = np.tile([[20.0, 20_000.0, 4_000.0]], (18, 1))  # 180 s of 10 s ticks
     free = DynamoPolicy(cluster).step(snap(180.0, rows))
@@ -71,6 +81,18 @@ def test_dynamo_sizes_from_the_last_interval_and_clamps_to_the_power_budget(clus
     assert (d.prefill + d.decode) * tp <= budget_gpus
     assert d.reasons["prefill"].binding == "gpu_power_budget"
     assert d.prefill / d.decode == pytest.approx(free.prefill / free.decode, rel=0.5)
+
+
+def test_baselines_claim_no_power_check_or_quantile_they_did_not_compute(cluster):
+    # Dynamo sizes from a point forecast and none of the baselines computes P(power <= cap): the log
+    # said P(power<=cap)=1.000 and Dynamo q=0.500.
+    rows = np.tile([[20.0, 20_000.0, 4_000.0]], (18, 1))
+    for decision in (DynamoPolicy(cluster).step(snap(180.0, rows)),
+                     RayServePolicy(cluster, interval_s=10.0).step(snap(0))):
+        assert math.isnan(decision.p_power_ok) and math.isnan(decision.reasons["prefill"].quantile_used)
+        out = decision.to_dict()
+        assert out["p_power_ok"] is None and out["reasons"]["prefill"]["quantile_used"] is None
+        assert "P(power" not in decision.explain() and "nan" not in decision.explain()
 
 
 def test_dynamo_corrects_decode_by_the_tpot_its_sequences_saw(cluster):
@@ -466,3 +488,17 @@ def test_forecaster_samples_stay_within_the_growth_the_trace_has_shown():
     np.testing.assert_allclose(out[:, 1, :2], [[288.0, 300.0], [384.0, 384.0]])  # 240 x [1.2, 1.6]
     np.testing.assert_array_equal(out[..., 2], samples[..., 2])  # a column at 0 has no ratio to scale: untouched
     np.testing.assert_array_equal(FlowtidePolicy._within_seen_growth(samples, hist[:1]), samples)  # no ratio yet
+
+
+from autoscaler.scenario import default_cluster  # noqa: E402
+from autoscaler.simulator import SimulationError  # noqa: E402
+
+
+@pytest.mark.parametrize("kw", [{"headroom": 0.5}, {"headroom": math.nan}, {"cap_fraction": 0.0},
+                                {"cap_fraction": -0.5}, {"power_cap_w": -1.0}])
+def test_default_cluster_refuses_a_size_or_cap_it_cannot_build_by_name(cluster, kw):
+    # headroom 0.5 failed on initial_replicas, nan on math.ceil; a cap fraction of 0 meant no cap.
+    trace = tick_trace(np.full(60, 20.0))
+    assert StaticPolicy.for_peak(trace, cluster).prefill >= 2  # so half the peak is fewer replicas
+    with pytest.raises(SimulationError, match=next(iter(kw))):
+        default_cluster(trace, cluster.capacity, cluster.power, **kw)
