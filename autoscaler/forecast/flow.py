@@ -350,22 +350,26 @@ class FlowForecaster:
         return float(-self.net.log_prob(target, *inputs).mean())
 
     def update(self, new_rows: np.ndarray) -> None:
-        """Append rows; every ``update_every_s`` of new data, fine-tune on recent and older windows.
+        """Take rows that have just completed, one at a time, so a block gives what row-by-row calls give.
 
-        Then recalibrate (see :meth:`_calibrate`).
+        Per row: append it, let the anchor refit on its schedule, fine-tune on recent and older windows
+        every ``update_every_s`` of new data, then record the band issued at the new origin with the
+        model of that moment. Then the tail factors are recomputed from the outcomes known now.
         """
         if self.net is None:
             raise ForecastInputError("flow: call fit() before update()")
         rows = check_history(new_rows, len(self.indicators), min_rows=0)
         if rows.shape[0] == 0:
             return
-        self.history = np.concatenate([self.history, rows])
-        self.qr.update(rows)
-        self._since_update += rows.shape[0]
-        if self._since_update * self.step_s >= self.config.update_every_s:
-            self._since_update = 0
-            self._fine_tune()
-        self._calibrate(rows.shape[0])
+        for row in rows[:, None]:
+            self.history = np.concatenate([self.history, row])
+            self.qr.update(row)
+            self._since_update += 1
+            if self._since_update * self.step_s >= self.config.update_every_s:
+                self._since_update = 0
+                self._fine_tune()
+            self._record_band()
+        self.spread = self._spread()
 
     def _fine_tune(self) -> None:
         cfg = self.config
@@ -432,18 +436,13 @@ class FlowForecaster:
         """Tail factors ``[2, L, H, K]`` (below / above the median, per tail level), all >= 1."""
         return tail_factors(self._scores(), self._levels)
 
-    def _calibrate(self, added: int) -> None:
-        """Buffer the bands of the ``added`` new origins, then re-derive the spread from all outcomes known now.
+    def _record_band(self) -> None:
+        """Buffer the band issued at the newest origin (the last history row), dropping the oldest.
 
         Each origin's band is computed once, with the model of that moment: the forecasts as they
         were issued. Each (side, step, indicator) is scored only where its outcome is known.
         """
-        window, n = len(self.bands), self.history.shape[0]
-        shift = min(added, window)
-        self.bands = np.concatenate([self.bands[shift:], np.full((shift, *self.bands.shape[1:]), np.nan)])
-        for t in range(n - shift, n):
-            self.bands[t - n + window] = self._band(self.history[: t + 1])
-        self.spread = self._spread()
+        self.bands = np.concatenate([self.bands[1:], self._band(self.history)[None]])
 
     # ---- prediction -------------------------------------------------------------------------------
 

@@ -94,11 +94,14 @@ class QuantileRegression:
         return self._history.shape[0] - self._since_refit
 
     def update(self, new_rows: np.ndarray) -> None:
+        """Append rows that have just completed, one at a time: the refit schedule, and so the model, is
+        the same whether they come in one block or row by row."""
         rows = check_history(new_rows, len(self.indicators), min_rows=0)
-        self._history = np.concatenate([self._history, rows])
-        self._since_refit += rows.shape[0]
-        if self._since_refit * self.step_s >= self.refit_every_s:
-            self._refit()
+        for row in rows[:, None]:
+            self._history = np.concatenate([self._history, row])
+            self._since_refit += 1
+            if self._since_refit * self.step_s >= self.refit_every_s:
+                self._refit()
 
     def quantiles(self, history: np.ndarray, horizon: int) -> np.ndarray:
         """Predicted quantiles at ``self.levels``: ``[Q, horizon, K]`` on the rate scale (crossings sorted away)."""

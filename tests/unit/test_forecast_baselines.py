@@ -99,6 +99,18 @@ def test_quantile_regression_at_many_origins_matches_one_origin_at_a_time():
         np.testing.assert_allclose(many[:, i], fc.quantiles(x[: t + 1], 3))
 
 
+def test_quantile_regression_update_is_the_same_row_by_row_or_in_one_block():
+    x = daily_series(days=8)
+    one, block = make_forecaster("quantile", horizon=3), make_forecaster("quantile", horizon=3)
+    one.fit(x[:100], STEP_S)
+    block.fit(x[:100], STEP_S)
+    for r in range(100, 130):
+        one.update(x[r : r + 1])
+    block.update(x[100:130])  # a day (24 rows) in: one refit, on the first 124 rows
+    assert one.fitted_rows == block.fitted_rows == 124
+    np.testing.assert_array_equal(one.quantiles(x[:130], 3), block.quantiles(x[:130], 3))
+
+
 @pytest.mark.parametrize("name", ["last", "seasonal_naive", "ewma", "kalman", "quantile"])
 def test_prediction_depends_only_on_the_history_passed(name):
     x = daily_series()

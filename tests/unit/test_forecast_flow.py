@@ -163,14 +163,19 @@ def test_flow_scores_each_issued_band_only_on_outcomes_already_observed(fitted):
         assert np.all(np.isfinite(scores[-1 - j, :, :, :j])) and np.all(np.isnan(scores[-1 - j, :, :, j:]))
 
 
-def test_flow_calibration_is_the_same_row_by_row_or_in_one_block(fitted):
+def test_flow_update_is_the_same_row_by_row_or_in_one_block(fitted):
+    # 26 rows of 1 h: fine-tunes after rows 505, 511, 517 and 523 (every 6 h), the anchor refits after row 523 (a day).
     fc, x = fitted
     one, block = copy.deepcopy(fc), copy.deepcopy(fc)
-    for r in range(500, 505):
+    for r in range(500, 526):
         one.update(x[r : r + 1])
-    block.update(x[500:505])
-    np.testing.assert_allclose(one.bands, block.bands)
-    np.testing.assert_allclose(one.spread, block.spread)
+    block.update(x[500:526])
+    assert any(not torch.equal(a, b) for a, b in zip(fc.net.parameters(), one.net.parameters()))  # it fine-tuned
+    assert one.qr.fitted_rows == block.qr.fitted_rows == 524
+    for a, b in zip(one.net.parameters(), block.net.parameters()):
+        assert torch.equal(a, b)
+    np.testing.assert_array_equal(one.bands, block.bands)
+    np.testing.assert_array_equal(one.spread, block.spread)
 
 
 def test_flow_tail_calibration_widens_to_near_nominal_coverage_when_volatility_rises_after_fit():
