@@ -25,9 +25,6 @@ class Forecast:
         """Per-step, per-indicator quantile(s): shape ``[horizon, n_indicators]`` (or ``[len(q), ...]``)."""
         return np.quantile(self.samples, q, axis=0)
 
-    def mean(self) -> np.ndarray:
-        return self.samples.mean(axis=0)
-
 
 @runtime_checkable
 class Forecaster(Protocol):

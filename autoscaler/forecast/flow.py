@@ -76,7 +76,6 @@ class FlowConfig:
     max_train_s: float = 3600.0
     max_steps_per_epoch: int = 50
     val_frac: float = 0.15
-    input_noise: float = 0.0
     update_every_s: float = 6 * 3600.0
     update_steps: int = 40
     update_lr: float = 3e-4
@@ -126,8 +125,6 @@ class FlowForecaster:
         self.step_s: float | None = None
         self.net: FlowNet | None = None
         self.train_log: dict = {}
-        # Called after every training epoch as hook(epoch, best_state, best_epoch, best_val_nll); for studies of the budget.
-        self._epoch_hook = None
 
     # ---- data -------------------------------------------------------------------------------------
 
@@ -296,8 +293,6 @@ class FlowForecaster:
                     best, best_state, best_epoch, stale = val_nll, copy.deepcopy(self.net.state_dict()), epochs, 0
                 else:
                     stale += 1
-                if self._epoch_hook is not None:
-                    self._epoch_hook(epochs, best_state, best_epoch, best)
                 if stale >= cfg.patience:
                     stopped_by = "patience"
                     break
@@ -334,9 +329,6 @@ class FlowForecaster:
 
     def _step(self, batch: tuple[torch.Tensor, ...]) -> None:
         *inputs, target = batch
-        if self.config.input_noise:
-            # Jitter the normalised history (not the target): a regulariser for a few thousand windows.
-            inputs = [x + self.config.input_noise * torch.randn_like(x) for x in inputs]
         loss = -self.net.log_prob(target, *inputs).mean()
         self.optimizer.zero_grad()
         loss.backward()
@@ -512,20 +504,9 @@ class FlowForecaster:
 
     @classmethod
     def load(cls, path: str | Path) -> "FlowForecaster":
-        """Rebuild a fitted forecaster from :meth:`save`'s file; predictions match the saved one's.
-
-        Raises:
-            ForecastInputError: the file was saved before the flow had an anchor and conformal
-                calibration (its network has other inputs): fit and save it again.
-        """
+        """Rebuild a fitted forecaster from :meth:`save`'s file; predictions match the saved one's."""
         state = torch.load(Path(path), weights_only=True)
-        if "anchor_rows" not in state:
-            raise ForecastInputError(
-                f"{path}: saved by an earlier flow version without anchor and calibration; fit and save it again"
-            )
-        # Saved before the quantile inputs and the blend (commit 0831e5a): a median-only anchor, no blend.
-        config = {"anchor_levels": (0.5,), "blend_weight": 0.0, **state["config"]}
-        self = cls(indicators=tuple(state["indicators"]), **config)
+        self = cls(indicators=tuple(state["indicators"]), **state["config"])
         self.step_s = state["step_s"]
         self.window = WindowSpec(**state["window"])
         self.scale = LogScale(offset=state["offset"].numpy())
@@ -542,7 +523,4 @@ class FlowForecaster:
         self.qr = self._fit_qr(self.history[:rows])
         self.qr.update(self.history[rows:])
         self.train_log = state["train_log"]
-        if self.bands.shape[1] != 2 * cfg.calibration_knots + 1:
-            # Saved with the earlier one-band-per-side calibration: rebuild the tail bands from the saved history.
-            self._start_calibration()
         return self

@@ -71,31 +71,6 @@ def test_flow_save_then_load_predicts_the_same_samples(fitted, tmp_path):
     assert loaded.indicators == fc.indicators
 
 
-def test_flow_refuses_a_file_saved_before_it_had_an_anchor(fitted, tmp_path):
-    fc, _ = fitted
-    fc.save(tmp_path / "flow.pt")
-    state = torch.load(tmp_path / "flow.pt", weights_only=True)
-    del state["anchor_rows"]
-    torch.save(state, tmp_path / "old.pt")
-    with pytest.raises(ForecastInputError, match="fit and save it again"):
-        FlowForecaster.load(tmp_path / "old.pt")
-
-
-def test_flow_loads_a_file_saved_with_the_one_band_calibration_and_rebuilds_its_tail_bands(fitted, tmp_path):
-    fc, x = fitted
-    fc.save(tmp_path / "flow.pt")
-    state = torch.load(tmp_path / "flow.pt", weights_only=True)
-    # The earlier format: one (10%, 50%, 90%) band per origin and one factor per side and cell.
-    state["arrays"]["bands"] = state["arrays"]["bands"][:, [3, 4, 5]]
-    state["arrays"]["spread"] = state["arrays"]["spread"][:, -1]
-    del state["config"]["calibration_knots"]
-    torch.save(state, tmp_path / "old.pt")
-    loaded = FlowForecaster.load(tmp_path / "old.pt")
-    assert loaded.bands.shape == fc.bands.shape and loaded.spread.shape == fc.spread.shape
-    assert np.all(loaded.spread >= 1.0)
-    assert np.all(np.isfinite(loaded.predict(x[:530], 3, 16, np.random.default_rng(1)).samples))
-
-
 def test_flow_stretches_only_the_tails_and_keeps_its_central_samples_as_drawn(fitted):
     fc = copy.deepcopy(fitted[0])
     x = fitted[1]
@@ -339,20 +314,3 @@ def test_flow_refuses_anchor_levels_without_the_median():
     with pytest.raises(ForecastInputError, match="must be among"):
         make_forecaster("flow", **TINY, anchor_levels=(0.15, 0.5), blend_weight=0.25)
     assert make_forecaster("flow", **TINY, anchor_levels=(0.15, 0.5), blend_weight=0.0).config.anchor_levels == (0.15, 0.5)
-
-
-def test_flow_loads_a_file_saved_before_the_quantile_inputs_as_a_median_only_unblended_flow(tmp_path):
-    x = correlated_series(seed=6)
-    old = make_forecaster("flow", indicators=("a", "b"), **TINY, anchor_levels=(0.5,), blend_weight=0.0)
-    old.fit(x[:500], STEP_S)
-    old.save(tmp_path / "flow.pt")
-    state = torch.load(tmp_path / "flow.pt", weights_only=True)
-    del state["config"]["anchor_levels"], state["config"]["blend_weight"]  # the format before commit 0831e5a
-    torch.save(state, tmp_path / "old.pt")
-    loaded = FlowForecaster.load(tmp_path / "old.pt")
-    assert loaded.config.anchor_levels == (0.5,) and loaded.config.blend_weight == 0.0
-    np.testing.assert_allclose(
-        loaded.predict(x[:530], 3, 16, np.random.default_rng(1)).samples,
-        old.predict(x[:530], 3, 16, np.random.default_rng(1)).samples,
-        rtol=1e-6,
-    )
