@@ -63,6 +63,13 @@ def check_history(history: np.ndarray, n_indicators: int | None = None, min_rows
     return arr
 
 
+def check_step_s(step_s: float) -> float:
+    """Return ``step_s`` as a float or raise ``ForecastInputError`` unless it is a finite number of seconds > 0."""
+    if not (np.isfinite(step_s) and step_s > 0):
+        raise ForecastInputError(f"step_s must be a finite number of seconds > 0, got {step_s}")
+    return float(step_s)
+
+
 def check_request(horizon: int, n_samples: int, max_horizon: int | None = None) -> None:
     """Raise ``ForecastInputError`` for a non-positive horizon/sample count or a horizon beyond what was trained."""
     if horizon < 1:

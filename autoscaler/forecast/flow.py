@@ -21,10 +21,12 @@ whose outcomes are known (``calibration.py``), recomputed at every ``update``; t
 from __future__ import annotations
 
 import copy
+import numbers
+import pickle
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,22 @@ from .features import LogScale, WindowSpec
 from .flow_model import FlowNet
 from .naive import season_steps
 from .quantile import LEVELS, QuantileRegression
+
+
+# Integer fields and their least value.
+_LEAST_COUNT = {
+    "horizon": 1, "context": 1, "patch": 1, "seasons": 0, "pre": 1, "d_model": 1, "heads": 1, "layers": 1,
+    "context_features": 1, "transforms": 1, "bins": 2, "batch_size": 1, "max_epochs": 1, "patience": 1,
+    "max_steps_per_epoch": 1, "update_steps": 0, "calibration_knots": 1, "calibration_samples": 1,
+    "train_threads": 1, "predict_threads": 1,
+}
+# Fractions: the interval each must lie in, and its test (False for NaN).
+_INTERVALS = {
+    "val_frac": ("(0, 1)", lambda v: 0 < v < 1),
+    "calibration_level": ("(0, 1)", lambda v: 0 < v < 1),
+    "blend_weight": ("[0, 1]", lambda v: 0 <= v <= 1),
+    "dropout": ("[0, 1)", lambda v: 0 <= v < 1),
+}
 
 
 @dataclass
@@ -92,10 +110,37 @@ class FlowConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.context % self.patch:
-            raise ForecastInputError(f"context {self.context} must be a multiple of patch {self.patch}")
+        """Raises ``ForecastInputError`` naming the first field out of its range."""
         self.hidden_features = tuple(self.hidden_features)
         self.anchor_levels = tuple(self.anchor_levels)
+        for name, least in _LEAST_COUNT.items():
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or value < least:
+                raise ForecastInputError(f"{name} must be an integer >= {least}, got {value!r}")
+        if not all(isinstance(n, numbers.Integral) and n >= 1 for n in self.hidden_features):
+            raise ForecastInputError(f"hidden_features must be integers >= 1, got {self.hidden_features}")
+        for name, (interval, inside) in _INTERVALS.items():
+            if not inside(getattr(self, name)):
+                raise ForecastInputError(f"{name} must lie in {interval}, got {getattr(self, name)!r}")
+        for name in ("lr", "weight_decay", "update_lr"):
+            if not getattr(self, name) >= 0:
+                raise ForecastInputError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("max_train_s", "update_every_s", "recent_days", "calibration_days", "sample_clip"):
+            if not getattr(self, name) > 0:
+                raise ForecastInputError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.context % self.patch:
+            raise ForecastInputError(f"context {self.context} must be a multiple of patch {self.patch}")
+        if self.d_model % self.heads:
+            raise ForecastInputError(f"d_model {self.d_model} must be a multiple of heads {self.heads}")
+        if not self.calibration_level > 1 / (self.calibration_knots + 1):
+            # The stretch returns to none one knot spacing inside the central interval: that must lie below the median.
+            raise ForecastInputError(
+                f"calibration_level {self.calibration_level} must exceed 1 / (calibration_knots + 1) = "
+                f"{1 / (self.calibration_knots + 1):.3g}"
+            )
+        levels = self.anchor_levels
+        if not all(0 < p < 1 for p in levels) or list(levels) != sorted(set(levels)):
+            raise ForecastInputError(f"anchor_levels {self.anchor_levels} must increase strictly inside (0, 1)")
         if 0.5 not in self.anchor_levels:
             raise ForecastInputError(f"anchor_levels {self.anchor_levels} must include the median 0.5")
         if self.blend_weight and not set(self.anchor_levels) <= set(LEVELS):
@@ -477,6 +522,8 @@ class FlowForecaster:
     # ---- persistence ------------------------------------------------------------------------------
 
     _ARRAYS = ("z_mean", "z_std", "d_std", "t_mean", "t_std", "spread", "bands", "history")
+    _KEYS = frozenset({"config", "indicators", "step_s", "window", "offset", "arrays", "since_update", "anchor_rows",
+                       "net", "optimizer", "train_log"})
 
     def save(self, path: str | Path) -> None:
         """Write weights, optimiser, normalisation, calibration state and history to one file (``torch.save``)."""
@@ -504,8 +551,29 @@ class FlowForecaster:
 
     @classmethod
     def load(cls, path: str | Path) -> "FlowForecaster":
-        """Rebuild a fitted forecaster from :meth:`save`'s file; predictions match the saved one's."""
-        state = torch.load(Path(path), weights_only=True)
+        """Rebuild a fitted forecaster from :meth:`save`'s file; predictions match the saved one's.
+
+        Raises:
+            ForecastInputError: the file is not one :meth:`save` wrote with this version's fields
+                (unreadable, another object, keys or config fields missing or unknown).
+            FileNotFoundError: there is no file at ``path``.
+        """
+        try:
+            state = torch.load(Path(path), weights_only=True)
+        except (pickle.UnpicklingError, EOFError, KeyError, RuntimeError) as exc:
+            # What torch.load raises on a file that is not a checkpoint (a missing file raises FileNotFoundError).
+            raise ForecastInputError(f"{path}: not a file FlowForecaster.save wrote ({exc!r})") from exc
+        if not isinstance(state, dict) or not cls._KEYS <= state.keys():
+            found = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ForecastInputError(
+                f"{path}: not a file FlowForecaster.save wrote (expected keys {sorted(cls._KEYS)}, found {found})"
+            )
+        known, saved = {f.name for f in fields(FlowConfig)}, state["config"].keys()
+        if saved != known:
+            raise ForecastInputError(
+                f"{path}: saved by another version of the flow (config fields unknown here: {sorted(saved - known)}, "
+                f"missing: {sorted(known - saved)}); fit and save it again"
+            )
         self = cls(indicators=tuple(state["indicators"]), **state["config"])
         self.step_s = state["step_s"]
         self.window = WindowSpec(**state["window"])

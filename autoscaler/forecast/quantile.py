@@ -9,6 +9,7 @@ on everything seen every ``refit_every_s`` of new data.
 
 from __future__ import annotations
 
+import numbers
 import warnings
 
 import numpy as np
@@ -35,6 +36,12 @@ class QuantileRegression:
     ) -> None:
         if not all(0 < q < 1 for q in levels) or list(levels) != sorted(levels):
             raise ForecastInputError(f"levels must be increasing in (0, 1), got {levels}")
+        for name, value, least in (("horizon", horizon, 1), ("context", context, 2), ("seasons", seasons, 0)):
+            # context >= 2: a feature is the last change, which needs two rows.
+            if not isinstance(value, numbers.Integral) or value < least:
+                raise ForecastInputError(f"{name} must be an integer >= {least}, got {value!r}")
+        if not refit_every_s > 0:
+            raise ForecastInputError(f"refit_every_s must be > 0, got {refit_every_s!r}")
         self.horizon, self.context, self.seasons = horizon, context, seasons
         self.refit_every_s, self.levels = refit_every_s, np.asarray(levels)
         self.indicators = indicators
@@ -96,6 +103,8 @@ class QuantileRegression:
     def update(self, new_rows: np.ndarray) -> None:
         """Append rows that have just completed, one at a time: the refit schedule, and so the model, is
         the same whether they come in one block or row by row."""
+        if self._coef is None:
+            raise ForecastInputError("quantile: call fit() before update()")
         rows = check_history(new_rows, len(self.indicators), min_rows=0)
         for row in rows[:, None]:
             self._history = np.concatenate([self._history, row])

@@ -122,18 +122,58 @@ def test_prediction_depends_only_on_the_history_passed(name):
     np.testing.assert_allclose(before, after)
 
 
+TINY_FLOW = dict(horizon=3, context=12, patch=6, seasons=1, pre=6, d_model=16, heads=2, layers=1, batch_size=16)
+
+
+def built(name: str):
+    """A forecaster of each kind, small where it has sizes."""
+    return make_forecaster(name, **{"quantile": {"horizon": 3}, "flow": TINY_FLOW}.get(name, {}))
+
+
+@pytest.mark.parametrize("name", ["last", "kalman", "quantile", "flow"])
 @pytest.mark.parametrize(
     "bad, message",
     [
-        (np.full((50, 2), np.nan), "NaN"),
-        (-np.ones((50, 2)), "negative"),
-        (np.ones(50), "shape"),
+        (np.full((300, 2), np.nan), "NaN"),
+        (-np.ones((300, 2)), "negative"),
+        (np.ones(300), "shape"),
     ],
 )
-def test_bad_history_is_rejected_with_a_named_error(bad, message):
-    fc = make_forecaster("last")
+def test_bad_history_is_rejected_with_a_named_error(name, bad, message):
     with pytest.raises(ForecastInputError, match=message):
-        fc.fit(bad, STEP_S)
+        built(name).fit(bad, STEP_S)
+
+
+@pytest.mark.parametrize(
+    "name, step_s",
+    [(name, float("nan")) for name in ("last", "seasonal_naive", "ewma", "kalman", "quantile", "flow")]
+    + [(name, float("inf")) for name in ("last", "seasonal_naive", "ewma")],  # the others need a season: inf has none
+)
+def test_fit_rejects_a_step_that_is_not_a_finite_number_of_seconds(name, step_s):
+    with pytest.raises(ForecastInputError, match="step_s"):
+        built(name).fit(daily_series(days=8), step_s)
+
+
+@pytest.mark.parametrize("name", ["last", "seasonal_naive", "ewma", "kalman", "quantile"])
+def test_update_before_fit_is_a_named_error(name):
+    with pytest.raises(ForecastInputError, match=r"fit\(\) before update"):
+        built(name).update(daily_series()[:2, :1])
+
+
+@pytest.mark.parametrize(
+    "name, kw, message",
+    [
+        ("quantile", {"context": 1}, "context must be an integer >= 2"),
+        ("quantile", {"horizon": 0}, "horizon"),
+        ("quantile", {"refit_every_s": 0.0}, "refit_every_s"),
+        ("quantile", {"refit_every_s": float("nan")}, "refit_every_s"),
+        ("ewma", {"alphas": ()}, "alphas"),
+        ("ewma", {"alphas": (0.3, 1.5)}, "alphas"),
+    ],
+)
+def test_baseline_settings_out_of_range_are_a_named_error(name, kw, message):
+    with pytest.raises(ForecastInputError, match=message):
+        make_forecaster(name, **kw)
 
 
 def test_predict_rejects_a_history_of_another_width_and_a_zero_horizon():

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import scoringrules as sr
 
-from autoscaler.forecast import Forecast
+from autoscaler.forecast import Forecast, ForecastInputError
 from autoscaler.forecast.evaluate import covered, crps, pinball, rolling_evaluation
 
 
@@ -65,3 +66,25 @@ def test_rolling_evaluation_shows_each_origin_only_its_past_and_updates_in_order
     np.testing.assert_array_equal(np.concatenate(spy.updates)[:, 0], np.arange(21.0, ev.origins[-1] + 2))
     # last value forecast of a +1 ramp: error h at step h
     np.testing.assert_allclose(ev.crps[:, :, 0].mean(axis=0), [1.0, 2.0, 3.0])
+
+
+@pytest.mark.parametrize(
+    "where, kw, message",
+    [
+        (38, {}, "NaN or infinite values .* first at row 38"),  # only ever truth: never passed to update
+        (10, {}, "NaN or infinite values .* first at row 10"),  # in the fit part
+        (None, {"stride": 0}, "stride must be >= 1"),
+        (None, {"stride": -1}, "stride must be >= 1"),
+        (None, {"horizon": 0}, "horizon must be >= 1"),
+        (None, {"n_samples": 0}, "n_samples must be >= 1"),
+    ],
+)
+def test_rolling_evaluation_rejects_bad_series_and_settings_with_a_named_error(where, kw, message):
+    series = np.arange(1.0, 41.0)[:, None]
+    if where is not None:
+        series[where] = np.nan
+    spy = _Spy()
+    spy.fit(series[:20], 1.0)
+    args = {"horizon": 3, "n_samples": 1, "stride": 1, **kw}
+    with pytest.raises(ForecastInputError, match=message):
+        rolling_evaluation(spy, series, 20, rng=np.random.default_rng(0), **args)

@@ -307,6 +307,48 @@ def test_flow_with_quantile_input_and_blend_saves_and_loads_to_the_same_samples(
     )
 
 
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("patch", 0, "patch must be an integer >= 1"),
+        ("horizon", 0, "horizon must be an integer >= 1"),
+        ("batch_size", 0, "batch_size must be an integer >= 1"),
+        ("bins", 1, "bins must be an integer >= 2"),
+        ("hidden_features", (32, 0), "hidden_features"),
+        ("blend_weight", 2.0, r"blend_weight must lie in \[0, 1\]"),
+        ("blend_weight", -1.0, r"blend_weight must lie in \[0, 1\]"),
+        ("val_frac", -0.5, r"val_frac must lie in \(0, 1\)"),
+        ("calibration_level", 1.5, r"calibration_level must lie in \(0, 1\)"),
+        ("calibration_level", 0.1, r"must exceed 1 / \(calibration_knots \+ 1\)"),
+        ("heads", 3, "d_model 16 must be a multiple of heads 3"),
+        ("sample_clip", -1.0, "sample_clip must be > 0"),
+        ("update_every_s", float("nan"), "update_every_s must be > 0"),
+        ("lr", -1e-3, "lr must be >= 0"),
+        ("anchor_levels", (0.5, 0.1), "must increase strictly"),
+    ],
+)
+def test_flow_config_out_of_range_is_a_named_error(field, value, message):
+    with pytest.raises(ForecastInputError, match=message):
+        make_forecaster("flow", **{**TINY, field: value})
+
+
+def test_flow_load_of_a_file_it_did_not_write_is_a_named_error(fitted, tmp_path):
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    (tmp_path / "garbage.pt").write_bytes(np.random.default_rng(0).bytes(300))
+    (tmp_path / "text.pt").write_text("hello world")
+    for name in ("tensor.pt", "garbage.pt", "text.pt"):
+        with pytest.raises(ForecastInputError, match="not a file FlowForecaster.save wrote"):
+            FlowForecaster.load(tmp_path / name)
+    fitted[0].save(tmp_path / "flow.pt")
+    state = torch.load(tmp_path / "flow.pt", weights_only=True)
+    state["config"]["retired_field"] = 0.0  # a field this version does not have
+    torch.save(state, tmp_path / "other.pt")
+    with pytest.raises(ForecastInputError, match=r"another version of the flow .*retired_field"):
+        FlowForecaster.load(tmp_path / "other.pt")
+    with pytest.raises(FileNotFoundError):
+        FlowForecaster.load(tmp_path / "missing.pt")
+
+
 def test_flow_refuses_anchor_levels_without_the_median():
     with pytest.raises(ForecastInputError, match="median"):
         make_forecaster("flow", **TINY, anchor_levels=(0.1, 0.9))
