@@ -88,7 +88,11 @@ class SeasonalNaive(_PointForecaster):
 
 
 class EWMA(_PointForecaster):
-    """Exponentially weighted level, flat over the horizon; ``alpha`` picked on the fit history by 1-step error."""
+    """Exponentially weighted level, flat over the horizon.
+
+    ``alpha`` (the one in use) is the constructor's if given, else picked from ``alphas`` at every
+    ``fit`` by 1-step error on that fit's history (0.3 on fewer than 3 rows).
+    """
 
     name = "ewma"
 
@@ -103,7 +107,8 @@ class EWMA(_PointForecaster):
             raise ForecastInputError(f"alpha must be in (0, 1], got {alpha}")
         if not alphas or not all(0 < a <= 1 for a in alphas):
             raise ForecastInputError(f"alphas must be one or more values in (0, 1], got {alphas}")
-        self.alpha, self._alphas = alpha, alphas
+        self._given_alpha, self._alphas = alpha, alphas
+        self.alpha: float | None = alpha
 
     @staticmethod
     def _levels(history: np.ndarray, alpha: float) -> np.ndarray:
@@ -115,8 +120,8 @@ class EWMA(_PointForecaster):
         return levels
 
     def _fit(self, history: np.ndarray) -> None:
-        if self.alpha is not None or history.shape[0] < 3:
-            self.alpha = self.alpha or 0.3
+        if self._given_alpha is not None or history.shape[0] < 3:
+            self.alpha = self._given_alpha or 0.3
             return
         errors = [np.abs(self._levels(history[:-1], a) - history[1:]).mean() for a in self._alphas]
         self.alpha = float(self._alphas[int(np.argmin(errors))])

@@ -65,6 +65,21 @@ def test_ewma_picks_a_high_alpha_for_a_random_walk_and_a_low_one_for_noise():
     assert fast.alpha >= 0.7 and slow.alpha <= 0.1
 
 
+def test_ewma_refit_picks_alpha_afresh_and_keeps_a_given_one():
+    rng = np.random.default_rng(1)
+    walk = np.exp(np.cumsum(0.1 * rng.standard_normal(500)))[:, None] * 100
+    noise = (100 + 10 * rng.standard_normal(500))[:, None]
+    refit, fresh, given = make_forecaster("ewma"), make_forecaster("ewma"), make_forecaster("ewma", alpha=0.5)
+    refit.fit(walk, 60.0)
+    assert refit.alpha >= 0.7
+    refit.fit(noise, 60.0)
+    fresh.fit(noise, 60.0)
+    assert refit.alpha == fresh.alpha <= 0.1
+    given.fit(walk, 60.0)
+    given.fit(noise, 60.0)
+    assert given.alpha == 0.5
+
+
 def test_kalman_follows_a_daily_cycle_better_than_last_value():
     x = daily_series(days=8, k=1, noise=0.02)
     kal, last = make_forecaster("kalman"), make_forecaster("last")
