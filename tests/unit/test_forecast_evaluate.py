@@ -28,6 +28,12 @@ def test_pinball_of_an_exact_degenerate_forecast_is_zero_and_grows_with_error():
     assert pinball(np.full((10, 1), 6.0), truth)[0] > pinball(np.full((10, 1), 5.0), truth)[0] > 0
 
 
+def test_pinball_at_an_asymmetric_level_weighs_outcomes_above_the_quantile_by_the_level():
+    samples = np.repeat(np.arange(11.0)[:, None], 2, axis=1)  # the 0.9 quantile of 0..10 is 9
+    # Truth 3 lies 6 below it: (1 - 0.9) x 6 = 0.6; truth 10 lies 1 above: 0.9 x 1 = 0.9.
+    np.testing.assert_allclose(pinball(samples, np.array([3.0, 10.0]), levels=(0.9,)), [0.6, 0.9])
+
+
 def test_a_calibrated_ensemble_covers_its_nominal_level():
     rng = np.random.default_rng(1)
     samples = rng.normal(size=(4000, 2000))

@@ -162,9 +162,11 @@ def test_flow_tail_calibration_widens_to_near_nominal_coverage_when_volatility_r
     before = fc.spread.copy()
     ev = rolling_evaluation(fc, x, 500, 3, 64, np.random.default_rng(0))
     day = int(86_400 / STEP_S)  # the calibration window has filled with post-shift outcomes
-    # Tail factors [side, level, step]: stretched by half again on average (a cell or two may stay put).
-    assert fc.spread[..., 0].mean() > 1.5 * before[..., 0].mean()
-    assert np.mean(fc.spread[..., 0] > before[..., 0]) > 0.9
+    # Tail factors [side, level, step]: every one grew, except where the drawn tail already covers the
+    # new outcomes and the factor stays at its floor of 1; by half again on average.
+    after = fc.spread[..., 0]
+    assert np.all((after > before[..., 0]) | (after == 1.0))
+    assert after.mean() > 1.5 * before[..., 0].mean()
     assert 0.7 <= ev.cover80[day:, :, 0].mean() <= 0.9
     assert 0.88 <= ev.cover95[day:, :, 0].mean() <= 0.99
 
