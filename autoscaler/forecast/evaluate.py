@@ -28,11 +28,11 @@ def crps(samples: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 
 def pinball(samples: np.ndarray, truth: np.ndarray, levels: tuple[float, ...] = PINBALL_LEVELS) -> np.ndarray:
-    """Mean pinball (quantile) loss over ``levels`` of the ensemble's empirical quantiles, shape of ``truth``."""
+    """Mean pinball (quantile) loss (``scoringrules.quantile_score``) over ``levels`` of the ensemble's
+    empirical quantiles, shape of ``truth``."""
     q = np.quantile(samples, levels, axis=0)
     lv = np.asarray(levels).reshape(-1, *([1] * truth.ndim))
-    diff = truth[None] - q
-    return np.maximum(lv * diff, (lv - 1) * diff).mean(axis=0)
+    return np.asarray(sr.quantile_score(truth[None], q, lv)).mean(axis=0)
 
 
 def covered(samples: np.ndarray, truth: np.ndarray, level: float) -> np.ndarray:
