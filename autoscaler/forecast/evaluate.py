@@ -20,11 +20,12 @@ PINBALL_LEVELS = (0.025, 0.1, 0.25, 0.5, 0.75, 0.9, 0.975)
 
 
 def crps(samples: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """CRPS of an ensemble ``[S, ...]`` against ``truth [...]`` (scoringrules, fair-free ``qd`` estimator).
+    """CRPS of an ensemble ``[S, ...]`` against ``truth [...]`` (scoringrules' quantile-decomposition ``qd``
+    estimator, the CRPS of the empirical distribution; not the ``fair`` one).
 
     For one sample it equals the absolute error, so point forecasts are scored on the same scale.
     """
-    return np.asarray(sr.crps_ensemble(truth, samples, m_axis=0))
+    return np.asarray(sr.crps_ensemble(truth, samples, m_axis=0, estimator="qd"))
 
 
 def pinball(samples: np.ndarray, truth: np.ndarray, levels: tuple[float, ...] = PINBALL_LEVELS) -> np.ndarray:

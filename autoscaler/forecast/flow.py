@@ -12,9 +12,10 @@ rank-preserving map, so the joint structure stays the flow's. ``update`` appends
 ``update_every_s`` of new data, takes a few optimiser steps biased to recent
 windows (online learning). ``predict`` is one encoder pass and one batched
 flow sample under ``torch.no_grad``: no training on the decision path.
-The tails of the samples (beyond the central 80%) are then stretched away from the median,
-per tail level, side, step and indicator, by conformal factors from the last day's forecasts
-whose outcomes are known (``calibration.py``), recomputed at every ``update``; the centre stays as drawn.
+The tails of the samples are then stretched away from the median, per tail level (2.5-10%,
+90-97.5%), side, step and indicator, by conformal factors from the last day's forecasts whose
+outcomes are known (``calibration.py``), recomputed at every ``update``; the samples between the
+12.5% and 87.5% quantiles stay as drawn. Residuals beyond ``sample_clip`` spreads are clipped.
 ``save``/``load`` keep weights, normalisation, optimiser, calibration and the history buffer.
 """
 
@@ -65,9 +66,12 @@ class FlowConfig:
     better validation NLL; the same seed and data give the same model on a busy or a quiet
     machine. ``max_train_s`` is only a safety guard on ``fit``'s wall time: if it ever ends
     training, ``fit`` warns and ``train_log["wall_cap_hit"]`` says so (the result then depends on
-    the machine's speed). One torch thread trains faster than two on a shared 2-core machine. Calibration: the central ``calibration_level`` interval is kept as
-    drawn; ``calibration_knots`` tail levels out to its ends (0.025, 0.05, 0.075, 0.1 and mirrored)
-    are calibrated; the stretch returns to none one knot spacing inside (0.125 / 0.875).
+    the machine's speed). One torch thread trains faster than two on a shared 2-core machine.
+    Calibration: ``calibration_knots`` tail levels out to the ends of the central ``calibration_level``
+    interval (0.025, 0.05, 0.075, 0.1 and mirrored) are calibrated; the stretch returns to none one
+    knot spacing inside (0.125 / 0.875), and the samples between those stay as drawn.
+    ``sample_clip``: each sampled residual is clipped to this many ``t_std`` (the training residuals'
+    std per step and indicator) on either side of the anchor, after the stretch.
     ``anchor_levels``: the quantile-regression levels the network sees (the median, which is the
     anchor, and offsets of the others from it); ``blend_weight``: the weight of quantile regression's
     residual quantile function (15 levels) in each cell's, before the tail calibration (0: the flow's own).
@@ -507,7 +511,8 @@ class FlowForecaster:
     def predict(self, history: np.ndarray, horizon: int, n_samples: int, rng: np.random.Generator) -> Forecast:
         """``n_samples`` joint paths ``[n_samples, horizon, K]`` from ``history``'s last row; seeded by ``rng``.
 
-        The flow's samples, their tails stretched by the current factors (the central 80% as drawn).
+        The flow's samples, their tails stretched by the current factors (the samples between the 12.5%
+        and 87.5% quantiles as drawn), each residual then clipped to ``sample_clip`` ``t_std`` of the anchor.
         """
         if self.net is None:
             raise ForecastInputError("flow: call fit() or load() before predict()")
@@ -515,7 +520,8 @@ class FlowForecaster:
         check_request(horizon, n_samples, self.config.horizon)
         noise = torch.as_tensor(rng.standard_normal((n_samples, self.net.features)), dtype=torch.float32)
         y, point = self._raw(arr, noise)
-        y = np.clip(stretch_tails(y, self._levels, self.spread, self._inner), -self.config.sample_clip, self.config.sample_clip)
+        clip = self.config.sample_clip
+        y = np.clip(stretch_tails(y, self._levels, self.spread, self._inner), -clip, clip)
         zf = (y * self.t_std + point)[:, :horizon]
         return Forecast(samples=self.scale.from_log(zf), indicators=self.indicators, step_s=self.step_s)
 
