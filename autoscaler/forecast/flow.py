@@ -165,6 +165,14 @@ def _threads(n: int):
             torch.set_num_threads(before)
 
 
+@contextmanager
+def _seeded(seed: int):
+    """torch's global RNG (weight initialisation, dropout) seeded for the block, then the caller's state restored."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 class FlowForecaster:
     name = "flow"
 
@@ -309,10 +317,8 @@ class FlowForecaster:
         n_train, n_val = self._split(self._origins(arr.shape[0], self._window_spec(arr.shape[0], step_s)).size)
         if n_train < cfg.batch_size:
             raise ForecastInputError(f"flow: {max(n_train, 0)} training windows, need at least {cfg.batch_size}")
-        torch.manual_seed(cfg.seed)
         self._setup(arr, step_s)
         self.history = arr
-        self.net = self._build_net()
         data = self._dataset(arr, self.qr)
         train = tuple(d[:n_train] for d in data)
         val = tuple(d[-n_val:] for d in data)
@@ -322,13 +328,14 @@ class FlowForecaster:
             extra.append(self._dataset(h, self._fit_qr(h, anchor_only=True), own_level=True))
         if extra:
             train = tuple(torch.cat([d, *e]) for d, *e in zip(train, *extra))
-        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         gen = torch.Generator().manual_seed(cfg.seed)
         best, best_state, best_epoch, stale, epochs, steps = float("inf"), None, 0, 0, 0, 0
         stopped_by, steps_per_epoch = "max_epochs", min(cfg.max_steps_per_epoch, -(-train[0].shape[0] // cfg.batch_size))
         start = time.perf_counter()
         order = torch.empty(0, dtype=torch.long)
-        with _threads(cfg.train_threads):
+        with _seeded(cfg.seed), _threads(cfg.train_threads):
+            self.net = self._build_net()
+            self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
             for epochs in range(1, cfg.max_epochs + 1):
                 self.net.train()
                 for _ in range(steps_per_epoch):
@@ -418,7 +425,7 @@ class FlowForecaster:
         n = data[0].shape[0]
         recent = max(cfg.batch_size, int(cfg.recent_days * 86_400 / self.step_s))
         gen = torch.Generator().manual_seed(cfg.seed + n)
-        with _threads(cfg.train_threads):
+        with _seeded(cfg.seed + n), _threads(cfg.train_threads):
             self.net.train()
             for _ in range(cfg.update_steps):
                 # Half the batch from the last `recent_days`, half from all history: adapt without forgetting.

@@ -58,6 +58,23 @@ def test_flow_sampling_is_reproducible_for_a_seed_and_leaves_torch_rng_alone(fit
     np.testing.assert_array_equal(a, b)
 
 
+def test_flow_training_is_seeded_by_its_config_and_leaves_torch_global_rng_alone():
+    x = correlated_series(seed=4)
+    kw = {**TINY, "max_epochs": 2, "dropout": 0.1}  # dropout draws from torch's global RNG in fit and fine-tune
+    models = []
+    for caller_seed in (123, 456):
+        torch.manual_seed(caller_seed)
+        expected = torch.rand(3)
+        torch.manual_seed(caller_seed)
+        fc = make_forecaster("flow", **kw)
+        fc.fit(x[:500], STEP_S)
+        fc.update(x[500:506])  # 6 h: one fine-tune
+        assert torch.equal(torch.rand(3), expected)
+        models.append(fc)
+    for a, b in zip(models[0].net.parameters(), models[1].net.parameters()):
+        assert torch.equal(a, b)
+
+
 def test_flow_save_then_load_predicts_the_same_samples(fitted, tmp_path):
     fc, x = fitted
     fc.save(tmp_path / "flow.pt")
