@@ -70,6 +70,8 @@ class FlowConfig:
     Calibration: ``calibration_knots`` tail levels out to the ends of the central ``calibration_level``
     interval (0.025, 0.05, 0.075, 0.1 and mirrored) are calibrated; the stretch returns to none one
     knot spacing inside (0.125 / 0.875), and the samples between those stay as drawn.
+    ``history_days``: the most history kept for the online phase (the anchor's daily refit and the
+    fine-tuning windows); the default, 28 days, keeps all of a 14-day trace.
     ``sample_clip``: each sampled residual is clipped to this many ``t_std`` (the training residuals'
     std per step and indicator) on either side of the anchor, after the stretch.
     ``anchor_levels``: the quantile-regression levels the network sees (the median, which is the
@@ -107,6 +109,7 @@ class FlowConfig:
     calibration_knots: int = 4
     calibration_samples: int = 128
     sample_clip: float = 8.0
+    history_days: float = 28.0
     anchor_levels: tuple[float, ...] = (0.5,)
     blend_weight: float = 0.25
     train_threads: int = 1
@@ -132,6 +135,13 @@ class FlowConfig:
         for name in ("max_train_s", "update_every_s", "recent_days", "calibration_days", "sample_clip"):
             if not getattr(self, name) > 0:
                 raise ForecastInputError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        least_days = self.seasons + max(self.calibration_days, self.recent_days)
+        if not (np.isfinite(self.history_days) and self.history_days >= least_days):
+            # Fine-tuning and calibration read the daily lags, the last recent_days and calibration_days.
+            raise ForecastInputError(
+                f"history_days must be finite and >= seasons + max(calibration_days, recent_days) = {least_days:g}, "
+                f"got {self.history_days!r}"
+            )
         if self.context % self.patch:
             raise ForecastInputError(f"context {self.context} must be a multiple of patch {self.patch}")
         if self.d_model % self.heads:
@@ -215,7 +225,9 @@ class FlowForecaster:
         """Quantile regression for the anchor's levels and, with the blend, all of ``LEVELS`` (one model serves both)."""
         cfg = self.config
         levels = LEVELS if cfg.blend_weight and not anchor_only else cfg.anchor_levels
-        qr = QuantileRegression(horizon=cfg.horizon, levels=levels, indicators=self.indicators)
+        qr = QuantileRegression(
+            horizon=cfg.horizon, levels=levels, indicators=self.indicators, history_days=cfg.history_days
+        )
         qr.fit(history, self.step_s)
         return qr
 
@@ -302,7 +314,10 @@ class FlowForecaster:
     # ---- training ---------------------------------------------------------------------------------
 
     def fit(self, history: np.ndarray, step_s: float, extra_histories: tuple[np.ndarray, ...] = ()) -> None:
-        """Train from scratch on ``history [T, K]``; raises ``ForecastInputError`` if it is too short.
+        """Train from scratch on all of ``history [T, K]``; raises ``ForecastInputError`` if it is too short.
+
+        Then the forecaster keeps the last ``history_days`` of rows, and the rows ``update`` adds (the
+        oldest dropped at each daily refit of the anchor): fine-tuning and the anchor use those.
 
         ``extra_histories``: optional other series of the same indicators and step (other traces,
         or sub-populations of this one, e.g. random client subsets) whose windows are added to the
@@ -365,6 +380,7 @@ class FlowForecaster:
         self.net.load_state_dict(best_state)
         self.net.eval()
         self._start_calibration()
+        self.history = self.qr.history  # from now on the rows kept: the last history_days, as the anchor's
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.update_lr, weight_decay=cfg.weight_decay)
         self._since_update = 0
         self.train_log = {
@@ -410,8 +426,8 @@ class FlowForecaster:
         if rows.shape[0] == 0:
             return
         for row in rows[:, None]:
-            self.history = np.concatenate([self.history, row])
             self.qr.update(row)
+            self.history = self.qr.history
             self._since_update += 1
             if self._since_update * self.step_s >= self.config.update_every_s:
                 self._since_update = 0
@@ -602,6 +618,6 @@ class FlowForecaster:
         self._since_update = state["since_update"]
         rows = state["anchor_rows"]
         self.qr = self._fit_qr(self.history[:rows])
-        self.qr.update(self.history[rows:])
+        self.qr.update(self.history[rows:])  # the rows it was fitted on, then the rest: history as saved
         self.train_log = state["train_log"]
         return self

@@ -4,7 +4,7 @@ For each (step h, indicator k, level q) a statsmodels ``QuantReg`` maps a few
 lagged log features (level, last change, recent mean, same time on earlier
 days) to the q-quantile of ``z[t+h] - z[t]``. It is marginal: samples draw each
 (h, k) independently by inverting the interpolated quantile function. Refitted
-on everything seen every ``refit_every_s`` of new data.
+every ``refit_every_s`` of new data on the last ``history_days`` seen (the rows kept).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ class QuantileRegression:
         refit_every_s: float = DAY_S,
         levels: tuple[float, ...] = LEVELS,
         indicators: tuple[str, ...] | None = None,
+        history_days: float = 28.0,
     ) -> None:
         if not all(0 < q < 1 for q in levels) or list(levels) != sorted(levels):
             raise ForecastInputError(f"levels must be increasing in (0, 1), got {levels}")
@@ -42,7 +43,10 @@ class QuantileRegression:
                 raise ForecastInputError(f"{name} must be an integer >= {least}, got {value!r}")
         if not refit_every_s > 0:
             raise ForecastInputError(f"refit_every_s must be > 0, got {refit_every_s!r}")
+        if not (np.isfinite(history_days) and history_days > 0):
+            raise ForecastInputError(f"history_days must be a finite number > 0, got {history_days!r}")
         self.horizon, self.context, self.seasons = horizon, context, seasons
+        self.history_days = history_days
         self.refit_every_s, self.levels = refit_every_s, np.asarray(levels)
         self.indicators = indicators
         self.step_s: float | None = None
@@ -68,13 +72,21 @@ class QuantileRegression:
         return np.concatenate([base, season_cols], axis=-1)
 
     def fit(self, history: np.ndarray, step_s: float) -> None:
-        arr = check_history(history, min_rows=self.context + self.horizon + 32)
-        self.step_s, self.indicators = float(step_s), indicator_names(self.indicators, arr.shape[1])
+        """Fit on the last ``history_days`` of ``history [T, K]`` (all of it when shorter)."""
+        min_rows = self.context + self.horizon + 32
+        arr = check_history(history, min_rows=min_rows)
         self._period = season_steps(step_s)
+        self.step_s, self.indicators = float(step_s), indicator_names(self.indicators, arr.shape[1])
+        self._max_rows = round(self.history_days * DAY_S / self.step_s)
+        if self._max_rows < min_rows:
+            raise ForecastInputError(
+                f"history_days {self.history_days} keeps {self._max_rows} rows of {self.step_s:g} s, a fit needs {min_rows}"
+            )
         self._history = arr
         self._refit()
 
     def _refit(self) -> None:
+        self._history = self._history[-self._max_rows :]
         arr = self._history
         self._scale = LogScale.fit(arr)
         z = self._scale.to_log(arr)
@@ -96,8 +108,13 @@ class QuantileRegression:
         self._since_refit = 0
 
     @property
+    def history(self) -> np.ndarray:
+        """The rows kept: the last ``history_days`` at the last refit, then every row since (bounded)."""
+        return self._history
+
+    @property
     def fitted_rows(self) -> int:
-        """Rows of history the current coefficients were fitted on (the rest arrived since)."""
+        """The first ``fitted_rows`` of :attr:`history` are those the coefficients were fitted on; the rest arrived since."""
         return self._history.shape[0] - self._since_refit
 
     def update(self, new_rows: np.ndarray) -> None:

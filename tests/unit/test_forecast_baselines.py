@@ -126,6 +126,19 @@ def test_quantile_regression_update_is_the_same_row_by_row_or_in_one_block():
     np.testing.assert_array_equal(one.quantiles(x[:130], 3), block.quantiles(x[:130], 3))
 
 
+def test_quantile_regression_keeps_and_refits_on_the_last_history_days():
+    x = daily_series(days=8)
+    fc = make_forecaster("quantile", horizon=3, history_days=3.0)  # 72 rows of 1 h
+    fc.fit(x[:100], STEP_S)
+    np.testing.assert_array_equal(fc.history, x[28:100])
+    fc.update(x[100:130])  # refits after row 123, on rows 52..123; six rows since
+    np.testing.assert_array_equal(fc.history, x[52:130])
+    assert fc.fitted_rows == 72
+    fresh = make_forecaster("quantile", horizon=3)
+    fresh.fit(x[52:124], STEP_S)
+    np.testing.assert_allclose(fc.quantiles(x[:130], 3), fresh.quantiles(x[:130], 3))
+
+
 @pytest.mark.parametrize("name", ["last", "seasonal_naive", "ewma", "kalman", "quantile"])
 def test_prediction_depends_only_on_the_history_passed(name):
     x = daily_series()
@@ -182,6 +195,7 @@ def test_update_before_fit_is_a_named_error(name):
         ("quantile", {"horizon": 0}, "horizon"),
         ("quantile", {"refit_every_s": 0.0}, "refit_every_s"),
         ("quantile", {"refit_every_s": float("nan")}, "refit_every_s"),
+        ("quantile", {"history_days": 0.0}, "history_days"),
         ("ewma", {"alphas": ()}, "alphas"),
         ("ewma", {"alphas": (0.3, 1.5)}, "alphas"),
     ],

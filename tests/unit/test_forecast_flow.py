@@ -101,6 +101,23 @@ def test_flow_stretches_only_the_tails_and_keeps_its_central_samples_as_drawn(fi
     assert np.all(wide(stretched) > 1.5 * wide(drawn))
 
 
+def test_flow_keeps_the_last_history_days_and_saves_and_loads_them_exactly(tmp_path):
+    x = correlated_series(seed=1)
+    fc = make_forecaster("flow", **TINY, history_days=4.0)  # 96 rows of 1 h
+    fc.fit(x[:500], STEP_S)
+    np.testing.assert_array_equal(fc.history, x[404:500])
+    fc.update(x[500:530])  # the anchor refits after row 523 on the last 96 rows; six rows since
+    np.testing.assert_array_equal(fc.history, x[428:530])
+    assert fc.qr.fitted_rows == 96
+    fc.save(tmp_path / "flow.pt")
+    loaded = FlowForecaster.load(tmp_path / "flow.pt")
+    np.testing.assert_array_equal(loaded.qr.history, fc.qr.history)
+    np.testing.assert_array_equal(
+        loaded.predict(x[:530], 3, 16, np.random.default_rng(1)).samples,
+        fc.predict(x[:530], 3, 16, np.random.default_rng(1)).samples,
+    )
+
+
 def test_flow_fine_tunes_only_once_update_every_s_of_new_rows_arrived(tmp_path):
     x = correlated_series(seed=1)
     fc = make_forecaster("flow", **TINY)
@@ -344,6 +361,7 @@ def test_flow_with_quantile_input_and_blend_saves_and_loads_to_the_same_samples(
         ("update_every_s", float("nan"), "update_every_s must be > 0"),
         ("lr", -1e-3, "lr must be >= 0"),
         ("anchor_levels", (0.5, 0.1), "must increase strictly"),
+        ("history_days", 2.0, r"history_days must be finite and >= seasons \+ max"),  # TINY: 1 + 2 days
     ],
 )
 def test_flow_config_out_of_range_is_a_named_error(field, value, message):
