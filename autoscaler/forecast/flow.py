@@ -379,7 +379,7 @@ class FlowForecaster:
             )
         self.net.load_state_dict(best_state)
         self.net.eval()
-        self._start_calibration()
+        self._start_calibration(first_unseen=arr.shape[0] - cfg.horizon - n_val)
         self.history = self.qr.history  # from now on the rows kept: the last history_days, as the anchor's
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.update_lr, weight_decay=cfg.weight_decay)
         self._since_update = 0
@@ -473,14 +473,19 @@ class FlowForecaster:
         q = np.quantile(y, band_levels(cfg.calibration_level, cfg.calibration_knots), axis=0)
         return q * self.t_std + point
 
-    def _start_calibration(self) -> None:
-        """Bands at the last ``calibration_days`` origins of the fit history (the validation tail), then the spread."""
+    def _start_calibration(self, first_unseen: int) -> None:
+        """Bands at the last ``calibration_days`` origins of the fit history, then the spread.
+
+        Only origins from ``first_unseen`` on (the validation windows' and later: the network never
+        trained on their targets) get a band; earlier slots stay NaN, not scored, until online
+        origins replace them. In-sample scores would pull the factors down to their floor.
+        """
         cfg = self.config
         n, h, k = self.history.shape[0], cfg.horizon, len(self.indicators)
         window = max(1, int(cfg.calibration_days * 86_400 / self.step_s))
         self.bands = np.full((window, 2 * cfg.calibration_knots + 1, h, k), np.nan)
         for i, t in enumerate(range(n - window, n)):
-            if t >= 0:
+            if t >= max(first_unseen, 0):
                 self.bands[i] = self._band(self.history[: t + 1])
         self.spread = self._spread()
 

@@ -172,6 +172,17 @@ def test_flow_scores_each_issued_band_only_on_outcomes_already_observed(fitted):
         assert np.all(np.isfinite(scores[-1 - j, :, :, :j])) and np.all(np.isnan(scores[-1 - j, :, :, j:]))
 
 
+def test_flow_first_calibration_scores_only_origins_it_did_not_train_on():
+    x = correlated_series(seed=1)
+    fc = make_forecaster("flow", **TINY, calibration_days=4.0)  # 96 origins: more than the validation windows'
+    fc.fit(x[:500], STEP_S)
+    first = 500 - fc.config.horizon - fc.train_log["val_windows"]  # the first validation origin
+    origins = np.arange(500 - len(fc.bands), 500)
+    assert origins[0] < first  # the calibration window reaches back into the training windows' origins
+    assert np.all(np.isnan(fc.bands[origins < first])) and np.all(np.isfinite(fc.bands[origins >= first]))
+    assert np.all(fc.spread >= 1.0) and np.all(np.isfinite(fc.spread))
+
+
 def test_flow_update_is_the_same_row_by_row_or_in_one_block(fitted):
     # 26 rows of 1 h: fine-tunes after rows 505, 511, 517 and 523 (every 6 h), the anchor refits after row 523 (a day).
     fc, x = fitted
