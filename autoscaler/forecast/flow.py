@@ -195,17 +195,20 @@ class FlowForecaster:
 
     # ---- data -------------------------------------------------------------------------------------
 
-    def _setup(self, history: np.ndarray, step_s: float) -> None:
+    def _setup(self, history: np.ndarray, step_s: float, seen_rows: int) -> None:
+        """Log scale, normalisation and anchor fitted on ``history[:seen_rows]``, the rows the training
+        windows span (their last target included), so that the validation windows stay a clean hold-out."""
         self.step_s = float(step_s)
         self.indicators = indicator_names(self.indicators, history.shape[1])
         self.window = self._window_spec(history.shape[0], step_s)
-        self.scale = LogScale.fit(history)
-        z = self.scale.to_log(history)
+        seen = history[:seen_rows]
+        self.scale = LogScale.fit(seen)
+        z = self.scale.to_log(seen)
         self.z_mean, self.z_std = z.mean(axis=0), z.std(axis=0) + 1e-6
         self.d_std = np.diff(z, axis=0).std(axis=0) + 1e-6
-        self.qr = self._fit_qr(history)
-        origins = self._origins(z.shape[0])
-        q = self._anchor(self.qr, history, origins)
+        self.qr = self._fit_qr(seen)
+        origins = self._origins(z.shape[0])  # the training windows'
+        q = self._anchor(self.qr, seen, origins)
         dz = self.window.target(z, origins) - self._point(q)
         self.t_mean, self.t_std = dz.mean(axis=0), dz.std(axis=0) + 1e-6  # [H, K]
 
@@ -322,6 +325,9 @@ class FlowForecaster:
         ``extra_histories``: optional other series of the same indicators and step (other traces,
         or sub-populations of this one, e.g. random client subsets) whose windows are added to the
         training set (pre-training data); normalisation and validation come from ``history`` alone.
+        The log scale, normalisation and the anchor the network trains against are fitted on the rows
+        the training windows span, never on the validation windows' targets; after training, the
+        anchor is refitted on all of ``history`` for what follows.
         An "epoch" is at most ``max_steps_per_epoch`` optimiser steps, so early stopping
         checks often when the extra data is large.
         """
@@ -332,7 +338,8 @@ class FlowForecaster:
         n_train, n_val = self._split(self._origins(arr.shape[0], self._window_spec(arr.shape[0], step_s)).size)
         if n_train < cfg.batch_size:
             raise ForecastInputError(f"flow: {max(n_train, 0)} training windows, need at least {cfg.batch_size}")
-        self._setup(arr, step_s)
+        first_val = arr.shape[0] - cfg.horizon - n_val  # the first validation origin; training targets end before it
+        self._setup(arr, step_s, seen_rows=first_val)
         self.history = arr
         data = self._dataset(arr, self.qr)
         train = tuple(d[:n_train] for d in data)
@@ -379,7 +386,8 @@ class FlowForecaster:
             )
         self.net.load_state_dict(best_state)
         self.net.eval()
-        self._start_calibration(first_unseen=arr.shape[0] - cfg.horizon - n_val)
+        self._start_calibration(first_unseen=first_val)
+        self.qr = self._fit_qr(arr)  # the anchor from now on: refitted on the whole fit history, as `quantile` is
         self.history = self.qr.history  # from now on the rows kept: the last history_days, as the anchor's
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.update_lr, weight_decay=cfg.weight_decay)
         self._since_update = 0

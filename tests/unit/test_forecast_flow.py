@@ -172,6 +172,25 @@ def test_flow_scores_each_issued_band_only_on_outcomes_already_observed(fitted):
         assert np.all(np.isfinite(scores[-1 - j, :, :, :j])) and np.all(np.isnan(scores[-1 - j, :, :, j:]))
 
 
+def test_flow_training_never_sees_the_validation_targets():
+    # Scaling the validation windows' target rows changes neither the normalisation, the anchor's residual
+    # statistics nor the trained network (one epoch: early stopping has no choice to make).
+    x = correlated_series(seed=1)[:500]
+    fc = make_forecaster("flow", **{**TINY, "max_epochs": 1})
+    fc.fit(x, STEP_S)
+    first = 500 - fc.config.horizon - fc.train_log["val_windows"]  # the first validation origin
+    y = x.copy()
+    y[first:] *= 3.0
+    other = make_forecaster("flow", **{**TINY, "max_epochs": 1})
+    other.fit(y, STEP_S)
+    np.testing.assert_array_equal(fc.scale.offset, other.scale.offset)
+    for key in ("z_mean", "z_std", "d_std", "t_mean", "t_std"):
+        np.testing.assert_array_equal(getattr(fc, key), getattr(other, key), err_msg=key)
+    for a, b in zip(fc.net.parameters(), other.net.parameters()):
+        assert torch.equal(a, b)
+    assert fc.train_log["best_val_nll"] != other.train_log["best_val_nll"]  # the validation did see the change
+
+
 def test_flow_first_calibration_scores_only_origins_it_did_not_train_on():
     x = correlated_series(seed=1)
     fc = make_forecaster("flow", **TINY, calibration_days=4.0)  # 96 origins: more than the validation windows'
