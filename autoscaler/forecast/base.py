@@ -25,9 +25,6 @@ class Forecast:
         """Per-step, per-indicator quantile(s): shape ``[horizon, n_indicators]`` (or ``[len(q), ...]``)."""
         return np.quantile(self.samples, q, axis=0)
 
-    def mean(self) -> np.ndarray:
-        return self.samples.mean(axis=0)
-
 
 @runtime_checkable
 class Forecaster(Protocol):
@@ -64,6 +61,13 @@ def check_history(history: np.ndarray, n_indicators: int | None = None, min_rows
     if np.any(arr < 0):
         raise ForecastInputError("history contains negative rates")
     return arr
+
+
+def check_step_s(step_s: float) -> float:
+    """Return ``step_s`` as a float or raise ``ForecastInputError`` unless it is a finite number of seconds > 0."""
+    if not (np.isfinite(step_s) and step_s > 0):
+        raise ForecastInputError(f"step_s must be a finite number of seconds > 0, got {step_s}")
+    return float(step_s)
 
 
 def check_request(horizon: int, n_samples: int, max_horizon: int | None = None) -> None:

@@ -14,25 +14,26 @@ from dataclasses import dataclass
 import numpy as np
 import scoringrules as sr
 
-from .base import Forecaster, ForecastInputError
+from .base import Forecaster, ForecastInputError, check_request
 
 PINBALL_LEVELS = (0.025, 0.1, 0.25, 0.5, 0.75, 0.9, 0.975)
 
 
 def crps(samples: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """CRPS of an ensemble ``[S, ...]`` against ``truth [...]`` (scoringrules, fair-free ``qd`` estimator).
+    """CRPS of an ensemble ``[S, ...]`` against ``truth [...]`` (scoringrules' quantile-decomposition ``qd``
+    estimator, the CRPS of the empirical distribution; not the ``fair`` one).
 
     For one sample it equals the absolute error, so point forecasts are scored on the same scale.
     """
-    return np.asarray(sr.crps_ensemble(truth, samples, m_axis=0))
+    return np.asarray(sr.crps_ensemble(truth, samples, m_axis=0, estimator="qd"))
 
 
 def pinball(samples: np.ndarray, truth: np.ndarray, levels: tuple[float, ...] = PINBALL_LEVELS) -> np.ndarray:
-    """Mean pinball (quantile) loss over ``levels`` of the ensemble's empirical quantiles, shape of ``truth``."""
+    """Mean pinball (quantile) loss (``scoringrules.quantile_score``) over ``levels`` of the ensemble's
+    empirical quantiles, shape of ``truth``."""
     q = np.quantile(samples, levels, axis=0)
     lv = np.asarray(levels).reshape(-1, *([1] * truth.ndim))
-    diff = truth[None] - q
-    return np.maximum(lv * diff, (lv - 1) * diff).mean(axis=0)
+    return np.asarray(sr.quantile_score(truth[None], q, lv)).mean(axis=0)
 
 
 def covered(samples: np.ndarray, truth: np.ndarray, level: float) -> np.ndarray:
@@ -83,9 +84,19 @@ def rolling_evaluation(
 ) -> Evaluation:
     """Score ``forecaster`` (already fitted on ``series[:start]``) at origins ``start-1, start-1+stride, ...``.
 
-    ``progress`` is an optional callable ``(done, total)`` for a progress bar.
+    ``progress`` is an optional callable ``(done, total)`` for a progress bar. Raises
+    ``ForecastInputError`` for a series that is not ``[T, K]`` or holds NaN or infinite values, a
+    ``horizon``, ``n_samples`` or ``stride`` below 1, or a ``start`` that leaves no held-out window.
     """
     series = np.asarray(series, dtype=np.float64)
+    if series.ndim != 2:
+        raise ForecastInputError(f"series must be [T, n_indicators], got shape {series.shape}")
+    bad = np.flatnonzero(~np.isfinite(series).all(axis=1))
+    if bad.size:
+        raise ForecastInputError(f"series has NaN or infinite values ({bad.size} rows, the first at row {bad[0]})")
+    check_request(horizon, n_samples)
+    if stride < 1:
+        raise ForecastInputError(f"stride must be >= 1, got {stride}")
     if not 0 < start < series.shape[0] - horizon:
         raise ForecastInputError(f"start {start} leaves no held-out window of {horizon} steps in {series.shape[0]} rows")
     origins = np.arange(start - 1, series.shape[0] - horizon, stride)

@@ -12,19 +12,22 @@ rank-preserving map, so the joint structure stays the flow's. ``update`` appends
 ``update_every_s`` of new data, takes a few optimiser steps biased to recent
 windows (online learning). ``predict`` is one encoder pass and one batched
 flow sample under ``torch.no_grad``: no training on the decision path.
-The tails of the samples (beyond the central 80%) are then stretched away from the median,
-per tail level, side, step and indicator, by conformal factors from the last day's forecasts
-whose outcomes are known (``calibration.py``), recomputed at every ``update``; the centre stays as drawn.
+The tails of the samples are then stretched away from the median, per tail level (2.5-10%,
+90-97.5%), side, step and indicator, by conformal factors from the last day's forecasts whose
+outcomes are known (``calibration.py``), recomputed at every ``update``; the samples between the
+12.5% and 87.5% quantiles stay as drawn. Residuals beyond ``sample_clip`` spreads are clipped.
 ``save``/``load`` keep weights, normalisation, optimiser, calibration and the history buffer.
 """
 
 from __future__ import annotations
 
 import copy
+import numbers
+import pickle
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +41,22 @@ from .naive import season_steps
 from .quantile import LEVELS, QuantileRegression
 
 
+# Integer fields and their least value.
+_LEAST_COUNT = {
+    "horizon": 1, "context": 1, "patch": 1, "seasons": 0, "pre": 1, "d_model": 1, "heads": 1, "layers": 1,
+    "context_features": 1, "transforms": 1, "bins": 2, "batch_size": 1, "max_epochs": 1, "patience": 1,
+    "max_steps_per_epoch": 1, "update_steps": 0, "calibration_knots": 1, "calibration_samples": 1,
+    "train_threads": 1, "predict_threads": 1,
+}
+# Fractions: the interval each must lie in, and its test (False for NaN).
+_INTERVALS = {
+    "val_frac": ("(0, 1)", lambda v: 0 < v < 1),
+    "calibration_level": ("(0, 1)", lambda v: 0 < v < 1),
+    "blend_weight": ("[0, 1]", lambda v: 0 <= v <= 1),
+    "dropout": ("[0, 1)", lambda v: 0 <= v < 1),
+}
+
+
 @dataclass
 class FlowConfig:
     """Sizes and training budget (chosen on ServeGen training days only; see docs/forecasting.md).
@@ -47,9 +66,14 @@ class FlowConfig:
     better validation NLL; the same seed and data give the same model on a busy or a quiet
     machine. ``max_train_s`` is only a safety guard on ``fit``'s wall time: if it ever ends
     training, ``fit`` warns and ``train_log["wall_cap_hit"]`` says so (the result then depends on
-    the machine's speed). One torch thread trains faster than two on a shared 2-core machine. Calibration: the central ``calibration_level`` interval is kept as
-    drawn; ``calibration_knots`` tail levels out to its ends (0.025, 0.05, 0.075, 0.1 and mirrored)
-    are calibrated; the stretch returns to none one knot spacing inside (0.125 / 0.875).
+    the machine's speed). One torch thread trains faster than two on a shared 2-core machine.
+    Calibration: ``calibration_knots`` tail levels out to the ends of the central ``calibration_level``
+    interval (0.025, 0.05, 0.075, 0.1 and mirrored) are calibrated; the stretch returns to none one
+    knot spacing inside (0.125 / 0.875), and the samples between those stay as drawn.
+    ``history_days``: the most history kept for the online phase (the anchor's daily refit and the
+    fine-tuning windows); the default, 28 days, keeps all of a 14-day trace.
+    ``sample_clip``: each sampled residual is clipped to this many ``t_std`` (the training residuals'
+    std per step and indicator) on either side of the anchor, after the stretch.
     ``anchor_levels``: the quantile-regression levels the network sees (the median, which is the
     anchor, and offsets of the others from it); ``blend_weight``: the weight of quantile regression's
     residual quantile function (15 levels) in each cell's, before the tail calibration (0: the flow's own).
@@ -76,7 +100,6 @@ class FlowConfig:
     max_train_s: float = 3600.0
     max_steps_per_epoch: int = 50
     val_frac: float = 0.15
-    input_noise: float = 0.0
     update_every_s: float = 6 * 3600.0
     update_steps: int = 40
     update_lr: float = 3e-4
@@ -86,6 +109,7 @@ class FlowConfig:
     calibration_knots: int = 4
     calibration_samples: int = 128
     sample_clip: float = 8.0
+    history_days: float = 28.0
     anchor_levels: tuple[float, ...] = (0.5,)
     blend_weight: float = 0.25
     train_threads: int = 1
@@ -93,10 +117,44 @@ class FlowConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.context % self.patch:
-            raise ForecastInputError(f"context {self.context} must be a multiple of patch {self.patch}")
+        """Raises ``ForecastInputError`` naming the first field out of its range."""
         self.hidden_features = tuple(self.hidden_features)
         self.anchor_levels = tuple(self.anchor_levels)
+        for name, least in _LEAST_COUNT.items():
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or value < least:
+                raise ForecastInputError(f"{name} must be an integer >= {least}, got {value!r}")
+        if not all(isinstance(n, numbers.Integral) and n >= 1 for n in self.hidden_features):
+            raise ForecastInputError(f"hidden_features must be integers >= 1, got {self.hidden_features}")
+        for name, (interval, inside) in _INTERVALS.items():
+            if not inside(getattr(self, name)):
+                raise ForecastInputError(f"{name} must lie in {interval}, got {getattr(self, name)!r}")
+        for name in ("lr", "weight_decay", "update_lr"):
+            if not getattr(self, name) >= 0:
+                raise ForecastInputError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("max_train_s", "update_every_s", "recent_days", "calibration_days", "sample_clip"):
+            if not getattr(self, name) > 0:
+                raise ForecastInputError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        least_days = self.seasons + max(self.calibration_days, self.recent_days)
+        if not (np.isfinite(self.history_days) and self.history_days >= least_days):
+            # Fine-tuning and calibration read the daily lags, the last recent_days and calibration_days.
+            raise ForecastInputError(
+                f"history_days must be finite and >= seasons + max(calibration_days, recent_days) = {least_days:g}, "
+                f"got {self.history_days!r}"
+            )
+        if self.context % self.patch:
+            raise ForecastInputError(f"context {self.context} must be a multiple of patch {self.patch}")
+        if self.d_model % self.heads:
+            raise ForecastInputError(f"d_model {self.d_model} must be a multiple of heads {self.heads}")
+        if not self.calibration_level > 1 / (self.calibration_knots + 1):
+            # The stretch returns to none one knot spacing inside the central interval: that must lie below the median.
+            raise ForecastInputError(
+                f"calibration_level {self.calibration_level} must exceed 1 / (calibration_knots + 1) = "
+                f"{1 / (self.calibration_knots + 1):.3g}"
+            )
+        levels = self.anchor_levels
+        if not all(0 < p < 1 for p in levels) or list(levels) != sorted(set(levels)):
+            raise ForecastInputError(f"anchor_levels {self.anchor_levels} must increase strictly inside (0, 1)")
         if 0.5 not in self.anchor_levels:
             raise ForecastInputError(f"anchor_levels {self.anchor_levels} must include the median 0.5")
         if self.blend_weight and not set(self.anchor_levels) <= set(LEVELS):
@@ -117,6 +175,14 @@ def _threads(n: int):
             torch.set_num_threads(before)
 
 
+@contextmanager
+def _seeded(seed: int):
+    """torch's global RNG (weight initialisation, dropout) seeded for the block, then the caller's state restored."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 class FlowForecaster:
     name = "flow"
 
@@ -126,22 +192,23 @@ class FlowForecaster:
         self.step_s: float | None = None
         self.net: FlowNet | None = None
         self.train_log: dict = {}
-        # Called after every training epoch as hook(epoch, best_state, best_epoch, best_val_nll); for studies of the budget.
-        self._epoch_hook = None
 
     # ---- data -------------------------------------------------------------------------------------
 
-    def _setup(self, history: np.ndarray, step_s: float) -> None:
+    def _setup(self, history: np.ndarray, step_s: float, seen_rows: int) -> None:
+        """Log scale, normalisation and anchor fitted on ``history[:seen_rows]``, the rows the training
+        windows span (their last target included), so that the validation windows stay a clean hold-out."""
         self.step_s = float(step_s)
         self.indicators = indicator_names(self.indicators, history.shape[1])
         self.window = self._window_spec(history.shape[0], step_s)
-        self.scale = LogScale.fit(history)
-        z = self.scale.to_log(history)
+        seen = history[:seen_rows]
+        self.scale = LogScale.fit(seen)
+        z = self.scale.to_log(seen)
         self.z_mean, self.z_std = z.mean(axis=0), z.std(axis=0) + 1e-6
         self.d_std = np.diff(z, axis=0).std(axis=0) + 1e-6
-        self.qr = self._fit_qr(history)
-        origins = self._origins(z.shape[0])
-        q = self._anchor(self.qr, history, origins)
+        self.qr = self._fit_qr(seen)
+        origins = self._origins(z.shape[0])  # the training windows'
+        q = self._anchor(self.qr, seen, origins)
         dz = self.window.target(z, origins) - self._point(q)
         self.t_mean, self.t_std = dz.mean(axis=0), dz.std(axis=0) + 1e-6  # [H, K]
 
@@ -161,7 +228,9 @@ class FlowForecaster:
         """Quantile regression for the anchor's levels and, with the blend, all of ``LEVELS`` (one model serves both)."""
         cfg = self.config
         levels = LEVELS if cfg.blend_weight and not anchor_only else cfg.anchor_levels
-        qr = QuantileRegression(horizon=cfg.horizon, levels=levels, indicators=self.indicators)
+        qr = QuantileRegression(
+            horizon=cfg.horizon, levels=levels, indicators=self.indicators, history_days=cfg.history_days
+        )
         qr.fit(history, self.step_s)
         return qr
 
@@ -248,11 +317,17 @@ class FlowForecaster:
     # ---- training ---------------------------------------------------------------------------------
 
     def fit(self, history: np.ndarray, step_s: float, extra_histories: tuple[np.ndarray, ...] = ()) -> None:
-        """Train from scratch on ``history [T, K]``; raises ``ForecastInputError`` if it is too short.
+        """Train from scratch on all of ``history [T, K]``; raises ``ForecastInputError`` if it is too short.
+
+        Then the forecaster keeps the last ``history_days`` of rows, and the rows ``update`` adds (the
+        oldest dropped at each daily refit of the anchor): fine-tuning and the anchor use those.
 
         ``extra_histories``: optional other series of the same indicators and step (other traces,
         or sub-populations of this one, e.g. random client subsets) whose windows are added to the
         training set (pre-training data); normalisation and validation come from ``history`` alone.
+        The log scale, normalisation and the anchor the network trains against are fitted on the rows
+        the training windows span, never on the validation windows' targets; after training, the
+        anchor is refitted on all of ``history`` for what follows.
         An "epoch" is at most ``max_steps_per_epoch`` optimiser steps, so early stopping
         checks often when the extra data is large.
         """
@@ -263,10 +338,9 @@ class FlowForecaster:
         n_train, n_val = self._split(self._origins(arr.shape[0], self._window_spec(arr.shape[0], step_s)).size)
         if n_train < cfg.batch_size:
             raise ForecastInputError(f"flow: {max(n_train, 0)} training windows, need at least {cfg.batch_size}")
-        torch.manual_seed(cfg.seed)
-        self._setup(arr, step_s)
+        first_val = arr.shape[0] - cfg.horizon - n_val  # the first validation origin; training targets end before it
+        self._setup(arr, step_s, seen_rows=first_val)
         self.history = arr
-        self.net = self._build_net()
         data = self._dataset(arr, self.qr)
         train = tuple(d[:n_train] for d in data)
         val = tuple(d[-n_val:] for d in data)
@@ -276,13 +350,14 @@ class FlowForecaster:
             extra.append(self._dataset(h, self._fit_qr(h, anchor_only=True), own_level=True))
         if extra:
             train = tuple(torch.cat([d, *e]) for d, *e in zip(train, *extra))
-        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         gen = torch.Generator().manual_seed(cfg.seed)
         best, best_state, best_epoch, stale, epochs, steps = float("inf"), None, 0, 0, 0, 0
         stopped_by, steps_per_epoch = "max_epochs", min(cfg.max_steps_per_epoch, -(-train[0].shape[0] // cfg.batch_size))
         start = time.perf_counter()
         order = torch.empty(0, dtype=torch.long)
-        with _threads(cfg.train_threads):
+        with _seeded(cfg.seed), _threads(cfg.train_threads):
+            self.net = self._build_net()
+            self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
             for epochs in range(1, cfg.max_epochs + 1):
                 self.net.train()
                 for _ in range(steps_per_epoch):
@@ -296,8 +371,6 @@ class FlowForecaster:
                     best, best_state, best_epoch, stale = val_nll, copy.deepcopy(self.net.state_dict()), epochs, 0
                 else:
                     stale += 1
-                if self._epoch_hook is not None:
-                    self._epoch_hook(epochs, best_state, best_epoch, best)
                 if stale >= cfg.patience:
                     stopped_by = "patience"
                     break
@@ -313,7 +386,9 @@ class FlowForecaster:
             )
         self.net.load_state_dict(best_state)
         self.net.eval()
-        self._start_calibration()
+        self._start_calibration(first_unseen=first_val)
+        self.qr = self._fit_qr(arr)  # the anchor from now on: refitted on the whole fit history, as `quantile` is
+        self.history = self.qr.history  # from now on the rows kept: the last history_days, as the anchor's
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.update_lr, weight_decay=cfg.weight_decay)
         self._since_update = 0
         self.train_log = {
@@ -334,9 +409,6 @@ class FlowForecaster:
 
     def _step(self, batch: tuple[torch.Tensor, ...]) -> None:
         *inputs, target = batch
-        if self.config.input_noise:
-            # Jitter the normalised history (not the target): a regulariser for a few thousand windows.
-            inputs = [x + self.config.input_noise * torch.randn_like(x) for x in inputs]
         loss = -self.net.log_prob(target, *inputs).mean()
         self.optimizer.zero_grad()
         loss.backward()
@@ -350,22 +422,26 @@ class FlowForecaster:
         return float(-self.net.log_prob(target, *inputs).mean())
 
     def update(self, new_rows: np.ndarray) -> None:
-        """Append rows; every ``update_every_s`` of new data, fine-tune on recent and older windows.
+        """Take rows that have just completed, one at a time, so a block gives what row-by-row calls give.
 
-        Then recalibrate (see :meth:`_calibrate`).
+        Per row: append it, let the anchor refit on its schedule, fine-tune on recent and older windows
+        every ``update_every_s`` of new data, then record the band issued at the new origin with the
+        model of that moment. Then the tail factors are recomputed from the outcomes known now.
         """
         if self.net is None:
             raise ForecastInputError("flow: call fit() before update()")
         rows = check_history(new_rows, len(self.indicators), min_rows=0)
         if rows.shape[0] == 0:
             return
-        self.history = np.concatenate([self.history, rows])
-        self.qr.update(rows)
-        self._since_update += rows.shape[0]
-        if self._since_update * self.step_s >= self.config.update_every_s:
-            self._since_update = 0
-            self._fine_tune()
-        self._calibrate(rows.shape[0])
+        for row in rows[:, None]:
+            self.qr.update(row)
+            self.history = self.qr.history
+            self._since_update += 1
+            if self._since_update * self.step_s >= self.config.update_every_s:
+                self._since_update = 0
+                self._fine_tune()
+            self._record_band()
+        self.spread = self._spread()
 
     def _fine_tune(self) -> None:
         cfg = self.config
@@ -373,7 +449,7 @@ class FlowForecaster:
         n = data[0].shape[0]
         recent = max(cfg.batch_size, int(cfg.recent_days * 86_400 / self.step_s))
         gen = torch.Generator().manual_seed(cfg.seed + n)
-        with _threads(cfg.train_threads):
+        with _seeded(cfg.seed + n), _threads(cfg.train_threads):
             self.net.train()
             for _ in range(cfg.update_steps):
                 # Half the batch from the last `recent_days`, half from all history: adapt without forgetting.
@@ -405,14 +481,19 @@ class FlowForecaster:
         q = np.quantile(y, band_levels(cfg.calibration_level, cfg.calibration_knots), axis=0)
         return q * self.t_std + point
 
-    def _start_calibration(self) -> None:
-        """Bands at the last ``calibration_days`` origins of the fit history (the validation tail), then the spread."""
+    def _start_calibration(self, first_unseen: int) -> None:
+        """Bands at the last ``calibration_days`` origins of the fit history, then the spread.
+
+        Only origins from ``first_unseen`` on (the validation windows' and later: the network never
+        trained on their targets) get a band; earlier slots stay NaN, not scored, until online
+        origins replace them. In-sample scores would pull the factors down to their floor.
+        """
         cfg = self.config
         n, h, k = self.history.shape[0], cfg.horizon, len(self.indicators)
         window = max(1, int(cfg.calibration_days * 86_400 / self.step_s))
         self.bands = np.full((window, 2 * cfg.calibration_knots + 1, h, k), np.nan)
         for i, t in enumerate(range(n - window, n)):
-            if t >= 0:
+            if t >= max(first_unseen, 0):
                 self.bands[i] = self._band(self.history[: t + 1])
         self.spread = self._spread()
 
@@ -432,18 +513,13 @@ class FlowForecaster:
         """Tail factors ``[2, L, H, K]`` (below / above the median, per tail level), all >= 1."""
         return tail_factors(self._scores(), self._levels)
 
-    def _calibrate(self, added: int) -> None:
-        """Buffer the bands of the ``added`` new origins, then re-derive the spread from all outcomes known now.
+    def _record_band(self) -> None:
+        """Buffer the band issued at the newest origin (the last history row), dropping the oldest.
 
         Each origin's band is computed once, with the model of that moment: the forecasts as they
         were issued. Each (side, step, indicator) is scored only where its outcome is known.
         """
-        window, n = len(self.bands), self.history.shape[0]
-        shift = min(added, window)
-        self.bands = np.concatenate([self.bands[shift:], np.full((shift, *self.bands.shape[1:]), np.nan)])
-        for t in range(n - shift, n):
-            self.bands[t - n + window] = self._band(self.history[: t + 1])
-        self.spread = self._spread()
+        self.bands = np.concatenate([self.bands[1:], self._band(self.history)[None]])
 
     # ---- prediction -------------------------------------------------------------------------------
 
@@ -471,7 +547,8 @@ class FlowForecaster:
     def predict(self, history: np.ndarray, horizon: int, n_samples: int, rng: np.random.Generator) -> Forecast:
         """``n_samples`` joint paths ``[n_samples, horizon, K]`` from ``history``'s last row; seeded by ``rng``.
 
-        The flow's samples, their tails stretched by the current factors (the central 80% as drawn).
+        The flow's samples, their tails stretched by the current factors (the samples between the 12.5%
+        and 87.5% quantiles as drawn), each residual then clipped to ``sample_clip`` ``t_std`` of the anchor.
         """
         if self.net is None:
             raise ForecastInputError("flow: call fit() or load() before predict()")
@@ -479,13 +556,16 @@ class FlowForecaster:
         check_request(horizon, n_samples, self.config.horizon)
         noise = torch.as_tensor(rng.standard_normal((n_samples, self.net.features)), dtype=torch.float32)
         y, point = self._raw(arr, noise)
-        y = np.clip(stretch_tails(y, self._levels, self.spread, self._inner), -self.config.sample_clip, self.config.sample_clip)
+        clip = self.config.sample_clip
+        y = np.clip(stretch_tails(y, self._levels, self.spread, self._inner), -clip, clip)
         zf = (y * self.t_std + point)[:, :horizon]
         return Forecast(samples=self.scale.from_log(zf), indicators=self.indicators, step_s=self.step_s)
 
     # ---- persistence ------------------------------------------------------------------------------
 
     _ARRAYS = ("z_mean", "z_std", "d_std", "t_mean", "t_std", "spread", "bands", "history")
+    _KEYS = frozenset({"config", "indicators", "step_s", "window", "offset", "arrays", "since_update", "anchor_rows",
+                       "net", "optimizer", "train_log"})
 
     def save(self, path: str | Path) -> None:
         """Write weights, optimiser, normalisation, calibration state and history to one file (``torch.save``)."""
@@ -516,17 +596,27 @@ class FlowForecaster:
         """Rebuild a fitted forecaster from :meth:`save`'s file; predictions match the saved one's.
 
         Raises:
-            ForecastInputError: the file was saved before the flow had an anchor and conformal
-                calibration (its network has other inputs): fit and save it again.
+            ForecastInputError: the file is not one :meth:`save` wrote with this version's fields
+                (unreadable, another object, keys or config fields missing or unknown).
+            FileNotFoundError: there is no file at ``path``.
         """
-        state = torch.load(Path(path), weights_only=True)
-        if "anchor_rows" not in state:
+        try:
+            state = torch.load(Path(path), weights_only=True)
+        except (pickle.UnpicklingError, EOFError, KeyError, RuntimeError) as exc:
+            # What torch.load raises on a file that is not a checkpoint (a missing file raises FileNotFoundError).
+            raise ForecastInputError(f"{path}: not a file FlowForecaster.save wrote ({exc!r})") from exc
+        if not isinstance(state, dict) or not cls._KEYS <= state.keys():
+            found = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise ForecastInputError(
-                f"{path}: saved by an earlier flow version without anchor and calibration; fit and save it again"
+                f"{path}: not a file FlowForecaster.save wrote (expected keys {sorted(cls._KEYS)}, found {found})"
             )
-        # Saved before the quantile inputs and the blend (commit 0831e5a): a median-only anchor, no blend.
-        config = {"anchor_levels": (0.5,), "blend_weight": 0.0, **state["config"]}
-        self = cls(indicators=tuple(state["indicators"]), **config)
+        known, saved = {f.name for f in fields(FlowConfig)}, state["config"].keys()
+        if saved != known:
+            raise ForecastInputError(
+                f"{path}: saved by another version of the flow (config fields unknown here: {sorted(saved - known)}, "
+                f"missing: {sorted(known - saved)}); fit and save it again"
+            )
+        self = cls(indicators=tuple(state["indicators"]), **state["config"])
         self.step_s = state["step_s"]
         self.window = WindowSpec(**state["window"])
         self.scale = LogScale(offset=state["offset"].numpy())
@@ -541,9 +631,6 @@ class FlowForecaster:
         self._since_update = state["since_update"]
         rows = state["anchor_rows"]
         self.qr = self._fit_qr(self.history[:rows])
-        self.qr.update(self.history[rows:])
+        self.qr.update(self.history[rows:])  # the rows it was fitted on, then the rest: history as saved
         self.train_log = state["train_log"]
-        if self.bands.shape[1] != 2 * cfg.calibration_knots + 1:
-            # Saved with the earlier one-band-per-side calibration: rebuild the tail bands from the saved history.
-            self._start_calibration()
         return self

@@ -57,6 +57,8 @@ class KalmanForecaster:
 
     def update(self, new_rows: np.ndarray) -> None:
         """Parameters stay those of ``fit``; the state is re-filtered from ``history`` at every predict."""
+        if self._scale is None:
+            raise ForecastInputError("kalman: call fit() before update()")
         check_history(new_rows, len(self.indicators), min_rows=0)
 
     def predict(self, history: np.ndarray, horizon: int, n_samples: int, rng: np.random.Generator) -> Forecast:

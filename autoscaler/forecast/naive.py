@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Forecast, ForecastInputError, check_history, check_request, indicator_names
+from .base import Forecast, ForecastInputError, check_history, check_request, check_step_s, indicator_names
 
 DAY_S = 86_400.0
 
 
 def season_steps(step_s: float, season_s: float = DAY_S) -> int:
     """Steps per season (a day by default); ``step_s`` must divide into it at least once."""
-    if step_s <= 0:
-        raise ForecastInputError(f"step_s must be > 0, got {step_s}")
+    check_step_s(step_s)
     steps = int(round(season_s / step_s))
     if steps < 1:
         raise ForecastInputError(f"step_s {step_s} is longer than the season {season_s} s")
@@ -35,9 +34,7 @@ class _PointForecaster:
 
     def fit(self, history: np.ndarray, step_s: float) -> None:
         arr = check_history(history)
-        if step_s <= 0:
-            raise ForecastInputError(f"step_s must be > 0, got {step_s}")
-        self.step_s, self.n_indicators = float(step_s), arr.shape[1]
+        self.step_s, self.n_indicators = check_step_s(step_s), arr.shape[1]
         self.indicators = indicator_names(self.indicators, arr.shape[1])
         self._fit(arr)
 
@@ -46,6 +43,8 @@ class _PointForecaster:
 
     def update(self, new_rows: np.ndarray) -> None:
         """Point baselines read everything they need from ``history`` at predict time."""
+        if self.step_s is None:
+            raise ForecastInputError(f"{self.name}: call fit() before update()")
         check_history(new_rows, self.n_indicators, min_rows=0)
 
     def predict(self, history: np.ndarray, horizon: int, n_samples: int, rng: np.random.Generator) -> Forecast:
@@ -89,7 +88,11 @@ class SeasonalNaive(_PointForecaster):
 
 
 class EWMA(_PointForecaster):
-    """Exponentially weighted level, flat over the horizon; ``alpha`` picked on the fit history by 1-step error."""
+    """Exponentially weighted level, flat over the horizon.
+
+    ``alpha`` (the one in use) is the constructor's if given, else picked from ``alphas`` at every
+    ``fit`` by 1-step error on that fit's history (0.3 on fewer than 3 rows).
+    """
 
     name = "ewma"
 
@@ -102,7 +105,10 @@ class EWMA(_PointForecaster):
         super().__init__(indicators)
         if alpha is not None and not 0 < alpha <= 1:
             raise ForecastInputError(f"alpha must be in (0, 1], got {alpha}")
-        self.alpha, self._alphas = alpha, alphas
+        if not alphas or not all(0 < a <= 1 for a in alphas):
+            raise ForecastInputError(f"alphas must be one or more values in (0, 1], got {alphas}")
+        self._given_alpha, self._alphas = alpha, alphas
+        self.alpha: float | None = alpha
 
     @staticmethod
     def _levels(history: np.ndarray, alpha: float) -> np.ndarray:
@@ -114,8 +120,8 @@ class EWMA(_PointForecaster):
         return levels
 
     def _fit(self, history: np.ndarray) -> None:
-        if self.alpha is not None or history.shape[0] < 3:
-            self.alpha = self.alpha or 0.3
+        if self._given_alpha is not None or history.shape[0] < 3:
+            self.alpha = self._given_alpha or 0.3
             return
         errors = [np.abs(self._levels(history[:-1], a) - history[1:]).mean() for a in self._alphas]
         self.alpha = float(self._alphas[int(np.argmin(errors))])

@@ -4,11 +4,12 @@ For each (step h, indicator k, level q) a statsmodels ``QuantReg`` maps a few
 lagged log features (level, last change, recent mean, same time on earlier
 days) to the q-quantile of ``z[t+h] - z[t]``. It is marginal: samples draw each
 (h, k) independently by inverting the interpolated quantile function. Refitted
-on everything seen every ``refit_every_s`` of new data.
+every ``refit_every_s`` of new data on the last ``history_days`` seen (the rows kept).
 """
 
 from __future__ import annotations
 
+import numbers
 import warnings
 
 import numpy as np
@@ -32,10 +33,20 @@ class QuantileRegression:
         refit_every_s: float = DAY_S,
         levels: tuple[float, ...] = LEVELS,
         indicators: tuple[str, ...] | None = None,
+        history_days: float = 28.0,
     ) -> None:
         if not all(0 < q < 1 for q in levels) or list(levels) != sorted(levels):
             raise ForecastInputError(f"levels must be increasing in (0, 1), got {levels}")
+        for name, value, least in (("horizon", horizon, 1), ("context", context, 2), ("seasons", seasons, 0)):
+            # context >= 2: a feature is the last change, which needs two rows.
+            if not isinstance(value, numbers.Integral) or value < least:
+                raise ForecastInputError(f"{name} must be an integer >= {least}, got {value!r}")
+        if not refit_every_s > 0:
+            raise ForecastInputError(f"refit_every_s must be > 0, got {refit_every_s!r}")
+        if not (np.isfinite(history_days) and history_days > 0):
+            raise ForecastInputError(f"history_days must be a finite number > 0, got {history_days!r}")
         self.horizon, self.context, self.seasons = horizon, context, seasons
+        self.history_days = history_days
         self.refit_every_s, self.levels = refit_every_s, np.asarray(levels)
         self.indicators = indicators
         self.step_s: float | None = None
@@ -61,13 +72,21 @@ class QuantileRegression:
         return np.concatenate([base, season_cols], axis=-1)
 
     def fit(self, history: np.ndarray, step_s: float) -> None:
-        arr = check_history(history, min_rows=self.context + self.horizon + 32)
-        self.step_s, self.indicators = float(step_s), indicator_names(self.indicators, arr.shape[1])
+        """Fit on the last ``history_days`` of ``history [T, K]`` (all of it when shorter)."""
+        min_rows = self.context + self.horizon + 32
+        arr = check_history(history, min_rows=min_rows)
         self._period = season_steps(step_s)
+        self.step_s, self.indicators = float(step_s), indicator_names(self.indicators, arr.shape[1])
+        self._max_rows = round(self.history_days * DAY_S / self.step_s)
+        if self._max_rows < min_rows:
+            raise ForecastInputError(
+                f"history_days {self.history_days} keeps {self._max_rows} rows of {self.step_s:g} s, a fit needs {min_rows}"
+            )
         self._history = arr
         self._refit()
 
     def _refit(self) -> None:
+        self._history = self._history[-self._max_rows :]
         arr = self._history
         self._scale = LogScale.fit(arr)
         z = self._scale.to_log(arr)
@@ -89,16 +108,26 @@ class QuantileRegression:
         self._since_refit = 0
 
     @property
+    def history(self) -> np.ndarray:
+        """The rows kept: the last ``history_days`` at the last refit, then every row since (bounded)."""
+        return self._history
+
+    @property
     def fitted_rows(self) -> int:
-        """Rows of history the current coefficients were fitted on (the rest arrived since)."""
+        """The first ``fitted_rows`` of :attr:`history` are those the coefficients were fitted on; the rest arrived since."""
         return self._history.shape[0] - self._since_refit
 
     def update(self, new_rows: np.ndarray) -> None:
+        """Append rows that have just completed, one at a time: the refit schedule, and so the model, is
+        the same whether they come in one block or row by row."""
+        if self._coef is None:
+            raise ForecastInputError("quantile: call fit() before update()")
         rows = check_history(new_rows, len(self.indicators), min_rows=0)
-        self._history = np.concatenate([self._history, rows])
-        self._since_refit += rows.shape[0]
-        if self._since_refit * self.step_s >= self.refit_every_s:
-            self._refit()
+        for row in rows[:, None]:
+            self._history = np.concatenate([self._history, row])
+            self._since_refit += 1
+            if self._since_refit * self.step_s >= self.refit_every_s:
+                self._refit()
 
     def quantiles(self, history: np.ndarray, horizon: int) -> np.ndarray:
         """Predicted quantiles at ``self.levels``: ``[Q, horizon, K]`` on the rate scale (crossings sorted away)."""

@@ -65,6 +65,21 @@ def test_ewma_picks_a_high_alpha_for_a_random_walk_and_a_low_one_for_noise():
     assert fast.alpha >= 0.7 and slow.alpha <= 0.1
 
 
+def test_ewma_refit_picks_alpha_afresh_and_keeps_a_given_one():
+    rng = np.random.default_rng(1)
+    walk = np.exp(np.cumsum(0.1 * rng.standard_normal(500)))[:, None] * 100
+    noise = (100 + 10 * rng.standard_normal(500))[:, None]
+    refit, fresh, given = make_forecaster("ewma"), make_forecaster("ewma"), make_forecaster("ewma", alpha=0.5)
+    refit.fit(walk, 60.0)
+    assert refit.alpha >= 0.7
+    refit.fit(noise, 60.0)
+    fresh.fit(noise, 60.0)
+    assert refit.alpha == fresh.alpha <= 0.1
+    given.fit(walk, 60.0)
+    given.fit(noise, 60.0)
+    assert given.alpha == 0.5
+
+
 def test_kalman_follows_a_daily_cycle_better_than_last_value():
     x = daily_series(days=8, k=1, noise=0.02)
     kal, last = make_forecaster("kalman"), make_forecaster("last")
@@ -99,6 +114,31 @@ def test_quantile_regression_at_many_origins_matches_one_origin_at_a_time():
         np.testing.assert_allclose(many[:, i], fc.quantiles(x[: t + 1], 3))
 
 
+def test_quantile_regression_update_is_the_same_row_by_row_or_in_one_block():
+    x = daily_series(days=8)
+    one, block = make_forecaster("quantile", horizon=3), make_forecaster("quantile", horizon=3)
+    one.fit(x[:100], STEP_S)
+    block.fit(x[:100], STEP_S)
+    for r in range(100, 130):
+        one.update(x[r : r + 1])
+    block.update(x[100:130])  # a day (24 rows) in: one refit, on the first 124 rows
+    assert one.fitted_rows == block.fitted_rows == 124
+    np.testing.assert_array_equal(one.quantiles(x[:130], 3), block.quantiles(x[:130], 3))
+
+
+def test_quantile_regression_keeps_and_refits_on_the_last_history_days():
+    x = daily_series(days=8)
+    fc = make_forecaster("quantile", horizon=3, history_days=3.0)  # 72 rows of 1 h
+    fc.fit(x[:100], STEP_S)
+    np.testing.assert_array_equal(fc.history, x[28:100])
+    fc.update(x[100:130])  # refits after row 123, on rows 52..123; six rows since
+    np.testing.assert_array_equal(fc.history, x[52:130])
+    assert fc.fitted_rows == 72
+    fresh = make_forecaster("quantile", horizon=3)
+    fresh.fit(x[52:124], STEP_S)
+    np.testing.assert_allclose(fc.quantiles(x[:130], 3), fresh.quantiles(x[:130], 3))
+
+
 @pytest.mark.parametrize("name", ["last", "seasonal_naive", "ewma", "kalman", "quantile"])
 def test_prediction_depends_only_on_the_history_passed(name):
     x = daily_series()
@@ -110,18 +150,59 @@ def test_prediction_depends_only_on_the_history_passed(name):
     np.testing.assert_allclose(before, after)
 
 
+TINY_FLOW = dict(horizon=3, context=12, patch=6, seasons=1, pre=6, d_model=16, heads=2, layers=1, batch_size=16)
+
+
+def built(name: str):
+    """A forecaster of each kind, small where it has sizes."""
+    return make_forecaster(name, **{"quantile": {"horizon": 3}, "flow": TINY_FLOW}.get(name, {}))
+
+
+@pytest.mark.parametrize("name", ["last", "kalman", "quantile", "flow"])
 @pytest.mark.parametrize(
     "bad, message",
     [
-        (np.full((50, 2), np.nan), "NaN"),
-        (-np.ones((50, 2)), "negative"),
-        (np.ones(50), "shape"),
+        (np.full((300, 2), np.nan), "NaN"),
+        (-np.ones((300, 2)), "negative"),
+        (np.ones(300), "shape"),
     ],
 )
-def test_bad_history_is_rejected_with_a_named_error(bad, message):
-    fc = make_forecaster("last")
+def test_bad_history_is_rejected_with_a_named_error(name, bad, message):
     with pytest.raises(ForecastInputError, match=message):
-        fc.fit(bad, STEP_S)
+        built(name).fit(bad, STEP_S)
+
+
+@pytest.mark.parametrize(
+    "name, step_s",
+    [(name, float("nan")) for name in ("last", "seasonal_naive", "ewma", "kalman", "quantile", "flow")]
+    + [(name, float("inf")) for name in ("last", "seasonal_naive", "ewma")],  # the others need a season: inf has none
+)
+def test_fit_rejects_a_step_that_is_not_a_finite_number_of_seconds(name, step_s):
+    with pytest.raises(ForecastInputError, match="step_s"):
+        built(name).fit(daily_series(days=8), step_s)
+
+
+@pytest.mark.parametrize("name", ["last", "seasonal_naive", "ewma", "kalman", "quantile"])
+def test_update_before_fit_is_a_named_error(name):
+    with pytest.raises(ForecastInputError, match=r"fit\(\) before update"):
+        built(name).update(daily_series()[:2, :1])
+
+
+@pytest.mark.parametrize(
+    "name, kw, message",
+    [
+        ("quantile", {"context": 1}, "context must be an integer >= 2"),
+        ("quantile", {"horizon": 0}, "horizon"),
+        ("quantile", {"refit_every_s": 0.0}, "refit_every_s"),
+        ("quantile", {"refit_every_s": float("nan")}, "refit_every_s"),
+        ("quantile", {"history_days": 0.0}, "history_days"),
+        ("ewma", {"alphas": ()}, "alphas"),
+        ("ewma", {"alphas": (0.3, 1.5)}, "alphas"),
+    ],
+)
+def test_baseline_settings_out_of_range_are_a_named_error(name, kw, message):
+    with pytest.raises(ForecastInputError, match=message):
+        make_forecaster(name, **kw)
 
 
 def test_predict_rejects_a_history_of_another_width_and_a_zero_horizon():

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import scoringrules as sr
 
-from autoscaler.forecast import Forecast
+from autoscaler.forecast import Forecast, ForecastInputError
 from autoscaler.forecast.evaluate import covered, crps, pinball, rolling_evaluation
 
 
@@ -25,6 +26,12 @@ def test_pinball_of_an_exact_degenerate_forecast_is_zero_and_grows_with_error():
     truth = np.array([4.0])
     assert pinball(np.full((10, 1), 4.0), truth)[0] == 0.0
     assert pinball(np.full((10, 1), 6.0), truth)[0] > pinball(np.full((10, 1), 5.0), truth)[0] > 0
+
+
+def test_pinball_at_an_asymmetric_level_weighs_outcomes_above_the_quantile_by_the_level():
+    samples = np.repeat(np.arange(11.0)[:, None], 2, axis=1)  # the 0.9 quantile of 0..10 is 9
+    # Truth 3 lies 6 below it: (1 - 0.9) x 6 = 0.6; truth 10 lies 1 above: 0.9 x 1 = 0.9.
+    np.testing.assert_allclose(pinball(samples, np.array([3.0, 10.0]), levels=(0.9,)), [0.6, 0.9])
 
 
 def test_a_calibrated_ensemble_covers_its_nominal_level():
@@ -65,3 +72,25 @@ def test_rolling_evaluation_shows_each_origin_only_its_past_and_updates_in_order
     np.testing.assert_array_equal(np.concatenate(spy.updates)[:, 0], np.arange(21.0, ev.origins[-1] + 2))
     # last value forecast of a +1 ramp: error h at step h
     np.testing.assert_allclose(ev.crps[:, :, 0].mean(axis=0), [1.0, 2.0, 3.0])
+
+
+@pytest.mark.parametrize(
+    "where, kw, message",
+    [
+        (38, {}, "NaN or infinite values .* first at row 38"),  # only ever truth: never passed to update
+        (10, {}, "NaN or infinite values .* first at row 10"),  # in the fit part
+        (None, {"stride": 0}, "stride must be >= 1"),
+        (None, {"stride": -1}, "stride must be >= 1"),
+        (None, {"horizon": 0}, "horizon must be >= 1"),
+        (None, {"n_samples": 0}, "n_samples must be >= 1"),
+    ],
+)
+def test_rolling_evaluation_rejects_bad_series_and_settings_with_a_named_error(where, kw, message):
+    series = np.arange(1.0, 41.0)[:, None]
+    if where is not None:
+        series[where] = np.nan
+    spy = _Spy()
+    spy.fit(series[:20], 1.0)
+    args = {"horizon": 3, "n_samples": 1, "stride": 1, **kw}
+    with pytest.raises(ForecastInputError, match=message):
+        rolling_evaluation(spy, series, 20, rng=np.random.default_rng(0), **args)
