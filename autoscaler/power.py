@@ -84,6 +84,7 @@ class PowerPlan:
     training_gpus: int
     freq_capped: bool
     serving_scale: float
+    power_w: float
     violated: bool
     prefill_slowdown: float = 1.0
 
