@@ -139,7 +139,8 @@ def run_forecast_benchmark(
     Returns ``(summary, evaluations)``: ``summary["forecasters"][name]`` holds the scores of
     indicator 0 (CRPS, per-step CRPS, pinball, coverage, latency, fit time) and
     ``crps_vs_seasonal_naive`` when seasonal naive is among them. ``flow_extra``: extra
-    pre-training series for the flow (same indicators, from the training days only).
+    pre-training series for the flow (same indicators and days as the history: each is cut where the
+    flow's validation windows begin).
     """
     from rich.progress import Progress
 
@@ -152,7 +153,9 @@ def run_forecast_benchmark(
             fc = make_forecaster(name, indicators=names, **per_name_kw.get(name, {}))
             t0 = time.perf_counter()
             if name == "flow" and flow_extra:
-                fc.fit(series[:train_rows], step_s, extra_histories=flow_extra)
+                # The client subsets cover the same days: cut where the flow's validation begins.
+                cut = fc.validation_start(train_rows, step_s)
+                fc.fit(series[:train_rows], step_s, extra_histories=tuple(e[:cut] for e in flow_extra))
             else:
                 fc.fit(series[:train_rows], step_s)
             fit_s = time.perf_counter() - t0

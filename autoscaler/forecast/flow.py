@@ -219,6 +219,15 @@ class FlowForecaster:
         enough = rows >= cfg.seasons * period + cfg.pre + cfg.horizon + 4 * cfg.batch_size
         return WindowSpec(cfg.context, cfg.horizon, period, cfg.seasons if enough else 0, cfg.pre)
 
+    def validation_start(self, rows: int, step_s: float) -> int:
+        """The row of the first validation origin when :meth:`fit` gets ``rows`` rows at ``step_s``.
+
+        An extra training series that covers the same time as the history (a sub-population of it)
+        must end here: its windows at the validation times would otherwise train the network on what
+        early stopping and the first tail calibration score it on.
+        """
+        return rows - self.config.horizon - self._split(self._origins(rows, self._window_spec(rows, step_s)).size)[1]
+
     def _split(self, windows: int) -> tuple[int, int]:
         """(training, validation) window counts; a gap of ``horizon`` windows keeps validation targets out of training."""
         n_val = max(1, int(self.config.val_frac * windows))
@@ -325,6 +334,7 @@ class FlowForecaster:
         ``extra_histories``: optional other series of the same indicators and step (other traces,
         or sub-populations of this one, e.g. random client subsets) whose windows are added to the
         training set (pre-training data); normalisation and validation come from ``history`` alone.
+        A series covering the same time as ``history`` must end at :meth:`validation_start`.
         The log scale, normalisation and the anchor the network trains against are fitted on the rows
         the training windows span, never on the validation windows' targets; after training, the
         anchor is refitted on all of ``history`` for what follows.
@@ -338,7 +348,7 @@ class FlowForecaster:
         n_train, n_val = self._split(self._origins(arr.shape[0], self._window_spec(arr.shape[0], step_s)).size)
         if n_train < cfg.batch_size:
             raise ForecastInputError(f"flow: {max(n_train, 0)} training windows, need at least {cfg.batch_size}")
-        first_val = arr.shape[0] - cfg.horizon - n_val  # the first validation origin; training targets end before it
+        first_val = self.validation_start(arr.shape[0], step_s)  # training targets end before it
         self._setup(arr, step_s, seen_rows=first_val)
         self.history = arr
         data = self._dataset(arr, self.qr)

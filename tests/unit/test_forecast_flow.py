@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,6 +17,7 @@ from autoscaler.forecast.evaluate import rolling_evaluation
 from autoscaler.forecast.flow import FlowForecaster
 
 STEP_S = 3600.0
+FORECAST_BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "forecast.py"
 TINY = dict(horizon=3, context=12, patch=6, seasons=1, pre=6, d_model=16, heads=2, layers=1, context_features=16,
             transforms=2, hidden_features=(32, 32), batch_size=64, max_epochs=4, patience=4, update_every_s=6 * 3600.0,
             update_steps=3, calibration_samples=16)
@@ -73,6 +76,34 @@ def test_flow_training_is_seeded_by_its_config_and_leaves_torch_global_rng_alone
         models.append(fc)
     for a, b in zip(models[0].net.parameters(), models[1].net.parameters()):
         assert torch.equal(a, b)
+
+
+def test_validation_start_is_where_fit_validates(fitted):
+    fc, _ = fitted
+    # Validation origins run from it to the last origin with a whole target (rows - horizon - 1).
+    assert 500 - fc.config.horizon - fc.validation_start(500, STEP_S) == fc.train_log["val_windows"]
+
+
+def test_forecast_benchmark_cuts_aligned_subsets_where_the_flows_validation_begins(monkeypatch):
+    """The client-subset series cover the training days; windows of theirs at the validation times
+    would train the network on what early stopping and the first calibration score."""
+    spec = importlib.util.spec_from_file_location("forecast_benchmark", FORECAST_BENCHMARK)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    seen = []
+    fit = FlowForecaster.fit
+
+    def recording_fit(self, history, step_s, extra_histories=()):
+        seen.append((self.validation_start(history.shape[0], step_s), [e.shape[0] for e in extra_histories]))
+        return fit(self, history, step_s, extra_histories)
+
+    monkeypatch.setattr(FlowForecaster, "fit", recording_fit)
+    x = correlated_series(560)
+    extra = tuple(correlated_series(500, seed=s) for s in (1, 2))
+    bench.run_forecast_benchmark(x, ("a", "b"), STEP_S, 500, horizon=3, n_samples=16, forecasters=("flow",),
+                                 flow_kw=TINY, flow_extra=extra, stride=20, progress=False)
+    [(start, lengths)] = seen
+    assert start < 500 and lengths == [start, start]
 
 
 def test_flow_save_then_load_predicts_the_same_samples(fitted, tmp_path):
