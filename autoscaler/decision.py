@@ -22,7 +22,7 @@ import numpy as np
 from autoscaler.capacity import CapacityModel, decode_context_tokens
 from autoscaler.forecast.base import Forecast
 from autoscaler.indicators import DEMAND_INDICATORS
-from autoscaler.power import PowerModel
+from autoscaler.power import PowerModel, check_power_cap
 
 POOLS = ("prefill", "decode")
 # Bindings where the forecast's demand set the count: the attainment floor's smallest count, or more
@@ -106,9 +106,7 @@ class DecisionParams:
         for name in ("cold_start_s", "scale_down_delay_s"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise DecisionError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
-        if self.power_cap_w is not None and not (math.isfinite(self.power_cap_w) and self.power_cap_w > 0):
-            raise DecisionError(f"power_cap_w must be a finite number of watts > 0 (or None: no cap), got "
-                                f"{self.power_cap_w!r}")
+        check_power_cap(self.power_cap_w, DecisionError)
         if not 0 < self.latency_margin <= 1:
             raise DecisionError(f"latency_margin (the share of an SLO the sizing may use) must lie in (0, 1], got "
                                 f"{self.latency_margin!r}")

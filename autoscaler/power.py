@@ -76,6 +76,13 @@ class PowerModel:
                 + dg * (self.idle_w + np.asarray(decode_busy) * (decode_active - self.idle_w)))
 
 
+def check_power_cap(cap_w: float | None, error: type[ValueError] = PowerError, name: str = "power_cap_w") -> None:
+    """Raise ``error`` unless ``cap_w`` is None (no cap) or a finite number of watts > 0: the one rule the
+    cluster, the decision and the power manager each check their cap by."""
+    if cap_w is not None and not (math.isfinite(cap_w) and cap_w > 0):
+        raise error(f"{name} must be a finite number of watts > 0 (or None: no cap), got {cap_w!r}")
+
+
 @dataclass(frozen=True)
 class PowerPlan:
     """What the power manager does this interval, in POLCA's order, and the resulting draw (serving
@@ -104,8 +111,7 @@ def plan_power(model: PowerModel, cap_w: float | None, serving_w: Callable[[bool
     Raises:
         PowerError: ``cap_w`` is not a finite number of watts > 0 (None means no cap).
     """
-    if cap_w is not None and not (math.isfinite(cap_w) and cap_w > 0):
-        raise PowerError(f"cap_w must be a finite number of watts > 0 (or None: no cap), got {cap_w!r}")
+    check_power_cap(cap_w, name="cap_w")
     full = serving_w(False, 1.0)
     if cap_w is None:
         return PowerPlan(training_gpus_wanted, False, 1.0, full + training_gpus_wanted * model.training_w, False)

@@ -24,7 +24,8 @@ def default_cluster(trace: TickTrace, capacity: CapacityModel, power: PowerModel
 
     Raises:
         SimulationError: ``headroom`` is not a finite number >= 1 (the cluster starts at static's peak
-            counts, so it must hold them), ``cap_fraction`` lies outside (0, 1], or ``power_cap_w`` is not > 0.
+            counts, so it must hold them), ``cap_fraction`` lies outside (0, 1], or (from ``ClusterParams``)
+            ``power_cap_w`` is not a finite number of watts > 0.
     """
     if not (math.isfinite(headroom) and headroom >= 1):
         raise SimulationError(f"headroom (cluster size over static's peak replicas) must be a finite number >= 1, "
@@ -32,8 +33,6 @@ def default_cluster(trace: TickTrace, capacity: CapacityModel, power: PowerModel
     if cap_fraction is not None and not 0 < cap_fraction <= 1:
         raise SimulationError(f"cap_fraction (power cap over the cluster's TDP) must lie in (0, 1] (or None: no cap), "
                               f"got {cap_fraction!r}")
-    if power_cap_w is not None and not (math.isfinite(power_cap_w) and power_cap_w > 0):
-        raise SimulationError(f"power_cap_w must be a finite number of watts > 0, got {power_cap_w!r}")
     probe = ClusterParams(capacity=capacity, power=power, ttft_slo_s=ttft_slo_s, tpot_slo_s=tpot_slo_s,
                           cold_start_s=cold_start_s, max_replicas=(10_000, 10_000))
     peak = StaticPolicy.for_peak(trace, probe)

@@ -26,7 +26,7 @@ import numpy as np
 
 from autoscaler.capacity import CapacityModel
 from autoscaler.decision import Decision, PoolView, Snapshot
-from autoscaler.power import PowerModel, plan_power
+from autoscaler.power import PowerModel, check_power_cap, plan_power
 from autoscaler.traces import TickTrace
 
 
@@ -99,8 +99,7 @@ class ClusterParams:
                 raise SimulationError(f"{name}: need 0 <= min_replicas <= initial_replicas <= max_replicas")
         if not (math.isfinite(self.cold_start_s) and self.cold_start_s >= 0):
             raise SimulationError(f"cold_start_s must be a finite number >= 0, got {self.cold_start_s}")
-        if self.power_cap_w is not None and not self.power_cap_w > 0:
-            raise SimulationError(f"power_cap_w must be > 0 watts (None: no cap), got {self.power_cap_w}")
+        check_power_cap(self.power_cap_w, SimulationError)
 
     @property
     def gpus(self) -> int:

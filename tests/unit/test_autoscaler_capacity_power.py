@@ -119,4 +119,4 @@ def test_a_power_model_with_impossible_values_is_refused_by_name(field, value):
 def test_a_cap_that_is_not_positive_watts_is_refused_not_planned():
     # A cap of -1 W was planned as a brake with serving_scale -0.0125.
     with pytest.raises(PowerError, match="cap_w"):
-        plan_power(PowerModel.for_hardware("h100-80gb"), -1.0, 8_000.0, 7_000.0, 10)
+        plan_power(PowerModel.for_hardware("h100-80gb"), -1.0, lambda capped, scale: 8_000.0, 7_000.0, 10)

@@ -189,8 +189,8 @@ def test_a_prefill_pool_without_replicas_serves_nothing_and_counts_no_request_in
 
 
 def test_cluster_params_refuse_a_non_positive_power_cap_and_a_non_finite_cold_start(cluster):
-    for bad in (0.0, -100.0, float("nan")):
-        with pytest.raises(SimulationError, match="power_cap_w must be > 0 watts"):
+    for bad in (0.0, -100.0, float("nan"), float("inf")):
+        with pytest.raises(SimulationError, match=r"power_cap_w must be a finite number of watts > 0 \(or None: no cap\)"):
             warm(cluster, 1, 1, power_cap_w=bad)
     for bad in (-5.0, float("nan"), float("inf")):
         with pytest.raises(SimulationError, match="cold_start_s must be a finite number >= 0"):
