@@ -132,6 +132,22 @@ def _timestamp_seconds(raw: pd.Series) -> tuple[np.ndarray, np.ndarray, str]:
     return ((stamps - stamps.min()) / np.timedelta64(1, "s")).to_numpy(float), stamps.isna().to_numpy(), "not a date/time"
 
 
+def _read_csv(source, label: str, too_wide: str, **kwargs) -> pd.DataFrame:
+    """``pd.read_csv(source, index_col=False, **kwargs)``, every failure a ``TraceError`` led by ``label``.
+
+    index_col=False: rows longer than the header would otherwise make the first column the index and
+    shift the others; a trailing comma is dropped, extra values are refused (``too_wide`` says why).
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            return pd.read_csv(source, index_col=False, **kwargs)
+    except pd.errors.ParserWarning:
+        raise TraceError(f"{label}: {too_wide}") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+        raise TraceError(f"{label} is not a readable CSV: {str(exc).strip()}") from exc
+
+
 def load_azure_csv(path: str | Path) -> RequestTrace:
     """Load an Azure LLM inference trace (``TIMESTAMP, ContextTokens, GeneratedTokens``).
 
@@ -147,16 +163,7 @@ def load_azure_csv(path: str | Path) -> RequestTrace:
     path = Path(path)
     if not path.is_file():
         raise TraceError(f"trace file {path} does not exist")
-    try:
-        # index_col=False: rows longer than the header (a trailing comma) would otherwise make the
-        # first column the index and shift the others; a trailing comma is dropped, extra values refused.
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", pd.errors.ParserWarning)
-            frame = pd.read_csv(path, skipinitialspace=True, index_col=False)
-    except pd.errors.ParserWarning:
-        raise TraceError(f"trace file {path}: its rows have more fields than its header") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
-        raise TraceError(f"trace file {path} is not a readable CSV: {str(exc).strip()}") from exc
+    frame = _read_csv(path, f"trace file {path}", "its rows have more fields than its header", skipinitialspace=True)
     frame.columns = [str(c).strip() for c in frame.columns]
     missing = [c for c in AZURE_COLUMNS if c not in frame.columns]
     if missing:
@@ -187,17 +194,9 @@ def _read_servegen_client(path: Path, data: bytes) -> pd.DataFrame:
         TraceError: the file is empty, not six fields a row, or a value is missing, negative,
             not finite or beyond :data:`SERVEGEN_MAX_TS_S` / :data:`SERVEGEN_MAX_RATE`.
     """
-    try:
-        # index_col=False: rows of more than six fields would otherwise make the first the index.
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", pd.errors.ParserWarning)
-            frame = pd.read_csv(io.BytesIO(data), header=None, names=list(SERVEGEN_COLUMNS), index_col=False,
-                                dtype={"dist": str})
-    except pd.errors.ParserWarning:
-        raise TraceError(f"ServeGen file {path}: rows have more than the {len(SERVEGEN_COLUMNS)} fields "
-                         f"{', '.join(SERVEGEN_COLUMNS)}") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise TraceError(f"ServeGen file {path} is not a readable CSV: {str(exc).strip()}") from exc
+    frame = _read_csv(io.BytesIO(data), f"ServeGen file {path}",
+                      f"rows have more than the {len(SERVEGEN_COLUMNS)} fields {', '.join(SERVEGEN_COLUMNS)}",
+                      header=None, names=list(SERVEGEN_COLUMNS), dtype={"dist": str})
     if frame.empty:
         raise TraceError(f"ServeGen file {path} holds no windows")
     numeric = frame[["ts", "rate", "cv", "shape", "scale"]].apply(pd.to_numeric, errors="coerce")
