@@ -1,4 +1,4 @@
-"""Plots of one simulated run: demand vs capacity with forecast bands, replicas, SLO attainment, power.
+"""Plots of one simulated run: demand vs capacity with forecast bands, replicas, SLO attainment, power (serving and training).
 
 Long runs are reduced to at most ``max_points`` points per curve by block means (block maxima
 for demand, so peaks stay visible).
@@ -59,12 +59,15 @@ def plot_run(result: SimResult, prefill_tokens_per_s: float, out_dir: str | Path
     ax.set_ylabel("SLO attainment")
     ax.set_ylim(-0.02, 1.02)
     ax = axes[3]
-    ax.plot(hours, _blocks(result.power_w, k) / 1e3, lw=0.8, label="cluster power (kW)")
+    serving, total = _blocks(result.serving_w, k) / 1e3, _blocks(result.power_w, k) / 1e3
+    ax.fill_between(hours, 0.0, serving, color="tab:blue", alpha=0.45, lw=0, label="serving")
+    ax.fill_between(hours, serving, total, color="tab:purple", alpha=0.35, lw=0, label="training (shed first)")
+    ax.plot(hours, total, lw=0.6, color="black", label="cluster")
     if result.power_cap_w is not None:
         ax.axhline(result.power_cap_w / 1e3, color="red", ls="--", lw=0.8, label="cap")
-    ax.set_ylabel("kW")
+    ax.set_ylabel("power (kW)")
     ax.set_xlabel("hours")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     path = out / f"{result.policy}.png"
     fig.savefig(path, dpi=110)

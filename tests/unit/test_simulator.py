@@ -304,3 +304,25 @@ def test_plot_frontier_draws_each_policy(tmp_path):
     # Something besides the white background and axes was drawn: coloured pixels (lines, the star).
     rgb = image[..., :3]
     assert ((rgb.max(axis=2) - rgb.min(axis=2)) > 0.3).sum() > 500
+
+
+def test_plot_run_draws_serving_and_training_power_under_the_cluster_total(cluster, tmp_path, monkeypatch):
+    from autoscaler import plots
+
+    params = warm(cluster, 2, 2, total_gpus=4 * cluster.capacity.gpus_per_replica + 8, power_cap_w=8000.0)
+    # Demand steps up half-way: serving draws more, and training is shed to stay under the cap.
+    result = simulate(constant_trace(np.r_[np.zeros(180), np.full(180, 5.0)]), StaticPolicy(2, 2), params)
+    training = result.power_w - result.serving_w
+    assert training[-1] < training[0] and training[-1] > 0
+    figures = []
+    monkeypatch.setattr(plots.plt, "close", figures.append)
+    path = plots.plot_run(result, 10_000.0, tmp_path)
+    assert path.is_file()
+    ax = figures[0].axes[3]
+    bands = {c.get_label(): c.get_paths()[0].vertices[:, 1] for c in ax.collections}
+    assert set(bands) == {"serving", "training (shed first)"}
+    assert bands["serving"].min() == 0 and np.isclose(bands["serving"].max(), result.serving_w.max() / 1e3)
+    assert np.isclose(bands["training (shed first)"].min(), result.serving_w.min() / 1e3)
+    assert np.isclose(bands["training (shed first)"].max(), result.power_w.max() / 1e3)
+    (total,) = [line for line in ax.lines if line.get_label() == "cluster"]
+    np.testing.assert_allclose(total.get_ydata(), result.power_w / 1e3)
