@@ -261,25 +261,28 @@ def ratios(policies: dict, sweep: dict | None = None) -> dict:
     return res
 
 
-def crps_part(args) -> dict:
-    """Run benchmarks/forecast.py's held-out evaluation (the forecasting engineer's), or say where it is."""
-    path = ROOT / "benchmarks" / "forecast.py"
-    if not args.crps:
-        existing = ROOT / "results" / "forecast.json"
-        if existing.is_file():
-            data = json.loads(existing.read_text())
-            return {"source": str(existing.relative_to(ROOT)), "command": data.get("command"),
-                    "targets": data.get("targets"),
-                    "crps_vs_seasonal_naive": {n: s.get("crps_vs_seasonal_naive")
-                                               for n, s in data.get("forecasters", {}).items()}}
-        return {"note": "run with --crps, or python benchmarks/forecast.py"}
-    spec = importlib.util.spec_from_file_location("forecast_benchmark", path)
+def crps_part(args, results: Path = ROOT / "results") -> dict:
+    """The held-out forecast benchmark (``benchmarks/forecast.py``, the forecasting engineer's) at this run's seed.
+
+    ``--crps`` runs it first; otherwise its last result is read, and only if it is that benchmark's full
+    held-out run at this seed: a run at another seed or over fewer forecasters (``--forecasters``) would
+    report targets this run did not measure.
+    """
+    spec = importlib.util.spec_from_file_location("forecast_benchmark", ROOT / "benchmarks" / "forecast.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    train_rows = int(round(10 * 86_400 / module.SERVEGEN_STEP_S))
-    series, names = module.servegen_indicators(module.SERVEGEN, train_rows)
-    summary, _ = module.run_forecast_benchmark(series, names, module.SERVEGEN_STEP_S, train_rows, seed=args.seed)
-    return summary
+    if args.crps:
+        module.main(["--seed", str(args.seed)])
+    path = results / "forecast.json"
+    if not path.is_file():
+        return {"note": f"no {path.name}: run python benchmarks/forecast.py --seed {args.seed}, or pass --crps"}
+    data = json.loads(path.read_text())
+    if data.get("seed") != args.seed or not set(module.FORECASTERS) <= set(data.get("forecasters", {})):
+        return {"note": f"{path.name} holds another run ({data.get('command')!r}): run python benchmarks/forecast.py "
+                        f"--seed {args.seed}, or pass --crps"}
+    return {"source": f"results/{path.name}", "command": data.get("command"), "seed": data["seed"],
+            "targets": data.get("targets"),
+            "crps_vs_seasonal_naive": {n: s.get("crps_vs_seasonal_naive") for n, s in data["forecasters"].items()}}
 
 
 def print_table(results: dict) -> None:

@@ -250,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         command="python benchmarks/forecast.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         indicators=list(names),
         step_s=SERVEGEN_STEP_S,
+        seed=args.seed,
         train_days=args.train_days,
         flow_pretraining_series=len(extra),
         heldout_days=(series.shape[0] - train_rows) * SERVEGEN_STEP_S / 86_400,

@@ -2,6 +2,7 @@
 
 import argparse
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,24 @@ def test_unknown_traces_policies_and_forecasters_are_refused_before_any_run(benc
     with pytest.raises(SystemExit) as exited:
         bench.main([*argv, "--hindsight", "none", "--headroom", "1"])
     assert exited.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_the_forecast_result_is_embedded_only_from_the_full_held_out_run_at_the_same_seed(bench, tmp_path):
+    full = ("last", "seasonal_naive", "ewma", "kalman", "quantile", "flow")
+    args = argparse.Namespace(crps=False, seed=0)
+    assert "no forecast.json" in bench.crps_part(args, tmp_path)["note"]
+
+    def written(seed, names, command):
+        result = {"seed": seed, "command": command, "targets": {"flow_crps_below_every_baseline": seed == 2},
+                  "forecasters": {n: {"crps_vs_seasonal_naive": 0.3} for n in names}}
+        (tmp_path / "forecast.json").write_text(json.dumps(result))
+        return bench.crps_part(args, tmp_path)
+
+    # A later run at another seed, or over two baselines only, is not this run's result.
+    other_seed = written(2, full, "python benchmarks/forecast.py --seed 2")
+    assert "targets" not in other_seed and "--seed 2" in other_seed["note"]
+    assert "targets" not in written(0, ("seasonal_naive", "quantile", "flow"), "--forecasters seasonal_naive,quantile,flow")
+    assert "targets" not in written(None, full, "python benchmarks/forecast.py")  # written before runs recorded a seed
+    embedded = written(0, full, "python benchmarks/forecast.py")
+    assert embedded["seed"] == 0 and embedded["targets"] == {"flow_crps_below_every_baseline": False}
+    assert set(embedded["crps_vs_seasonal_naive"]) == set(full)
