@@ -248,14 +248,19 @@ def ratios(policies: dict, sweep: dict | None = None) -> dict:
     res["beats_every_baseline_at_equal_gpu_hours"] = bool(runs) and all(
         ours["slo_attainment"] > v["slo_attainment"] for v in res["attainment_at_equal_gpu_hours"].values())
     reached = ours["slo_attainment"] >= TARGET_ATTAINMENT
-    # The GPU-hour targets hold "at that attainment": a cheap run below 99% does not meet them.
+    # The GPU-hour targets hold "at that attainment": a cheap run below 99% does not meet them. Those
+    # against the best or every baseline are measured only when every baseline ran (else null).
+    every = set(BASELINES) <= set(policies)
+    if not every:
+        res["baselines_run"] = [n for n in BASELINES if n in policies]
     res["targets"] = {
         "attainment_ge_99": reached,
         "gpu_hours_le_0.70x_static_at_99": reached and res.get("gpu_hours_vs_static", np.inf) <= 0.70,
-        "gpu_hours_le_0.85x_best_baseline_at_99": reached and res.get("gpu_hours_vs_best_baseline_at_99", np.inf) <= 0.85,
-        "gpu_hours_le_0.85x_best_tuned_baseline_at_99_or_beats_at_equal_gpu_hours": reached and (
+        "gpu_hours_le_0.85x_best_baseline_at_99": (
+            reached and res.get("gpu_hours_vs_best_baseline_at_99", np.inf) <= 0.85) if every else None,
+        "gpu_hours_le_0.85x_best_tuned_baseline_at_99_or_beats_at_equal_gpu_hours": (reached and (
             res.get("gpu_hours_vs_best_tuned_baseline_at_99", np.inf) <= 0.85
-            or res["beats_every_baseline_at_equal_gpu_hours"]),
+            or res["beats_every_baseline_at_equal_gpu_hours"])) if every else None,
         "zero_power_violations": ours["power_violations"] == 0,
     }
     return res

@@ -57,6 +57,7 @@ def test_ratios_find_the_cheapest_tuned_baseline_at_99_and_compare_at_equal_gpu_
              "ray-serve": [run(28, 0.90, 0.75), run(44, 0.78, 1.0), run(35, 0.992, 1.5)],
              "dynamo": [run(10, 0.16, 1.0), run(20, 0.60, 2.0)]}
     res = bench.ratios(policies, sweep)
+    assert "baselines_run" not in res
     # The defaults' comparison is unchanged by the sweep.
     assert res["best_baseline_at_99"] == "static" and res["gpu_hours_vs_best_baseline_at_99"] == pytest.approx(0.75)
     assert res["best_tuned_baseline_at_99"] == {"policy": "ray-serve", "headroom": 1.5, "slo_attainment": 0.992,
@@ -89,7 +90,11 @@ def test_ratios_without_a_sweep_use_each_default_and_without_flowtide_are_empty(
     assert res["gpu_hours_vs_best_tuned_baseline_at_99"] == pytest.approx(0.9)
     assert res["attainment_at_equal_gpu_hours"]["static"]["slo_attainment"] == pytest.approx(1.0)
     assert not res["beats_every_baseline_at_equal_gpu_hours"]
-    assert not res["targets"]["gpu_hours_le_0.85x_best_tuned_baseline_at_99_or_beats_at_equal_gpu_hours"]
+    # Ray Serve did not run: the targets against the best and every baseline are not measured.
+    assert res["baselines_run"] == ["static", "dynamo"]
+    assert res["targets"]["gpu_hours_le_0.85x_best_tuned_baseline_at_99_or_beats_at_equal_gpu_hours"] is None
+    assert res["targets"]["gpu_hours_le_0.85x_best_baseline_at_99"] is None
+    assert res["targets"]["gpu_hours_le_0.70x_static_at_99"] is False  # 0.9x static
     assert bench.ratios({"static": run(40, 1.0)}, {"static": [run(40, 1.0)]}) == {}
 
 
