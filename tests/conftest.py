@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import orchestrator  # noqa: F401  (keeps Ray on loopback: must precede any ray import)
 import pytest
@@ -12,6 +14,15 @@ from orchestrator.ingress import free_port  # noqa: F401  (the tests' free port)
 
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the clone
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` as a module named ``<name>_benchmark`` ("autoscaler" is also the package it imports)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def needs_data(*paths: Path) -> pytest.MarkDecorator:

@@ -1,24 +1,16 @@
 """benchmarks/autoscaler.py's comparison: each baseline's headroom frontier read at flowtide's GPU-hours."""
 
 import argparse
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHARED_DATA, needs_data
-
-PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "autoscaler.py"
+from tests.conftest import SHARED_DATA, load_benchmark, needs_data
 
 
 @pytest.fixture(scope="module")
 def bench():
-    # Under its own name: "autoscaler" is the package the benchmark imports.
-    spec = importlib.util.spec_from_file_location("autoscaler_benchmark", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("autoscaler")
 
 
 def run(gpu_hours, attainment, headroom=1.0):

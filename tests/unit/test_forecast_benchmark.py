@@ -1,19 +1,13 @@
 """benchmarks/forecast.py's reading of issue 3's forecast targets from one run's scores."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "forecast.py"
+from tests.conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("forecast_benchmark", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("forecast")
 
 
 def scores(names, flow_crps=22.9, coverage=0.83):

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,8 +14,9 @@ from autoscaler.forecast import ForecastInputError, make_forecaster
 from autoscaler.forecast.evaluate import rolling_evaluation
 from autoscaler.forecast.flow import FlowForecaster
 
+from tests.conftest import load_benchmark
+
 STEP_S = 3600.0
-FORECAST_BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "forecast.py"
 TINY = dict(horizon=3, context=12, patch=6, seasons=1, pre=6, d_model=16, heads=2, layers=1, context_features=16,
             transforms=2, hidden_features=(32, 32), batch_size=64, max_epochs=4, patience=4, update_every_s=6 * 3600.0,
             update_steps=3, calibration_samples=16)
@@ -87,9 +86,7 @@ def test_validation_start_is_where_fit_validates(fitted):
 def test_forecast_benchmark_cuts_aligned_subsets_where_the_flows_validation_begins(monkeypatch):
     """The client-subset series cover the training days; windows of theirs at the validation times
     would train the network on what early stopping and the first calibration score."""
-    spec = importlib.util.spec_from_file_location("forecast_benchmark", FORECAST_BENCHMARK)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("forecast")
     seen = []
     fit = FlowForecaster.fit
 
