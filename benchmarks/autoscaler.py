@@ -269,9 +269,9 @@ def ratios(policies: dict, sweep: dict | None = None) -> dict:
 def crps_part(args, results: Path = ROOT / "results") -> dict:
     """The held-out forecast benchmark (``benchmarks/forecast.py``, the forecasting engineer's) at this run's seed.
 
-    ``--crps`` runs it first; otherwise its last result is read, and only if it is that benchmark's full
-    held-out run at this seed: a run at another seed or over fewer forecasters (``--forecasters``) would
-    report targets this run did not measure.
+    ``--crps`` runs it first; otherwise its last result is read, and only if it is that benchmark's
+    standard held-out run at this seed: a run at another seed, over fewer forecasters or with another
+    training budget would report targets this run did not measure.
     """
     spec = importlib.util.spec_from_file_location("forecast_benchmark", ROOT / "benchmarks" / "forecast.py")
     module = importlib.util.module_from_spec(spec)
@@ -282,7 +282,7 @@ def crps_part(args, results: Path = ROOT / "results") -> dict:
     if not path.is_file():
         return {"note": f"no {path.name}: run python benchmarks/forecast.py --seed {args.seed}, or pass --crps"}
     data = json.loads(path.read_text())
-    if data.get("seed") != args.seed or not set(module.FORECASTERS) <= set(data.get("forecasters", {})):
+    if data.get("seed") != args.seed or not data.get("standard_run"):
         return {"note": f"{path.name} holds another run ({data.get('command')!r}): run python benchmarks/forecast.py "
                         f"--seed {args.seed}, or pass --crps"}
     return {"source": f"results/{path.name}", "command": data.get("command"), "seed": data["seed"],

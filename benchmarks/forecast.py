@@ -220,7 +220,7 @@ def plot_bands(series: np.ndarray, evals: dict[str, Evaluation], step_s: float, 
     return True
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=SERVEGEN, help="ServeGen folder (chunk-*-trace.csv)")
     parser.add_argument("--train-days", type=float, default=10.0, help="days fitted on; the rest are held out")
@@ -242,6 +242,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0,
                         help="seeds the flow's training, its client-subset series and every forecaster's samples")
     parser.add_argument("--json", type=Path, default=None, help="also write the result JSON here")
+    return parser
+
+
+def standard_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> bool:
+    """The benchmark as documented, only the seed and the copy's path chosen: what the autoscaler
+    benchmark may embed as this forecast's result."""
+    return all(v == parser.get_default(k) for k, v in vars(args).items() if k not in ("seed", "json"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not args.data.is_dir():
         print(f"ServeGen data not found at {args.data}: see ../shared/data/README.md", file=sys.stderr)
@@ -269,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         indicators=list(names),
         step_s=SERVEGEN_STEP_S,
         seed=args.seed,
+        standard_run=standard_run(parser, args),
         train_days=args.train_days,
         flow_pretraining_series=len(extra),
         heldout_days=(series.shape[0] - train_rows) * SERVEGEN_STEP_S / 86_400,

@@ -133,17 +133,20 @@ def test_the_forecast_result_is_embedded_only_from_the_full_held_out_run_at_the_
     args = argparse.Namespace(crps=False, seed=0)
     assert "no forecast.json" in bench.crps_part(args, tmp_path)["note"]
 
-    def written(seed, names, command):
+    def written(seed, command, standard=True, **extra):
         result = {"seed": seed, "command": command, "targets": {"flow_crps_below_every_baseline": seed == 2},
-                  "forecasters": {n: {"crps_vs_seasonal_naive": 0.3} for n in names}}
+                  "forecasters": {n: {"crps_vs_seasonal_naive": 0.3} for n in full}, **extra}
+        if standard is not None:
+            result["standard_run"] = standard
         (tmp_path / "forecast.json").write_text(json.dumps(result))
         return bench.crps_part(args, tmp_path)
 
-    # A later run at another seed, or over two baselines only, is not this run's result.
-    other_seed = written(2, full, "python benchmarks/forecast.py --seed 2")
+    # A later run at another seed, over two baselines only or another budget, is not this run's result.
+    other_seed = written(2, "python benchmarks/forecast.py --seed 2")
     assert "targets" not in other_seed and "--seed 2" in other_seed["note"]
-    assert "targets" not in written(0, ("seasonal_naive", "quantile", "flow"), "--forecasters seasonal_naive,quantile,flow")
-    assert "targets" not in written(None, full, "python benchmarks/forecast.py")  # written before runs recorded a seed
-    embedded = written(0, full, "python benchmarks/forecast.py")
+    assert "targets" not in written(0, "--forecasters seasonal_naive,quantile,flow", standard=False)
+    assert "targets" not in written(0, "--flow-epochs 5", standard=False)
+    assert "targets" not in written(0, "python benchmarks/forecast.py", standard=None)  # before runs said so
+    embedded = written(0, "python benchmarks/forecast.py")
     assert embedded["seed"] == 0 and embedded["targets"] == {"flow_crps_below_every_baseline": False}
     assert set(embedded["crps_vs_seasonal_naive"]) == set(full)

@@ -29,3 +29,16 @@ def test_below_every_baseline_is_claimed_only_when_every_baseline_ran(bench):
     assert some["flow_crps_below_the_baselines_run"] is True
     assert some["baselines_run"] == ["seasonal_naive", "quantile"]
     assert some["flow_coverage_80_in_75_85"] is False
+
+
+@pytest.mark.parametrize("argv, standard", [
+    ([], True),
+    (["--seed", "2", "--json", "results/forecast_seed2.json"], True),
+    (["--forecasters", "seasonal_naive,quantile,flow"], False),
+    (["--flow-epochs", "5"], False),
+    (["--subsets", "0"], False),
+    (["--train-days", "8", "--end-days", "10"], False),
+])
+def test_a_run_is_standard_only_with_the_documented_configuration(bench, argv, standard):
+    parser = bench.build_parser()
+    assert bench.standard_run(parser, parser.parse_args(argv)) is standard
