@@ -266,18 +266,24 @@ def ratios(policies: dict, sweep: dict | None = None) -> dict:
     return res
 
 
-def crps_part(args, results: Path = ROOT / "results") -> dict:
-    """The held-out forecast benchmark (``benchmarks/forecast.py``, the forecasting engineer's) at this run's seed.
-
-    ``--crps`` runs it first; otherwise its last result is read, and only if it is that benchmark's
-    standard held-out run at this seed: a run at another seed, over fewer forecasters or with another
-    training budget would report targets this run did not measure.
-    """
+def forecast_benchmark():
+    """``benchmarks/forecast.py`` as a module (the forecasting engineer's script, not a package)."""
     spec = importlib.util.spec_from_file_location("forecast_benchmark", ROOT / "benchmarks" / "forecast.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    if args.crps:
-        module.main(["--seed", str(args.seed)])
+    return module
+
+
+def crps_part(args, results: Path = ROOT / "results") -> dict:
+    """The held-out forecast benchmark (``benchmarks/forecast.py``, the forecasting engineer's) at this run's seed.
+
+    ``--crps`` runs it first (if that fails, nothing is embedded: the file holds an older run); otherwise
+    its last result is read, and only if it is that benchmark's standard held-out run at this seed: a run
+    at another seed, over fewer forecasters or with another training budget would report targets this
+    run did not measure.
+    """
+    if args.crps and (code := forecast_benchmark().main(["--seed", str(args.seed)])) != 0:
+        return {"note": f"python benchmarks/forecast.py --seed {args.seed} failed (exit {code}): nothing embedded"}
     path = results / "forecast.json"
     if not path.is_file():
         return {"note": f"no {path.name}: run python benchmarks/forecast.py --seed {args.seed}, or pass --crps"}

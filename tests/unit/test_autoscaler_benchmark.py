@@ -2,6 +2,7 @@
 
 import argparse
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -128,7 +129,7 @@ def test_unknown_traces_policies_and_forecasters_are_refused_before_any_run(benc
     assert exited.value.code == 2 and says in capsys.readouterr().err
 
 
-def test_the_forecast_result_is_embedded_only_from_the_full_held_out_run_at_the_same_seed(bench, tmp_path):
+def test_the_forecast_result_is_embedded_only_from_the_standard_held_out_run_at_the_same_seed(bench, tmp_path):
     full = ("last", "seasonal_naive", "ewma", "kalman", "quantile", "flow")
     args = argparse.Namespace(crps=False, seed=0)
     assert "no forecast.json" in bench.crps_part(args, tmp_path)["note"]
@@ -150,3 +151,16 @@ def test_the_forecast_result_is_embedded_only_from_the_full_held_out_run_at_the_
     embedded = written(0, "python benchmarks/forecast.py")
     assert embedded["seed"] == 0 and embedded["targets"] == {"flow_crps_below_every_baseline": False}
     assert set(embedded["crps_vs_seasonal_naive"]) == set(full)
+
+
+def test_a_failed_forecast_run_under_crps_embeds_no_older_result(bench, tmp_path, monkeypatch):
+    (tmp_path / "forecast.json").write_text(json.dumps(
+        {"seed": 0, "standard_run": True, "command": "python benchmarks/forecast.py", "targets": {},
+         "forecasters": {"flow": {"crps_vs_seasonal_naive": 0.3}}}))
+    assert "targets" in bench.crps_part(argparse.Namespace(crps=False, seed=0), tmp_path)
+    runs = []
+    monkeypatch.setattr(bench, "forecast_benchmark",
+                        lambda: SimpleNamespace(main=lambda argv: runs.append(argv) or 2))  # exit 2: no data
+    out = bench.crps_part(argparse.Namespace(crps=True, seed=0), tmp_path)
+    assert runs == [["--seed", "0"]]
+    assert "targets" not in out and "failed (exit 2)" in out["note"]
