@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import numbers
 import os
 import platform
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # would shadow the autoscaler package.
 sys.path.insert(0, str(ROOT))
 
-from autoscaler.forecast import make_forecaster  # noqa: E402
+from autoscaler.forecast import ForecastInputError, make_forecaster  # noqa: E402
+from autoscaler.forecast.flow import FlowConfig  # noqa: E402
 from autoscaler.forecast.evaluate import Evaluation, rolling_evaluation  # noqa: E402
 
 SERVEGEN = ROOT.parent / "shared" / "data" / "servegen-m-large"
@@ -239,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--flow-train-s", type=float, default=3600.0,
                         help="wall-time safety guard on the flow's training; reported (flow_wall_cap_hit) if it binds, "
                              "since the result then depends on the machine's load")
+    parser.add_argument("--flow-config", action="append", default=None, metavar="FIELD=VALUE",
+                        help="override one FlowConfig field, the value read as JSON (repeatable; e.g. blend_weight=0.5, "
+                             "dropout=0.1): a variant, to be judged on a development split")
     parser.add_argument("--seed", type=int, default=0,
                         help="seeds the flow's training, its client-subset series and every forecaster's samples")
     parser.add_argument("--json", type=Path, default=None, help="also write the result JSON here")
@@ -251,9 +257,46 @@ def standard_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> b
     return all(v == parser.get_default(k) for k, v in vars(args).items() if k not in ("seed", "json"))
 
 
+# FlowConfig fields with a flag of their own.
+_OWN_FLAG = {"seed": "--seed", "max_epochs": "--flow-epochs", "max_train_s": "--flow-train-s", "horizon": "--horizon"}
+
+
+def flow_overrides(items: list[str] | None) -> dict:
+    """``--flow-config FIELD=VALUE`` items as FlowConfig keywords; raises ``ForecastInputError`` naming a bad one."""
+    defaults = asdict(FlowConfig())
+    out = {}
+    for item in items or ():
+        name, sep, text = item.partition("=")
+        if not sep:
+            raise ForecastInputError(f"--flow-config {item!r}: expected FIELD=VALUE")
+        if name in _OWN_FLAG:
+            raise ForecastInputError(f"--flow-config {name}: use {_OWN_FLAG[name]}")
+        if name not in defaults:
+            raise ForecastInputError(
+                f"--flow-config {name}: not a FlowConfig field; known: {sorted(defaults.keys() - _OWN_FLAG.keys())}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            raise ForecastInputError(f"--flow-config {item!r}: the value is not JSON (e.g. 0.5, 64, [32, 32])") from None
+        kind = list if isinstance(defaults[name], (list, tuple)) else numbers.Real
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ForecastInputError(f"--flow-config {item!r}: {name} takes a {'list' if kind is list else 'number'}")
+        out[name] = value
+    try:
+        FlowConfig(**out)  # each value in its range, before any data is read
+    except ForecastInputError as e:
+        raise ForecastInputError(f"--flow-config: {e}") from None
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        overrides = flow_overrides(args.flow_config)
+    except ForecastInputError as e:
+        print(e, file=sys.stderr)
+        return 2
     if not args.data.is_dir():
         print(f"ServeGen data not found at {args.data}: see ../shared/data/README.md", file=sys.stderr)
         return 2
@@ -268,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     names_run = tuple(n for n in args.forecasters.split(",") if n)
     t0 = time.perf_counter()
     extra = tuple(client_subset_series(args.data, train_rows, args.subsets, seed=args.seed + 1)) if args.subsets else ()
-    flow_kw = {"max_train_s": args.flow_train_s, "seed": args.seed}
+    flow_kw = {**overrides, "max_train_s": args.flow_train_s, "seed": args.seed}
     if args.flow_epochs is not None:
         flow_kw["max_epochs"] = args.flow_epochs
     summary, evals = run_forecast_benchmark(series, names, SERVEGEN_STEP_S, train_rows, args.horizon, args.samples,
@@ -281,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         step_s=SERVEGEN_STEP_S,
         seed=args.seed,
         standard_run=standard_run(parser, args),
+        flow_config=overrides,
         train_days=args.train_days,
         flow_pretraining_series=len(extra),
         heldout_days=(series.shape[0] - train_rows) * SERVEGEN_STEP_S / 86_400,

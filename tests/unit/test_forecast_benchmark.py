@@ -1,5 +1,7 @@
 """benchmarks/forecast.py's reading of issue 3's forecast targets from one run's scores."""
 
+import re
+
 import pytest
 
 from tests.conftest import load_benchmark
@@ -38,7 +40,34 @@ def test_below_every_baseline_is_claimed_only_when_every_baseline_ran(bench):
     (["--flow-epochs", "5"], False),
     (["--subsets", "0"], False),
     (["--train-days", "8", "--end-days", "10"], False),
+    (["--flow-config", "blend_weight=0.25"], False),
 ])
 def test_a_run_is_standard_only_with_the_documented_configuration(bench, argv, standard):
     parser = bench.build_parser()
     assert bench.standard_run(parser, parser.parse_args(argv)) is standard
+
+
+def test_flow_config_overrides_are_read_as_json_fields(bench):
+    argv = ["--flow-config", "blend_weight=0.5", "--flow-config", "hidden_features=[64, 64]"]
+    args = bench.build_parser().parse_args(argv)
+    assert bench.flow_overrides(args.flow_config) == {"blend_weight": 0.5, "hidden_features": [64, 64]}
+    assert bench.flow_overrides(None) == {}
+
+
+@pytest.mark.parametrize("item, names", [
+    ("blend_weight", "FIELD=VALUE"),
+    ("seed=1", "use --seed"),
+    ("max_epochs=5", "use --flow-epochs"),
+    ("nope=1", "not a FlowConfig field"),
+    ("dropout=x", "not JSON"),
+    ('dropout="0.1"', "dropout takes a number"),
+    ("bins=true", "bins takes a number"),
+    ("hidden_features=3", "hidden_features takes a list"),
+    ("blend_weight=2", "blend_weight must lie in [0, 1]"),
+])
+def test_a_bad_flow_config_is_refused_naming_the_problem(bench, item, names, capsys):
+    with pytest.raises(bench.ForecastInputError, match=re.escape(names)):
+        bench.flow_overrides([item])
+    # The command refuses it first, before it looks for the data.
+    assert bench.main(["--flow-config", item, "--data", "/nonexistent"]) == 2
+    assert names in capsys.readouterr().err
