@@ -36,8 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from autoscaler.forecast import ForecastInputError, make_forecaster  # noqa: E402
-from autoscaler.forecast.flow import FlowConfig  # noqa: E402
 from autoscaler.forecast.evaluate import Evaluation, rolling_evaluation  # noqa: E402
+from autoscaler.forecast.flow import FlowConfig  # noqa: E402
 
 SERVEGEN = ROOT.parent / "shared" / "data" / "servegen-m-large"
 SERVEGEN_STEP_S = 600.0
