@@ -117,7 +117,14 @@ class FlowConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        """Raises ``ForecastInputError`` naming the first field out of its range."""
+        """Raises ``ForecastInputError`` naming the first field of the wrong kind or out of its range."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(f.default, tuple):
+                if not isinstance(value, (list, tuple)):
+                    raise ForecastInputError(f"{f.name} must be a list, got {value!r}")
+            elif not isinstance(value, numbers.Real) or isinstance(value, bool):
+                raise ForecastInputError(f"{f.name} must be a number, got {value!r}")
         self.hidden_features = tuple(self.hidden_features)
         self.anchor_levels = tuple(self.anchor_levels)
         for name, least in _LEAST_COUNT.items():

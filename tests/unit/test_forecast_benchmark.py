@@ -60,9 +60,9 @@ def test_flow_config_overrides_are_read_as_json_fields(bench):
     ("max_epochs=5", "use --flow-epochs"),
     ("nope=1", "not a FlowConfig field"),
     ("dropout=x", "not JSON"),
-    ('dropout="0.1"', "dropout takes a number"),
-    ("bins=true", "bins takes a number"),
-    ("hidden_features=3", "hidden_features takes a list"),
+    ('dropout="0.1"', "dropout must be a number"),
+    ("bins=true", "bins must be a number"),
+    ("hidden_features=3", "hidden_features must be a list"),
     ("blend_weight=2", "blend_weight must lie in [0, 1]"),
 ])
 def test_a_bad_flow_config_is_refused_naming_the_problem(bench, item, names, capsys):

@@ -420,6 +420,9 @@ def test_flow_with_quantile_input_and_blend_saves_and_loads_to_the_same_samples(
         ("lr", -1e-3, "lr must be >= 0"),
         ("anchor_levels", (0.5, 0.1), "must increase strictly"),
         ("history_days", 2.0, r"history_days must be finite and >= seasons \+ max"),  # TINY: 1 + 2 days
+        ("dropout", "0.1", "dropout must be a number, got '0.1'"),
+        ("bins", True, "bins must be a number"),
+        ("hidden_features", 32, "hidden_features must be a list"),
     ],
 )
 def test_flow_config_out_of_range_is_a_named_error(field, value, message):
