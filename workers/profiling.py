@@ -2,7 +2,9 @@
 
 Rows follow the column schema of Splitwise's ``perf_model.csv`` (``../shared/data/splitwise-perf``,
 Mutinifni/splitwise-sim, MIT) so the autoscaler's capacity model reads a local profile and the
-published GPU profiles alike. Written against the engine protocol, so any engine can be profiled.
+published GPU profiles alike. A run times its requests through a :data:`RequestTimer`: the engine
+protocol in-process (any engine), or a running service's OpenAI endpoint, whose profile includes
+what the serving path adds (HTTP, routing, the KV hand-off).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import platform
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
@@ -117,35 +119,69 @@ def hardware_name() -> str:
     return f"cpu-{platform.machine().lower()}-{len(os.sched_getaffinity(0))}c"
 
 
-async def _one_request(engine: Engine, request_id: str, prompt: list[int], sampling: SamplingParams) -> tuple[float, float, int]:
-    first = last = math.nan
-    count = 0
-    async for _ in engine.generate(request_id, prompt, sampling):
-        last = time.perf_counter()
-        if count == 0:
-            first = last
-        count += 1
-    return first, last, count
+# Times one request: ``(request_id, prompt_ids, sampling) -> (first token at, last token at, tokens)``,
+# ``time.perf_counter()`` seconds. One per target: an engine in-process, or a running endpoint.
+RequestTimer = Callable[[str, list[int], SamplingParams], Awaitable[tuple[float, float, int]]]
+
+
+def engine_timer(engine: Engine) -> RequestTimer:
+    """Requests straight to ``engine.generate``: the engine's own work."""
+
+    async def timed(request_id: str, prompt: list[int], sampling: SamplingParams) -> tuple[float, float, int]:
+        first = last = math.nan
+        count = 0
+        async for _ in engine.generate(request_id, prompt, sampling):
+            last = time.perf_counter()
+            if count == 0:
+                first = last
+            count += 1
+        return first, last, count
+
+    return timed
+
+
+def endpoint_timer(client, model: str) -> RequestTimer:
+    """Requests through a running OpenAI-compatible endpoint (``client``: an ``openai.AsyncOpenAI``), streamed.
+
+    What a client sees: HTTP, routing, the KV hand-off and detokenisation on top of the engine's work.
+    Tokens that arrive in one chunk share its time; the count is the server's own (``usage``).
+    """
+
+    async def timed(request_id: str, prompt: list[int], sampling: SamplingParams) -> tuple[float, float, int]:
+        first = last = math.nan
+        count = 0
+        stream = await client.completions.create(
+            model=model, prompt=prompt, max_tokens=sampling.max_tokens, temperature=sampling.temperature, stream=True,
+            stream_options={"include_usage": True}, extra_body={"ignore_eos": sampling.ignore_eos})
+        async for chunk in stream:
+            if chunk.usage is not None:
+                count = chunk.usage.completion_tokens
+            elif chunk.choices and (chunk.choices[0].text or chunk.choices[0].finish_reason):
+                last = time.perf_counter()
+                if math.isnan(first):
+                    first = last
+        return first, last, count
+
+    return timed
 
 
 async def measure_run(
-    engine: Engine, prompt_size: int, batch_size: int, token_size: int, *, vocab_size: int, rng: random.Random, tag: str
+    timer: RequestTimer, prompt_size: int, batch_size: int, token_size: int, *, vocab_size: int,
+    rng: random.Random, tag: str
 ) -> tuple[float, float, float]:
-    """Run one batch of ``batch_size`` random prompts; return (prompt_time, token_time, e2e_time) in ms.
+    """Run one batch of ``batch_size`` random prompts at once; return (prompt_time, token_time, e2e_time) in ms.
 
     Raises:
-        ProfileError: the engine stopped before ``token_size`` tokens despite ``ignore_eos``.
+        ProfileError: the target stopped before ``token_size`` tokens despite ``ignore_eos``.
     """
     sampling = SamplingParams(max_tokens=token_size, temperature=0.0, ignore_eos=True)
     # Distinct prompts, so no prefix cache can serve one request from another.
     prompts = [[rng.randrange(vocab_size) for _ in range(prompt_size)] for _ in range(batch_size)]
     start = time.perf_counter()
-    results = await asyncio.gather(
-        *(_one_request(engine, f"{tag}-{i}", prompt, sampling) for i, prompt in enumerate(prompts))
-    )
+    results = await asyncio.gather(*(timer(f"{tag}-{i}", prompt, sampling) for i, prompt in enumerate(prompts)))
     short = [count for _, _, count in results if count != token_size]
     if short:
-        raise ProfileError(f"engine produced {short[0]} tokens, not {token_size}, with ignore_eos set")
+        raise ProfileError(f"produced {short[0]} tokens, not {token_size}, with ignore_eos set")
     all_first = max(first for first, _, _ in results)
     all_last = max(last for _, last, _ in results)
     prompt_ms = (all_first - start) * 1e3
@@ -153,8 +189,13 @@ async def measure_run(
     return prompt_ms, token_ms, (all_last - start) * 1e3
 
 
-async def profile_engine(
-    engine: Engine,
+async def profile_engine(engine: Engine, plan: ProfilePlan, **kwargs) -> list[PerfRow]:
+    """:func:`profile_runs` on a colocated ``engine`` in this process (its ``generate``)."""
+    return await profile_runs(engine_timer(engine), plan, **kwargs)
+
+
+async def profile_runs(
+    timer: RequestTimer,
     plan: ProfilePlan,
     *,
     model: str,
@@ -166,7 +207,7 @@ async def profile_engine(
     on_row: Callable[[PerfRow], None] | None = None,
     power: PowerSampler | None = None,
 ) -> list[PerfRow]:
-    """Measure every run of ``plan`` on a colocated ``engine`` (its ``generate``), after warm-up runs.
+    """Measure every run of ``plan`` through ``timer``, after warm-up runs.
 
     Power columns come from ``power`` over each run; without one they are 0.0 (not measured), as in
     Splitwise's rows without power data.
@@ -178,11 +219,11 @@ async def profile_engine(
         if (prompt_size, batch_size) not in warm:
             warm.add((prompt_size, batch_size))
             for w in range(plan.warmup_runs):
-                await measure_run(engine, prompt_size, batch_size, plan.token_size, vocab_size=vocab_size, rng=rng,
+                await measure_run(timer, prompt_size, batch_size, plan.token_size, vocab_size=vocab_size, rng=rng,
                                   tag=f"warmup{i}.{w}")
         started = time.perf_counter()
         prompt_ms, token_ms, e2e_ms = await measure_run(
-            engine, prompt_size, batch_size, plan.token_size, vocab_size=vocab_size, rng=rng, tag=f"run{i}"
+            timer, prompt_size, batch_size, plan.token_size, vocab_size=vocab_size, rng=rng, tag=f"run{i}"
         )
         peak, average = power.window(started, time.perf_counter()) if power is not None else (0.0, 0.0)
         row = PerfRow(

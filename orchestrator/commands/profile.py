@@ -1,4 +1,4 @@
-"""`flowtide profile`: measure the engine in use and write a capacity profile (perf_model.csv schema)."""
+"""`flowtide profile`: measure the engine in use, or a running endpoint, into a capacity profile (perf_model.csv schema)."""
 
 from __future__ import annotations
 
@@ -32,13 +32,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML config file (default: $FLOWTIDE_CONFIG or built-in defaults)")
     p.add_argument("--engine", choices=["transformers", "vllm"], help="engine to profile (default: engine.kind)")
     p.add_argument("--model", help="local Hugging Face checkpoint directory (default: the embedded tiny model)")
+    p.add_argument("--endpoint", help="profile a running service at this base URL (e.g. http://127.0.0.1:8000) "
+                   "through its OpenAI API instead of an engine in this process; the prompts' token ids come from "
+                   "--model / the config's model, which must be the one it serves")
     p.add_argument("--out", required=True, help="CSV to write (Splitwise perf_model.csv columns)")
     p.add_argument("--prompt-sizes", type=_sizes, default=default.prompt_sizes, help="prompt sweep at batch 1, e.g. 32,64,128")
     p.add_argument("--batch-sizes", type=_sizes, default=default.batch_sizes, help="batch sweep, e.g. 1,2,4,8")
     p.add_argument("--batch-prompt-size", type=int, default=default.batch_prompt_size, help="prompt length in the batch sweep")
     p.add_argument("--token-size", type=int, default=default.token_size, help="tokens generated per request")
     p.add_argument("--repeats", type=int, default=default.repeats, help="runs per (prompt, batch) point")
-    p.add_argument("--hardware", help="hardware column (default: the GPU name, else cpu-<arch>-<cores>c)")
+    p.add_argument("--hardware", help="hardware column (default: the GPU name, else cpu-<arch>-<cores>c; "
+                   "with --endpoint, that name plus '-served')")
     p.set_defaults(run=run)
 
 
@@ -57,14 +61,32 @@ def run(args: argparse.Namespace) -> int:
     from workers.engines.base import EngineUnavailableError
 
     try:
-        out = asyncio.run(_profile(config, plan, Path(args.out), args.hardware))
+        _check_fits(plan, config, served=bool(args.endpoint))
+        profile = _profile_endpoint(args.endpoint) if args.endpoint else _profile
+        out = asyncio.run(profile(config, plan, Path(args.out), args.hardware))
     except ProfileError as exc:
         raise ConfigError(f"profile: {exc}") from exc
+    except EndpointError as exc:
+        print(f"flowtide: {exc}", file=sys.stderr)
+        return 1
     except EngineUnavailableError as exc:
         print(f"flowtide: the {config.engine.kind} engine cannot start: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {out}")
     return 0
+
+
+def _check_fits(plan, config: FlowtideConfig, served: bool) -> None:
+    """Raises ProfileError for runs a replica cannot batch, or (``served``) prompts the endpoint refuses."""
+    from workers.profiling import ProfileError
+
+    if max(plan.batch_sizes) > config.serving.max_batch_size:
+        raise ProfileError(
+            f"batch size {max(plan.batch_sizes)} exceeds serving.max_batch_size={config.serving.max_batch_size}"
+        )
+    longest = max(*plan.prompt_sizes, plan.batch_prompt_size)
+    if served and longest > config.model.max_prompt_tokens:
+        raise ProfileError(f"prompt size {longest} exceeds model.max_prompt_tokens={config.model.max_prompt_tokens}")
 
 
 async def _profile(config: FlowtideConfig, plan, out: Path, hardware: str | None) -> Path:
@@ -73,12 +95,8 @@ async def _profile(config: FlowtideConfig, plan, out: Path, hardware: str | None
     from orchestrator.app import engine_options, resolve_model_path
     from workers.engines import build_engine
     from workers.gpu_power import NvmlPower
-    from workers.profiling import ProfileError, hardware_name, profile_engine, write_perf_csv
+    from workers.profiling import hardware_name, profile_engine, write_perf_csv
 
-    if max(plan.batch_sizes) > config.serving.max_batch_size:
-        raise ProfileError(
-            f"batch size {max(plan.batch_sizes)} exceeds serving.max_batch_size={config.serving.max_batch_size}"
-        )
     model_path = resolve_model_path(config)
     vocab_size = json.loads((Path(model_path) / "config.json").read_text())["vocab_size"]
     kind = config.engine.kind
@@ -107,3 +125,48 @@ async def _profile(config: FlowtideConfig, plan, out: Path, hardware: str | None
             if power is not None:
                 power.close()
     return write_perf_csv(rows, out)
+
+
+class EndpointError(RuntimeError):
+    """The endpoint to profile cannot be reached or does not serve the model."""
+
+
+def _profile_endpoint(base_url: str):
+    """A profiler of the service at ``base_url``: the same plan and rows, each request over HTTP."""
+
+    async def profile(config: FlowtideConfig, plan, out: Path, hardware: str | None) -> Path:
+        import openai
+        from rich.progress import Progress
+
+        from orchestrator.app import resolve_model_path
+        from workers.profiling import endpoint_timer, hardware_name, profile_runs, write_perf_csv
+
+        model_path = resolve_model_path(config)
+        vocab_size = json.loads((Path(model_path) / "config.json").read_text())["vocab_size"]
+        url = base_url.rstrip("/") + "/v1"
+        async with openai.AsyncOpenAI(base_url=url, api_key="-", max_retries=0, timeout=600) as client:
+            try:
+                served = [m.id async for m in client.models.list()]
+            except openai.APIError as exc:
+                raise EndpointError(f"cannot list the models at {url}: {exc}") from exc
+            if config.model.served_name not in served:
+                raise EndpointError(f"{url} serves {served}, not {config.model.served_name!r} (model.served_name)")
+            print("power: not measured (profiled through the endpoint)")
+            with Progress() as progress:
+                task = progress.add_task(f"profiling {config.model.served_name} at {url}", total=len(plan.runs()))
+                try:
+                    rows = await profile_runs(
+                        endpoint_timer(client, config.model.served_name),
+                        plan,
+                        model=config.model.served_name,
+                        hardware=hardware or f"{hardware_name()}-served",
+                        tensor_parallel=config.engine.vllm.tensor_parallel_size if config.engine.kind == "vllm" else 1,
+                        vocab_size=vocab_size,
+                        max_model_len=config.model.max_model_len,
+                        on_row=lambda row: progress.advance(task),
+                    )
+                except openai.APIError as exc:
+                    raise EndpointError(f"{url} failed a profiling request: {exc}") from exc
+        return write_perf_csv(rows, out)
+
+    return profile

@@ -8,7 +8,8 @@ import csv
 import pytest
 
 from workers.engines.base import EngineStats, Prefilled, SamplingParams
-from workers.profiling import PERF_COLUMNS, PerfRow, ProfileError, ProfilePlan, measure_run, profile_engine, write_perf_csv
+from workers.profiling import (PERF_COLUMNS, PerfRow, ProfileError, ProfilePlan, engine_timer, measure_run, profile_engine,
+                               write_perf_csv)
 
 from tests.conftest import SHARED_DATA
 
@@ -59,7 +60,7 @@ def _measure(engine, prompt_size, batch_size, token_size):
     import random
 
     return asyncio.run(
-        measure_run(engine, prompt_size, batch_size, token_size, vocab_size=100, rng=random.Random(0), tag="t")
+        measure_run(engine_timer(engine), prompt_size, batch_size, token_size, vocab_size=100, rng=random.Random(0), tag="t")
     )
 
 

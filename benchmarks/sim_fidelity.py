@@ -1,0 +1,267 @@
+"""How well the simulator predicts the live cluster: the same requests, replayed on both.
+
+1. Flowtide's local cluster with one prefill and one decode replica, fixed (the embedded tiny model).
+2. Two capacity profiles of it, with the same sweep: the engine alone in this process (what
+   `flowtide profile` measures; the baseline) and the running service through its endpoint (what
+   `flowtide profile --endpoint` measures: HTTP, routing and the KV hand-off included).
+3. A slice of Azure conv, token counts scaled down for the tiny model, replayed at several speeds
+   through the openai client, streaming: each request's TTFT and TPOT as a client sees them.
+4. The same requests simulated (static 1 + 1 replicas, no cold start, 1 s ticks) with each profile.
+
+Reports, per load: live and simulated TTFT / TPOT quantiles (simulated over live), the median
+per-request error (|log| of simulated over live), and the share of requests the simulator puts
+within the live p50 / p90 / p99. Writes JSON and a plot of the distributions.
+
+    python benchmarks/sim_fidelity.py --json results/sim_fidelity.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+# `python benchmarks/sim_fidelity.py` puts benchmarks/ first on sys.path, where benchmarks/autoscaler.py
+# would shadow the autoscaler package.
+sys.path.insert(0, str(ROOT))
+
+import orchestrator  # noqa: E402,F401  (loopback before ray)
+from autoscaler.capacity import load_capacity  # noqa: E402
+from autoscaler.policies.static import StaticPolicy  # noqa: E402
+from autoscaler.power import PowerModel  # noqa: E402
+from autoscaler.simulator import ClusterParams, simulate  # noqa: E402
+from autoscaler.traces import RequestTrace, load_azure_csv  # noqa: E402
+
+console = Console()
+CONV = ROOT.parent / "shared" / "data" / "azure-llm-2023" / "AzureLLMInferenceTrace_conv.csv"
+QUANTILES = (0.5, 0.9, 0.99)
+
+
+def scaled_slice(trace: RequestTrace, speedup: float, duration_s: float, token_scale: float, max_prompt: int,
+                 max_output: int) -> RequestTrace:
+    """The requests of the first ``speedup * duration_s`` seconds, arriving ``speedup`` times faster,
+    with prompt and output lengths divided by ``token_scale`` (prompt >= 1, output >= 2 so TPOT exists)."""
+    keep = trace.arrival_s < speedup * duration_s
+    prompt = np.clip(np.rint(trace.prompt_tokens[keep] / token_scale), 1, max_prompt)
+    output = np.clip(np.rint(trace.output_tokens[keep] / token_scale), 2, max_output)
+    return RequestTrace(f"{trace.name} x{speedup:g}", trace.arrival_s[keep] / speedup, prompt, output)
+
+
+def simulated(trace: RequestTrace, profile: Path, hardware: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-request TTFT and TPOT the simulator gives ``trace`` on one prefill and one decode replica."""
+    capacity = load_capacity(profile, model="flowtide-tiny", hardware=hardware, tensor_parallel=1)
+    params = ClusterParams(capacity=capacity, power=PowerModel.for_hardware("h100-80gb"), cold_start_s=0.0,
+                           min_replicas=(1, 1), max_replicas=(1, 1), initial_replicas=(1, 1))
+    result = simulate(trace.to_ticks(1.0), StaticPolicy(1, 1), params)
+    return result.ttft_s, result.tpot_s
+
+
+async def replay(base_url: str, model: str, trace: RequestTrace, vocab_size: int, seed: int,
+                 progress: Progress) -> dict[str, np.ndarray]:
+    """Send every request of ``trace`` at its arrival time, streaming; TTFT and TPOT as the client sees them."""
+    import openai
+
+    rng = random.Random(seed)
+    prompts = [[rng.randrange(vocab_size) for _ in range(int(n))] for n in trace.prompt_tokens]
+    n = len(prompts)
+    ttft, tpot, lag = np.full(n, np.nan), np.full(n, np.nan), np.zeros(n)
+    task = progress.add_task(f"replaying {trace.name}: {n} requests", total=n)
+
+    async with openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="-", max_retries=0, timeout=300) as client:
+        async def one(i: int, start: float) -> None:
+            await asyncio.sleep(max(0.0, start + trace.arrival_s[i] - time.perf_counter()))
+            sent = time.perf_counter()
+            lag[i] = sent - (start + trace.arrival_s[i])
+            first = last = math.nan
+            tokens = 0
+            stream = await client.completions.create(
+                model=model, prompt=prompts[i], max_tokens=int(trace.output_tokens[i]), temperature=0.0, stream=True,
+                stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+            async for chunk in stream:
+                if chunk.usage is not None:
+                    tokens = chunk.usage.completion_tokens
+                elif chunk.choices and (chunk.choices[0].text or chunk.choices[0].finish_reason):
+                    last = time.perf_counter()
+                    first = last if math.isnan(first) else first
+            if tokens != trace.output_tokens[i]:
+                raise RuntimeError(f"request {i}: {tokens} tokens, asked for {int(trace.output_tokens[i])}")
+            ttft[i], tpot[i] = first - sent, (last - first) / (tokens - 1)
+            progress.advance(task)
+
+        start = time.perf_counter() + 0.5
+        await asyncio.gather(*(one(i, start) for i in range(n)))
+    return {"ttft_s": ttft, "tpot_s": tpot, "send_lag_s": lag}
+
+
+def compare(live: np.ndarray, sim: np.ndarray) -> dict[str, float]:
+    """Simulated against live for one latency: quantile ratios, per-request error, share within live's quantiles."""
+    out: dict[str, float] = {}
+    for q in QUANTILES:
+        lq, sq = float(np.quantile(live, q)), float(np.quantile(sim, q))
+        tag = f"p{round(q * 100)}"
+        out[f"live_{tag}_ms"], out[f"sim_{tag}_ms"], out[f"sim_over_live_{tag}"] = lq * 1e3, sq * 1e3, sq / lq
+        out[f"sim_within_live_{tag}"] = float(np.mean(sim <= lq))  # live: q by definition
+    out["median_abs_log_error"] = float(np.median(np.abs(np.log(sim / live))))
+    return out
+
+
+def plot(results: list[dict], curves: dict[str, dict[str, np.ndarray]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(results), figsize=(4.5 * len(results), 7), squeeze=False)
+    for col, result in enumerate(results):
+        name = result["load"]
+        for row, metric in enumerate(("ttft_s", "tpot_s")):
+            ax = axes[row][col]
+            for label, style in (("live", "k-"), ("served profile", "C0--"), ("engine profile", "C1:")):
+                values = np.sort(curves[name][f"{label}:{metric}"]) * 1e3
+                ax.plot(values, np.linspace(0, 1, values.size), style, label=label)
+            ax.set_xscale("log")
+            ax.set_xlabel(f"{metric[:4].upper()} ms")
+            ax.set_ylabel("share of requests")
+            ax.set_title(f"{name}: {result['live_rps']:.1f} req/s")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--speedups", default="2,4,8", help="replay speeds over the trace's own (comma-separated)")
+    parser.add_argument("--duration-s", type=float, default=60.0, help="seconds each replay lasts")
+    parser.add_argument("--token-scale", type=float, default=8.0, help="divide the trace's token counts by this")
+    parser.add_argument("--max-output", type=int, default=64, help="longest output, in tokens, after scaling")
+    parser.add_argument("--port", type=int, default=8312)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default="results/sim_fidelity.json")
+    args = parser.parse_args()
+    speedups = [float(x) for x in args.speedups.split(",")]
+    if not CONV.exists():
+        raise SystemExit(f"missing {CONV}: the Azure 2023 traces (see ../shared/data/README.md)")
+
+    import ray
+    from ray import serve
+
+    from orchestrator.app import deploy, engine_options
+    from orchestrator.cluster import LocalCluster, connect
+    from orchestrator.config import load_config
+    from workers.engines import build_engine
+    from workers.profiling import ProfilePlan, endpoint_timer, hardware_name, profile_engine, profile_runs, write_perf_csv
+    from workers.tiny_model import tiny_model_path
+
+    config = load_config(**{"serving.http_port": args.port, "cluster.pools.train.nodes": 0,
+                            **{f"serving.{role}.{k}": 1 for role in ("prefill", "decode")
+                               for k in ("min_replicas", "initial_replicas", "max_replicas")}})
+    model_path = str(tiny_model_path())
+    vocab = json.loads((Path(model_path) / "config.json").read_text())["vocab_size"]
+    plan = ProfilePlan(prompt_sizes=(16, 32, 64, 128, 256, 512, 1024), batch_sizes=(1, 2, 4, 8, 16, 32))
+    hardware = hardware_name()
+    common = dict(model="flowtide-tiny", tensor_parallel=1, vocab_size=vocab, max_model_len=config.model.max_model_len)
+    out_dir = Path(args.json).parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    profiles = {"engine profile": (out_dir / "sim_fidelity_engine_profile.csv", hardware),
+                "served profile": (out_dir / "sim_fidelity_served_profile.csv", f"{hardware}-served")}
+    azure = load_azure_csv(CONV)
+    traces = [scaled_slice(azure, s, args.duration_s, args.token_scale, config.model.max_prompt_tokens, args.max_output)
+              for s in speedups]
+
+    with Progress(console=console) as progress:
+        task = progress.add_task("profiling the engine in this process", total=len(plan.runs()))
+        engine = build_engine("transformers", "colocated", model_path, **engine_options(config, "colocated"))
+
+        async def engine_rows():
+            try:
+                return await profile_engine(engine, plan, hardware=hardware, on_row=lambda r: progress.advance(task),
+                                            **common)
+            finally:
+                await engine.shutdown()
+
+        write_perf_csv(asyncio.run(engine_rows()), profiles["engine profile"][0])
+    cluster = LocalCluster(config.cluster, serving=config.serving).start()
+    try:
+        with console.status("deploying one prefill and one decode replica"):
+            connect(cluster.address)
+            base = deploy(config, model_path)
+
+        async def served():
+            import openai
+
+            async with openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="-", max_retries=0, timeout=300) as client:
+                with Progress(console=console) as progress:
+                    task = progress.add_task("profiling the service through its endpoint", total=len(plan.runs()))
+                    rows = await profile_runs(endpoint_timer(client, "flowtide-tiny"), plan, hardware=f"{hardware}-served",
+                                              on_row=lambda r: progress.advance(task), **common)
+            write_perf_csv(rows, profiles["served profile"][0])
+            lives = []
+            with Progress(console=console) as progress:
+                for trace in traces:
+                    lives.append(await replay(base, "flowtide-tiny", trace, vocab, args.seed, progress))
+                    await asyncio.sleep(5.0)  # let the pools drain between loads
+            return lives
+
+        lives = asyncio.run(served())
+    finally:
+        if ray.is_initialized():
+            serve.shutdown()
+        cluster.shutdown()
+
+    results, curves = [], {}
+    for speedup, trace, live in zip(speedups, traces, lives):
+        name = f"x{speedup:g}"
+        row = {"load": name, "speedup": speedup, "requests": int(trace.arrival_s.size),
+               "live_rps": trace.arrival_s.size / args.duration_s,
+               "mean_prompt_tokens": float(trace.prompt_tokens.mean()),
+               "mean_output_tokens": float(trace.output_tokens.mean()),
+               "send_lag_p99_ms": float(np.quantile(live["send_lag_s"], 0.99) * 1e3)}
+        curves[name] = {f"live:{m}": live[m] for m in ("ttft_s", "tpot_s")}
+        for label, (path, hw) in profiles.items():
+            ttft, tpot = simulated(trace, path, hw)
+            curves[name] |= {f"{label}:ttft_s": ttft, f"{label}:tpot_s": tpot}
+            row[label] = {"ttft": compare(live["ttft_s"], ttft), "tpot": compare(live["tpot_s"], tpot)}
+        row["error_ratio_served_vs_engine"] = {
+            m: row["served profile"][m]["median_abs_log_error"] / row["engine profile"][m]["median_abs_log_error"]
+            for m in ("ttft", "tpot")}
+        results.append(row)
+
+    table = Table(title="simulated over live (1 prefill + 1 decode replica, tiny model)")
+    for col in ("load", "req/s", "profile", "TTFT p50", "p90", "p99", "TTFT err", "TPOT p50", "p90", "p99", "TPOT err"):
+        table.add_column(col)
+    for row in results:
+        for label in profiles:
+            t, d = row[label]["ttft"], row[label]["tpot"]
+            table.add_row(row["load"], f"{row['live_rps']:.1f}", label,
+                          *(f"{t[f'sim_over_live_p{q}']:.2f}" for q in (50, 90, 99)), f"{t['median_abs_log_error']:.2f}",
+                          *(f"{d[f'sim_over_live_p{q}']:.2f}" for q in (50, 90, 99)), f"{d['median_abs_log_error']:.2f}")
+    console.print(table)
+    for row in results:
+        console.print(f"{row['load']}: live TTFT p50/p99 {row['served profile']['ttft']['live_p50_ms']:.1f}/"
+                      f"{row['served profile']['ttft']['live_p99_ms']:.1f} ms, TPOT p50/p99 "
+                      f"{row['served profile']['tpot']['live_p50_ms']:.2f}/{row['served profile']['tpot']['live_p99_ms']:.2f}"
+                      f" ms; error ratio served/engine profile: {row['error_ratio_served_vs_engine']}")
+    png = Path(args.json).with_suffix(".png")
+    plot(results, curves, png)
+    summary = {"machine": "2 cores (shared), no GPU", "trace": str(CONV.name), "duration_s": args.duration_s,
+               "token_scale": args.token_scale, "max_output": args.max_output, "seed": args.seed,
+               "profiles": {k: str(v[0]) for k, v in profiles.items()}, "loads": results}
+    Path(args.json).write_text(json.dumps(summary, indent=2))
+    console.print(f"wrote {args.json} and {png}")
+
+
+if __name__ == "__main__":
+    main()
