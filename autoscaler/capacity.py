@@ -55,8 +55,11 @@ def load_profile_table(path: str | Path) -> pd.DataFrame:
 class CapacityModel:
     """Latency curves of one replica (``tensor_parallel`` GPUs) of one model on one hardware.
 
-    Prefill: ``prompt_time(n) = max(floor, p0 + p1 n + p2 n^2)`` seconds for a batch holding ``n`` prompt
-    tokens (non-negative least squares on relative error). Decode: ``tpot(b, ctx) = d0 + d1 b + d2 b^2 + d3 b ctx``
+    Prefill: ``prompt_time(n, r) = max(floor, p0 + pr r + p1 n + p2 n^2)`` seconds for a batch of ``r``
+    requests holding ``n`` prompt tokens (non-negative least squares on relative error). ``pr``, a cost
+    per request, is what a serving path adds (HTTP, routing, the KV hand-off: 4 ms a request for the
+    tiny model served on 2 CPU cores); on a GPU's own prefill it fits to 0 (Splitwise's H100 rows,
+    where 4 x 512 tokens take what 1 x 2,048 do) or trades for ``p0`` (A100). Decode: ``tpot(b, ctx) = d0 + d1 b + d2 b^2 + d3 b ctx``
     seconds per token at batch ``b`` with mean context ``ctx`` tokens (:func:`decode_context_tokens`).
 
     Only the decode batch is held to what was measured: :meth:`max_batch_within` never goes past
@@ -73,20 +76,27 @@ class CapacityModel:
     prefill_floor_s: float
     decode_coef: tuple[float, float, float, float]
     max_batch: int
+    prefill_per_request_s: float = 0.0
 
     @property
     def gpus_per_replica(self) -> int:
         return self.tensor_parallel
 
-    def prefill_time_s(self, batch_tokens: np.ndarray | float) -> np.ndarray | float:
-        """Seconds to prefill one batch of ``batch_tokens`` prompt tokens."""
+    def prefill_time_s(self, batch_tokens: np.ndarray | float, requests: np.ndarray | float = 1.0) -> np.ndarray | float:
+        """Seconds to prefill one batch of ``requests`` prompts holding ``batch_tokens`` tokens in all."""
         p0, p1, p2 = self.prefill_coef
         n = np.asarray(batch_tokens, dtype=float)
-        return np.maximum(self.prefill_floor_s, p0 + p1 * n + p2 * n * n)
+        return np.maximum(self.prefill_floor_s, p0 + self.prefill_per_request_s * np.asarray(requests, dtype=float)
+                          + p1 * n + p2 * n * n)
 
-    def prefill_tokens_per_s(self, batch_tokens: float = 4096.0) -> float:
-        """Sustained prefill throughput of one replica running batches of ``batch_tokens``."""
-        return float(batch_tokens / self.prefill_time_s(batch_tokens))
+    def prefill_tokens_per_s(self, batch_tokens: float = 4096.0,
+                             mean_prompt_tokens: np.ndarray | float | None = None) -> np.ndarray | float:
+        """Sustained prefill throughput of one replica running batches of ``batch_tokens``, made of
+        prompts of ``mean_prompt_tokens`` (None: one request a batch). Short prompts pay the cost per
+        request more often."""
+        requests = 1.0 if mean_prompt_tokens is None else batch_tokens / np.maximum(mean_prompt_tokens, 1.0)
+        rate = batch_tokens / self.prefill_time_s(batch_tokens, requests)
+        return float(rate) if np.ndim(rate) == 0 else rate
 
     def ttft_s(self, prefill_tokens_per_s: np.ndarray | float, prompt_tokens: np.ndarray | float,
                mean_prompt_tokens: float = 1024.0) -> np.ndarray:
@@ -95,7 +105,8 @@ class CapacityModel:
         Own service time plus an M/D/1 wait (Pollaczek-Khinchine) for the work ahead; infinite
         at or above saturation.
         """
-        rho = np.asarray(prefill_tokens_per_s, dtype=float) / self.prefill_tokens_per_s()
+        rho = np.asarray(prefill_tokens_per_s, dtype=float) / self.prefill_tokens_per_s(
+            mean_prompt_tokens=mean_prompt_tokens)
         service = self.prefill_time_s(prompt_tokens)
         mean_service = self.prefill_time_s(mean_prompt_tokens)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -124,7 +135,7 @@ class CapacityModel:
         mean_service = float(self.prefill_time_s(mean_prompt_tokens))
         # rho s / (2 (1 - rho)) = budget  ->  rho = 2 budget / (s + 2 budget)
         rho = 2.0 * budget / (mean_service + 2.0 * budget)
-        return rho * self.prefill_tokens_per_s()
+        return rho * self.prefill_tokens_per_s(mean_prompt_tokens=mean_prompt_tokens)
 
 
 def fit_capacity(table: pd.DataFrame, model: str, hardware: str, tensor_parallel: int) -> CapacityModel:
@@ -142,22 +153,22 @@ def fit_capacity(table: pd.DataFrame, model: str, hardware: str, tensor_parallel
     rows = _drop_inconsistent(rows)
     if rows[["prompt_size", "batch_size"]].drop_duplicates().shape[0] < 3:
         raise ProfileError(f"profile for {(model, hardware, tensor_parallel)} has fewer than 3 distinct shapes")
-    n = (rows["prompt_size"] * rows["batch_size"]).to_numpy(float)
+    b = rows["batch_size"].to_numpy(float)
+    n = rows["prompt_size"].to_numpy(float) * b
     prompt_s = rows["prompt_time"].to_numpy(float) / 1e3
     # Small prompts hit a fixed floor (kernel launch, scheduling); the curve is fitted above it.
     floor = float(rows.groupby(["prompt_size", "batch_size"])["prompt_time"].mean().min()) / 1e3
     above = prompt_s > 1.5 * floor
     if above.sum() < 3:
         above = np.ones_like(above)
-    prefill = _relative_nnls(np.column_stack([np.ones_like(n), n, n * n])[above], prompt_s[above])
-    b = rows["batch_size"].to_numpy(float)
+    p0, per_request, p1, p2 = _relative_nnls(np.column_stack([np.ones_like(n), b, n, n * n])[above], prompt_s[above])
     ctx = decode_context_tokens(rows["prompt_size"], rows["token_size"]).to_numpy(float)
     decode = _relative_nnls(np.column_stack([np.ones_like(b), b, b * b, b * ctx / 1000.0]),
                             rows["token_time"].to_numpy(float) / 1e3)
     return CapacityModel(model=model, hardware=hardware, tensor_parallel=int(tensor_parallel),
-                         prefill_coef=tuple(float(x) for x in prefill), prefill_floor_s=floor,
+                         prefill_coef=(float(p0), float(p1), float(p2)), prefill_floor_s=floor,
                          decode_coef=tuple(float(x) for x in decode),
-                         max_batch=int(rows["batch_size"].max()))
+                         max_batch=int(rows["batch_size"].max()), prefill_per_request_s=float(per_request))
 
 
 def _relative_nnls(features: np.ndarray, target: np.ndarray) -> np.ndarray:

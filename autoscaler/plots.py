@@ -29,7 +29,7 @@ def _blocks(x: np.ndarray, k: int, how: str = "mean") -> np.ndarray:
         return np.nanmax(b, axis=1) if how == "max" else np.nanmean(b, axis=1)
 
 
-def plot_run(result: SimResult, prefill_tokens_per_s: float, out_dir: str | Path, max_points: int = 4000) -> Path:
+def plot_run(result: SimResult, out_dir: str | Path, max_points: int = 4000) -> Path:
     """Write ``<policy>.png`` with four stacked panels into ``out_dir``; returns its path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -39,7 +39,7 @@ def plot_run(result: SimResult, prefill_tokens_per_s: float, out_dir: str | Path
     fig, axes = plt.subplots(4, 1, figsize=(11, 11), sharex=True)
     ax = axes[0]
     ax.plot(hours, _blocks(result.demand[:, 1], k, "max"), lw=0.6, color="black", label="input tokens/s (demand)")
-    ax.plot(hours, _blocks(result.prefill_replicas * prefill_tokens_per_s, k), lw=1.0, color="tab:blue",
+    ax.plot(hours, _blocks(result.prefill_replicas * result.prefill_tokens_per_s, k), lw=1.0, color="tab:blue",
             label="prefill capacity (tokens/s)")
     lo, mid, hi = (result.forecast_bands.get(q) for q in (5, 50, 95))
     if lo is not None and np.isfinite(lo).any():

@@ -125,6 +125,7 @@ class SimResult:
     freq_capped: np.ndarray
     violated: np.ndarray
     demand: np.ndarray
+    prefill_tokens_per_s: np.ndarray  # one replica's prefill rate each tick, at full clocks
     forecast_bands: dict[int, np.ndarray]
     ttft_s: np.ndarray
     tpot_s: np.ndarray
@@ -226,7 +227,11 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
     cum_n, cum_prompt, cum_out = (np.concatenate([[0.0], np.cumsum(x)]) for x in
                                   (trace.n_requests, trace.prompt_tokens, trace.output_tokens))
     mean_prompt_all = np.divide(trace.prompt_tokens, np.maximum(trace.n_requests, 1e-9))
-    prefill_rate = cap.prefill_tokens_per_s()
+    # A replica's prefill rate at the prompts it serves: the tick's arrivals', else the last arrivals'.
+    has = trace.n_requests > 0
+    last_arrivals = np.maximum.accumulate(np.where(has, np.arange(n), -1))
+    served_prompt = mean_prompt_all[np.where(last_arrivals >= 0, last_arrivals, int(np.argmax(has)))]
+    prefill_rate = cap.prefill_tokens_per_s(mean_prompt_tokens=served_prompt)
     decode_batch_cap = cap.max_batch
     ready = list(params.initial_replicas)
     starting: list[deque[float]] = [deque(), deque()]
@@ -240,7 +245,7 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
         so that the power manager can try clocks before the one it picks is committed."""
         # Prefill: fluid backlog drained at the replicas' profiled rate.
         a_tok, a_req, a_out = trace.prompt_tokens[t], trace.n_requests[t], trace.output_tokens[t]
-        rate = p * prefill_rate / slow
+        rate = p * prefill_rate[t] / slow
         cap_tok = rate * dt
         total = s.q_tok + a_tok
         served = min(total, cap_tok)
@@ -398,7 +403,8 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
     result = SimResult(
         policy=policy.name, trace=trace.name, step_s=dt, prefill_replicas=rec["p"], decode_replicas=rec["d"],
         prefill_gpus_held=rec["pg"], decode_gpus_held=rec["dg"], power_w=rec["power"], serving_w=rec["serving_w"], training_gpus=rec["train"],
-        freq_capped=rec["capped"].astype(bool), violated=rec["viol"].astype(bool), demand=rates, forecast_bands=bands,
+        freq_capped=rec["capped"].astype(bool), violated=rec["viol"].astype(bool), demand=rates,
+        prefill_tokens_per_s=prefill_rate, forecast_bands=bands,
         ttft_s=ttft, tpot_s=tpot, weight=g.weight, ok=ok, tick_attainment=tick_ok, scaling_actions=actions,
         step_latency_s=np.asarray(latencies), decision_latency_s=np.asarray(getattr(policy, "decision_s", latencies)),
         wall_s=wall, power_cap_w=params.power_cap_w,

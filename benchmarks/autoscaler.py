@@ -105,7 +105,7 @@ def run_trace(name: str, path: Path, tick_s: float, policies: tuple[str, ...], f
             summary["forecast_step_s"] = policy.step_s
             summary["forecaster_fit_error"] = policy.fit_error
             summary["pretrained"] = str(model) if model is not None else None
-        summary["plot"] = str(plot_run(result, capacity.prefill_tokens_per_s(), plots / name).relative_to(ROOT))
+        summary["plot"] = str(plot_run(result, plots / name).relative_to(ROOT))
         out["policies"][policy_name] = summary
         out["ratios"] = ratios(out["policies"], out.get("sweep"))
         checkpoint(name, out)

@@ -10,7 +10,8 @@
 
 Reports, per load: live and simulated TTFT / TPOT quantiles (simulated over live), the median
 per-request error (|log| of simulated over live), and the share of requests the simulator puts
-within the live p50 / p90 / p99. Writes JSON and a plot of the distributions.
+within the live p50 / p90 / p99. Writes JSON, a plot of the distributions and every request's
+live and simulated latencies (``.npz`` beside the JSON, to analyse the runs again).
 
     python benchmarks/sim_fidelity.py --json results/sim_fidelity.json
 """
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import random
 import sys
 import time
@@ -43,7 +43,7 @@ from autoscaler.power import PowerModel  # noqa: E402
 from autoscaler.simulator import ClusterParams, simulate  # noqa: E402
 from autoscaler.traces import RequestTrace, load_azure_csv  # noqa: E402
 
-console = Console()
+console = Console(width=150)
 CONV = ROOT.parent / "shared" / "data" / "azure-llm-2023" / "AzureLLMInferenceTrace_conv.csv"
 QUANTILES = (0.5, 0.9, 0.99)
 
@@ -72,6 +72,9 @@ async def replay(base_url: str, model: str, trace: RequestTrace, vocab_size: int
     """Send every request of ``trace`` at its arrival time, streaming; TTFT and TPOT as the client sees them."""
     import openai
 
+    from workers.engines.base import SamplingParams
+    from workers.profiling import endpoint_timer
+
     rng = random.Random(seed)
     prompts = [[rng.randrange(vocab_size) for _ in range(int(n))] for n in trace.prompt_tokens]
     n = len(prompts)
@@ -79,23 +82,16 @@ async def replay(base_url: str, model: str, trace: RequestTrace, vocab_size: int
     task = progress.add_task(f"replaying {trace.name}: {n} requests", total=n)
 
     async with openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="-", max_retries=0, timeout=300) as client:
+        timer = endpoint_timer(client, model)
+
         async def one(i: int, start: float) -> None:
             await asyncio.sleep(max(0.0, start + trace.arrival_s[i] - time.perf_counter()))
             sent = time.perf_counter()
             lag[i] = sent - (start + trace.arrival_s[i])
-            first = last = math.nan
-            tokens = 0
-            stream = await client.completions.create(
-                model=model, prompt=prompts[i], max_tokens=int(trace.output_tokens[i]), temperature=0.0, stream=True,
-                stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
-            async for chunk in stream:
-                if chunk.usage is not None:
-                    tokens = chunk.usage.completion_tokens
-                elif chunk.choices and (chunk.choices[0].text or chunk.choices[0].finish_reason):
-                    last = time.perf_counter()
-                    first = last if math.isnan(first) else first
-            if tokens != trace.output_tokens[i]:
-                raise RuntimeError(f"request {i}: {tokens} tokens, asked for {int(trace.output_tokens[i])}")
+            sampling = SamplingParams(max_tokens=int(trace.output_tokens[i]), temperature=0.0, ignore_eos=True)
+            first, last, tokens = await timer(f"replay-{i}", prompts[i], sampling)
+            if tokens != sampling.max_tokens:
+                raise RuntimeError(f"request {i}: {tokens} tokens, asked for {sampling.max_tokens}")
             ttft[i], tpot[i] = first - sent, (last - first) / (tokens - 1)
             progress.advance(task)
 
@@ -245,7 +241,7 @@ def main() -> None:
     for row in results:
         for label in profiles:
             t, d = row[label]["ttft"], row[label]["tpot"]
-            table.add_row(row["load"], f"{row['live_rps']:.1f}", label,
+            table.add_row(row["load"], f"{row['live_rps']:.1f}", label.split()[0],
                           *(f"{t[f'sim_over_live_p{q}']:.2f}" for q in (50, 90, 99)), f"{t['median_abs_log_error']:.2f}",
                           *(f"{d[f'sim_over_live_p{q}']:.2f}" for q in (50, 90, 99)), f"{d['median_abs_log_error']:.2f}")
     console.print(table)
@@ -256,11 +252,15 @@ def main() -> None:
                       f" ms; error ratio served/engine profile: {row['error_ratio_served_vs_engine']}")
     png = Path(args.json).with_suffix(".png")
     plot(results, curves, png)
+    np.savez_compressed(Path(args.json).with_suffix(".npz"), **{
+        f"{name}/{key}": series for name, by_key in curves.items() for key, series in by_key.items()},
+        **{f"x{s:g}/{field}": getattr(t, field) for s, t in zip(speedups, traces)
+           for field in ("arrival_s", "prompt_tokens", "output_tokens")})
     summary = {"machine": "2 cores (shared), no GPU", "trace": str(CONV.name), "duration_s": args.duration_s,
                "token_scale": args.token_scale, "max_output": args.max_output, "seed": args.seed,
                "profiles": {k: str(v[0]) for k, v in profiles.items()}, "loads": results}
     Path(args.json).write_text(json.dumps(summary, indent=2))
-    console.print(f"wrote {args.json} and {png}")
+    console.print(f"wrote {args.json}, {png} and the .npz of every request")
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ class HindsightPolicy:
         self.step_s = trace.step_s
         mean_prompt, tail, mean_out = trace_lengths(trace)
         rates = trace.rates()
-        per_replica = cluster.capacity.prefill_tokens_per_s()
+        per_replica = cluster.capacity.prefill_tokens_per_s(mean_prompt_tokens=mean_prompt)
         need_p = np.zeros(trace.n_ticks)
         for w in WINDOWS_S:
             k = max(1, int(round(w / trace.step_s)))

@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
     Console().print(table)
     if not args.no_plots:
-        path = plot_run(result, capacity.prefill_tokens_per_s(), folder)
+        path = plot_run(result, folder)
         console.print(f"plots: {path}")
     path = result.write_decisions(decisions_path)
     bound = "; ".join(f"{pool}: " + ", ".join(f"{why} {n}" for why, n in counts.items())

@@ -72,6 +72,40 @@ def test_own_engine_profile_in_the_same_schema_is_fitted(tmp_path):
         load_capacity(path, "tiny", "gpu", 1)
 
 
+def test_a_cost_per_request_is_fitted_apart_from_the_cost_per_token(tmp_path):
+    """A served profile: each request pays 4 ms (HTTP, routing) besides 0.02 ms a token; batching
+    four prompts costs four requests' overhead, one prompt four times as long only one."""
+    rows = ["model,hardware,prompt_size,batch_size,token_size,prompt_time,token_time,tensor_parallel"]
+    for prompt in (64, 128, 256, 512):
+        for batch in (1, 2, 4, 8):
+            rows.append(f"tiny,served,{prompt},{batch},16,{5 + 4 * batch + 0.02 * prompt * batch},{3 + 0.5 * batch},1")
+    path = tmp_path / "served.csv"
+    path.write_text("\n".join(rows))
+    cap = load_capacity(path, "tiny", "served", 1)
+    assert cap.prefill_per_request_s == pytest.approx(0.004, rel=1e-3)
+    assert float(cap.prefill_time_s(512, requests=4)) == pytest.approx((5 + 16 + 0.02 * 512) / 1e3, rel=1e-3)
+    assert float(cap.prefill_time_s(512)) == pytest.approx((5 + 4 + 0.02 * 512) / 1e3, rel=1e-3)
+    # 4096-token batches of 64-token prompts hold 64 requests: (5 + 256 + 81.92) ms; of 1024-token prompts, 4.
+    short, long = cap.prefill_tokens_per_s(mean_prompt_tokens=64), cap.prefill_tokens_per_s(mean_prompt_tokens=1024)
+    assert short == pytest.approx(4096 / 0.34292, rel=1e-3)
+    assert long == pytest.approx(4096 / (0.005 + 0.016 + 0.08192), rel=1e-3)
+    np.testing.assert_allclose(cap.prefill_tokens_per_s(mean_prompt_tokens=np.array([64.0, 1024.0])), [short, long])
+    # The load that keeps a prompt within the TTFT budget is read at the prompts' own throughput.
+    assert cap.prefill_tokens_per_s_within(1.0, 64, 64) < cap.prefill_tokens_per_s_within(1.0, 1024, 1024)
+
+
+@needs_perf
+def test_splitwise_h100_prefill_has_no_cost_per_request():
+    """On an H100 4 x 512 prompt tokens take what 1 x 2,048 do: the fit leaves the term at 0, so the
+    benchmark's sizing does not depend on the prompts' mean length beyond their tokens."""
+    for tp in (2, 4, 8):
+        for hardware in ("h100-80gb", "h100-80gb-pcap"):
+            cap = load_capacity(PERF, "llama2-70b", hardware, tp)
+            assert cap.prefill_per_request_s == 0.0
+            assert cap.prefill_tokens_per_s(mean_prompt_tokens=100.0) == cap.prefill_tokens_per_s()
+    assert load_capacity(PERF, "llama2-70b", "a100-80gb", 4).prefill_per_request_s > 0.01
+
+
 def test_polca_order_sheds_training_then_caps_clocks_then_brakes():
     pw = PowerModel.for_hardware("h100-80gb")
     tried = []

@@ -316,7 +316,7 @@ def test_plot_run_draws_serving_and_training_power_under_the_cluster_total(clust
     assert training[-1] < training[0] and training[-1] > 0
     figures = []
     monkeypatch.setattr(plots.plt, "close", figures.append)
-    path = plots.plot_run(result, 10_000.0, tmp_path)
+    path = plots.plot_run(result, tmp_path)
     assert path.is_file()
     ax = figures[0].axes[3]
     bands = {c.get_label(): c.get_paths()[0].vertices[:, 1] for c in ax.collections}
@@ -326,3 +326,25 @@ def test_plot_run_draws_serving_and_training_power_under_the_cluster_total(clust
     assert np.isclose(bands["training (shed first)"].max(), result.power_w.max() / 1e3)
     (total,) = [line for line in ax.lines if line.get_label() == "cluster"]
     np.testing.assert_allclose(total.get_ydata(), result.power_w / 1e3)
+
+
+def test_a_cost_per_request_lowers_the_prefill_rate_of_short_prompts(cluster):
+    """Same tokens/s, 16x the requests: with a cost per request (a served profile), the short prompts'
+    ticks get a lower prefill rate; ticks without arrivals keep the last arrivals' rate."""
+    cap = replace(cluster.capacity, prefill_per_request_s=0.01)
+    params = warm(replace(cluster, capacity=cap), 2, 2)
+    ticks, step = 60, 10.0
+    n = np.where(np.arange(ticks) % 3 == 2, 0.0, np.where(np.arange(ticks) % 3 == 0, 160.0, 10.0))
+    prompt = np.where(n == 160.0, 100.0, 1600.0)
+    groups = RequestGroups(np.arange(ticks)[n > 0], prompt[n > 0], np.full(int((n > 0).sum()), 50.0), n[n > 0])
+    trace = TickTrace("mixed", step, n, n * prompt, n * 50.0, groups)
+    result = simulate(trace, StaticPolicy(2, 2), params)
+    short, long = cap.prefill_tokens_per_s(mean_prompt_tokens=100.0), cap.prefill_tokens_per_s(mean_prompt_tokens=1600.0)
+    expected = np.tile([short, long, long], ticks // 3)
+    np.testing.assert_allclose(result.prefill_tokens_per_s, expected)
+    plain_s = float(cluster.capacity.prefill_time_s(4096))  # a 4096-token batch without the cost per request
+    assert short == pytest.approx(4096 / (plain_s + 4096 / 100 * 0.01))  # 41 requests' cost a batch
+    assert long == pytest.approx(4096 / (plain_s + 4096 / 1600 * 0.01))
+    # The Splitwise H100 fit has no such cost: every tick gets the one rate, whatever its prompts.
+    plain = simulate(trace, StaticPolicy(2, 2), warm(cluster, 2, 2))
+    np.testing.assert_array_equal(plain.prefill_tokens_per_s, cluster.capacity.prefill_tokens_per_s())
