@@ -78,6 +78,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="llama2-70b")
     p.add_argument("--hardware", default="h100-80gb")
     p.add_argument("--tp", type=int, default=4, help="tensor parallel GPUs per replica")
+    p.add_argument("--power-hardware", default=None, help="GPU whose Splitwise watts the power model uses "
+                   "(default: --hardware; give it for a profile of other hardware, e.g. from `flowtide profile` on CPU)")
     p.add_argument("--tick-s", type=positive, default=None, help="simulation tick (default 1 s for a CSV shorter than 2 days, else 10 s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ttft-slo-s", type=positive, default=None, help="default: config autoscaler.slo.ttft_s")
@@ -101,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     from autoscaler.decision import DecisionError
     from autoscaler.plots import plot_run
     from autoscaler.policies import LONG_TRACE_S, PolicyError, make_policy
-    from autoscaler.power import PowerModel
+    from autoscaler.power import PowerError, PowerModel
     from autoscaler.scenario import default_cluster
     from autoscaler.simulator import SimulationError, simulate
     from autoscaler.traces import TraceError, load_azure_csv, load_trace
@@ -115,6 +117,12 @@ def run(args: argparse.Namespace) -> int:
     trace_path = Path(args.trace)
     if not _outputs_ok([("--json", args.json, False), ("--decisions", args.decisions, False),
                         ("--plots", args.plots, True)]):
+        return 2
+    try:
+        power = PowerModel.for_hardware(args.power_hardware or args.hardware)
+    except PowerError as exc:
+        hint = "" if args.power_hardware else " (give --power-hardware for a profile of other hardware)"
+        print(f"flowtide simulate: {exc}{hint}", file=sys.stderr)
         return 2
     try:
         capacity = load_capacity(args.profile, args.model, args.hardware, args.tp)
@@ -138,7 +146,6 @@ def run(args: argparse.Namespace) -> int:
     if not _outputs_ok([("the decision log", decisions_path, False),
                         ("the plot folder", None if args.no_plots else folder, True)]):
         return 2
-    power = PowerModel.for_hardware(args.hardware)
     try:
         cluster = default_cluster(trace, capacity, power, ttft, tpot, args.cold_start_s, power_cap_w=cap_w)
         policy = make_policy(args.policy, trace, cluster, forecaster=args.forecaster,

@@ -126,3 +126,28 @@ def test_simulate_ticks_a_multi_day_csv_at_10_s(tmp_path):
                     "--no-plots", "--profile", str(PROFILE), "--decisions", str(tmp_path / "decisions.jsonl"))
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "out.json").read_text())["tick_s"] == 10.0
+
+
+@needs_trace
+def test_simulate_plans_with_a_profile_of_our_own_engine(tmp_path):
+    """A CPU profile (`flowtide profile`'s schema) has no Splitwise watts: the power model's GPU is named
+    apart, and until it is the CLI says so in one line."""
+    rows = ["model,hardware,prompt_size,batch_size,token_size,prompt_time,token_time,tensor_parallel"]
+    rows += [f"tiny,cpu-x86_64-2c-served,{p},{b},32,{12 + 4 * b + 0.03 * p * b},{1.5 + 0.1 * b},1"
+             for p in (16, 64, 256, 1024) for b in (1, 2, 4, 8, 16, 32)]
+    profile = tmp_path / "served.csv"
+    profile.write_text("\n".join(rows) + "\n")
+    trace = azure_excerpt(tmp_path, rows=1000)
+    common = ("simulate", "--trace", str(trace), "--policy", "static", "--profile", str(profile), "--model", "tiny",
+              "--hardware", "cpu-x86_64-2c-served", "--tp", "1", "--ttft-slo-s", "0.5", "--tpot-slo-s", "0.02",
+              "--no-plots")
+    proc = flowtide(*common)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("flowtide simulate: no power constants for hardware 'cpu-x86_64-2c-served'; known: "
+                                   "['a100-80gb', 'h100-80gb'] (give --power-hardware for a profile of other hardware)")
+    out = tmp_path / "out.json"
+    proc = flowtide(*common, "--power-hardware", "h100-80gb", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(out.read_text())
+    assert summary["profile"] == "tiny/cpu-x86_64-2c-served/TP1" and summary["requests"] == 1000
+    assert summary["slo_attainment"] > 0.99 and summary["ttft_p99_s"] < 0.5
