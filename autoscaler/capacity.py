@@ -57,10 +57,10 @@ class CapacityModel:
 
     Prefill: ``prompt_time(n, r) = max(floor, p0 + pr r + p1 n + p2 n^2)`` seconds for a batch of ``r``
     requests holding ``n`` prompt tokens (non-negative least squares on relative error). ``pr``, a cost
-    per request, is what a serving path adds (HTTP, routing, the KV hand-off: 4 ms a request for the
-    tiny model served on 2 CPU cores); on a GPU's own prefill it fits to 0 (Splitwise's H100 rows,
-    where 4 x 512 tokens take what 1 x 2,048 do) or trades for ``p0`` (A100). Decode: ``tpot(b, ctx) = d0 + d1 b + d2 b^2 + d3 b ctx``
-    seconds per token at batch ``b`` with mean context ``ctx`` tokens (:func:`decode_context_tokens`).
+    per request, is what a serving path adds (HTTP, routing, the KV hand-off: ~4-5 ms a request for
+    the tiny model served on 2 CPU cores); on a GPU's own prefill it fits to 0 (Splitwise's H100 rows,
+    where 4 x 512 tokens take what 1 x 2,048 do) or trades for ``p0`` (A100).
+    Decode: ``tpot(b, ctx) = d0 + d1 b + d2 b^2 + d3 b ctx`` seconds per token at batch ``b`` with mean context ``ctx`` tokens (:func:`decode_context_tokens`).
 
     Only the decode batch is held to what was measured: :meth:`max_batch_within` never goes past
     ``max_batch``, the largest profiled batch. Prompt length and context are read off the fitted

@@ -230,7 +230,8 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
     # A replica's prefill rate at the prompts it serves: the tick's arrivals', else the last arrivals'.
     has = trace.n_requests > 0
     last_arrivals = np.maximum.accumulate(np.where(has, np.arange(n), -1))
-    served_prompt = mean_prompt_all[np.where(last_arrivals >= 0, last_arrivals, int(np.argmax(has)))]
+    first = int(np.argmax(has)) if has.any() else 0
+    served_prompt = mean_prompt_all[np.where(last_arrivals >= 0, last_arrivals, first)]
     prefill_rate = cap.prefill_tokens_per_s(mean_prompt_tokens=served_prompt)
     decode_batch_cap = cap.max_batch
     ready = list(params.initial_replicas)
