@@ -139,7 +139,8 @@ def plot(results: list[dict], curves: dict[str, dict[str, np.ndarray]], path: Pa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--speedups", default="2,4,8", help="replay speeds over the trace's own (comma-separated)")
+    parser.add_argument("--speedups", default="1,2,4", help="replay speeds over the trace's own (comma-separated); "
+                        "past 4x the load generator, on the same 2 cores, falls behind its own schedule")
     parser.add_argument("--duration-s", type=float, default=60.0, help="seconds each replay lasts")
     parser.add_argument("--token-scale", type=float, default=8.0, help="divide the trace's token counts by this")
     parser.add_argument("--max-output", type=int, default=64, help="longest output, in tokens, after scaling")
