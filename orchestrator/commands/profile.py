@@ -21,6 +21,12 @@ def _sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def _url(text: str) -> str:
+    if not text.startswith(("http://", "https://")) or len(text.split("://", 1)[1]) == 0:
+        raise argparse.ArgumentTypeError(f"expected a base URL like http://127.0.0.1:8000, got {text!r}")
+    return text
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from workers.profiling import ProfilePlan
 
@@ -32,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML config file (default: $FLOWTIDE_CONFIG or built-in defaults)")
     p.add_argument("--engine", choices=["transformers", "vllm"], help="engine to profile (default: engine.kind)")
     p.add_argument("--model", help="local Hugging Face checkpoint directory (default: the embedded tiny model)")
-    p.add_argument("--endpoint", help="profile a running service at this base URL (e.g. http://127.0.0.1:8000) "
+    p.add_argument("--endpoint", type=_url, help="profile a running service at this base URL (e.g. http://127.0.0.1:8000) "
                    "through its OpenAI API instead of an engine in this process; the prompts' token ids come from "
                    "--model / the config's model, which must be the one it serves")
     p.add_argument("--out", required=True, help="CSV to write (Splitwise perf_model.csv columns)")

@@ -124,7 +124,10 @@ def test_profile_endpoint_errors_name_the_problem(service, tmp_path, tiny_model_
         env={**os.environ, "FLOWTIDE_MODEL__SERVED_NAME": "other-model"}, capture_output=True, text=True, timeout=300)
     assert env_done.returncode == 1
     assert "serves ['flowtide-tiny'], not 'other-model'" in env_done.stderr
+    done = _profile_endpoint(service.base_url.removeprefix("http://"), tiny_model_dir, tmp_path / "d.csv")
+    assert done.returncode == 2
+    assert "expected a base URL like http://127.0.0.1:8000" in done.stderr
     done = _profile_endpoint(service.base_url, tiny_model_dir, tmp_path / "c.csv", "--prompt-sizes", "2000")
     assert done.returncode == 2
     assert "prompt size 2000 exceeds model.max_prompt_tokens=1024" in done.stderr
-    assert not any((tmp_path / name).exists() for name in ("a.csv", "b.csv", "c.csv"))
+    assert not any((tmp_path / name).exists() for name in ("a.csv", "b.csv", "c.csv", "d.csv"))
