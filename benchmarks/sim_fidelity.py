@@ -1,9 +1,9 @@
 """How well the simulator predicts the live cluster: the same requests, replayed on both.
 
 1. Flowtide's local cluster with one prefill and one decode replica, fixed (the embedded tiny model).
-2. Two capacity profiles of it, with the same sweep: the engine alone in this process (what
-   `flowtide profile` measures; the baseline) and the running service through its endpoint (what
-   `flowtide profile --endpoint` measures: HTTP, routing and the KV hand-off included).
+2. Two capacity profiles of it, with the same sweep, both by `flowtide profile`: the engine alone
+   (the baseline) and the running service through its endpoint (`--endpoint`: HTTP, routing and the
+   KV hand-off included).
 3. A slice of Azure conv, token counts scaled down for the tiny model, replayed at several speeds
    through the openai client, streaming: each request's TTFT and TPOT as a client sees them.
 4. The same requests simulated (static 1 + 1 replicas, no cold start, 1 s ticks) with each profile.
@@ -21,7 +21,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,6 +48,7 @@ from autoscaler.traces import RequestTrace, load_azure_csv  # noqa: E402
 console = Console(width=150)
 CONV = ROOT.parent / "shared" / "data" / "azure-llm-2023" / "AzureLLMInferenceTrace_conv.csv"
 QUANTILES = (0.5, 0.9, 0.99)
+SWEEP_PROMPTS, SWEEP_BATCHES = "16,32,64,128,256,512,1024", "1,2,4,8,16,32"  # at 64-token prompts, 32 tokens
 
 
 def scaled_slice(trace: RequestTrace, speedup: float, duration_s: float, token_scale: float, max_prompt: int,
@@ -137,6 +140,14 @@ def plot(results: list[dict], curves: dict[str, dict[str, np.ndarray]], path: Pa
     plt.close(fig)
 
 
+def flowtide_profile(out: Path, *extra: str) -> None:
+    """``flowtide profile`` with the benchmark's sweep, as a user runs it (this checkout's code)."""
+    cmd = [sys.executable, "-m", "orchestrator.cli", "profile", "--out", str(out), "--prompt-sizes", SWEEP_PROMPTS,
+           "--batch-sizes", SWEEP_BATCHES, *extra]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    subprocess.run(cmd, env=env, check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--speedups", default="1,2,4", help="replay speeds over the trace's own (comma-separated); "
@@ -155,11 +166,10 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from orchestrator.app import deploy, engine_options
+    from orchestrator.app import deploy
     from orchestrator.cluster import LocalCluster, connect
     from orchestrator.config import load_config
-    from workers.engines import build_engine
-    from workers.profiling import ProfilePlan, endpoint_timer, hardware_name, profile_engine, profile_runs, write_perf_csv
+    from workers.profiling import hardware_name
     from workers.tiny_model import tiny_model_path
 
     config = load_config(**{"serving.http_port": args.port, "cluster.pools.train.nodes": 0,
@@ -167,9 +177,7 @@ def main() -> None:
                                for k in ("min_replicas", "initial_replicas", "max_replicas")}})
     model_path = str(tiny_model_path())
     vocab = json.loads((Path(model_path) / "config.json").read_text())["vocab_size"]
-    plan = ProfilePlan(prompt_sizes=(16, 32, 64, 128, 256, 512, 1024), batch_sizes=(1, 2, 4, 8, 16, 32))
     hardware = hardware_name()
-    common = dict(model="flowtide-tiny", tensor_parallel=1, vocab_size=vocab, max_model_len=config.model.max_model_len)
     out_dir = Path(args.json).parent
     out_dir.mkdir(parents=True, exist_ok=True)
     profiles = {"engine profile": (out_dir / "sim_fidelity_engine_profile.csv", hardware),
@@ -178,33 +186,15 @@ def main() -> None:
     traces = [scaled_slice(azure, s, args.duration_s, args.token_scale, config.model.max_prompt_tokens, args.max_output)
               for s in speedups]
 
-    with Progress(console=console) as progress:
-        task = progress.add_task("profiling the engine in this process", total=len(plan.runs()))
-        engine = build_engine("transformers", "colocated", model_path, **engine_options(config, "colocated"))
-
-        async def engine_rows():
-            try:
-                return await profile_engine(engine, plan, hardware=hardware, on_row=lambda r: progress.advance(task),
-                                            **common)
-            finally:
-                await engine.shutdown()
-
-        write_perf_csv(asyncio.run(engine_rows()), profiles["engine profile"][0])
+    flowtide_profile(profiles["engine profile"][0])  # before the cluster starts: the engine alone on the machine
     cluster = LocalCluster(config.cluster, serving=config.serving).start()
     try:
         with console.status("deploying one prefill and one decode replica"):
             connect(cluster.address)
             base = deploy(config, model_path)
+        flowtide_profile(profiles["served profile"][0], "--endpoint", base)
 
         async def served():
-            import openai
-
-            async with openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="-", max_retries=0, timeout=300) as client:
-                with Progress(console=console) as progress:
-                    task = progress.add_task("profiling the service through its endpoint", total=len(plan.runs()))
-                    rows = await profile_runs(endpoint_timer(client, "flowtide-tiny"), plan, hardware=f"{hardware}-served",
-                                              on_row=lambda r: progress.advance(task), **common)
-            write_perf_csv(rows, profiles["served profile"][0])
             lives = []
             with Progress(console=console) as progress:
                 for trace in traces:

@@ -68,8 +68,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         _check_fits(plan, config, served=bool(args.endpoint))
-        profile = _profile_endpoint(args.endpoint) if args.endpoint else _profile
-        out = asyncio.run(profile(config, plan, Path(args.out), args.hardware))
+        profiling = (_profile_endpoint(config, plan, Path(args.out), args.hardware, args.endpoint) if args.endpoint
+                     else _profile(config, plan, Path(args.out), args.hardware))
+        out = asyncio.run(profiling)
     except ProfileError as exc:
         raise ConfigError(f"profile: {exc}") from exc
     except EndpointError as exc:
@@ -95,18 +96,26 @@ def _check_fits(plan, config: FlowtideConfig, served: bool) -> None:
         raise ProfileError(f"prompt size {longest} exceeds model.max_prompt_tokens={config.model.max_prompt_tokens}")
 
 
+def _served_model(config: FlowtideConfig) -> tuple[str, int, int]:
+    """The checkpoint directory, its vocabulary size (the prompts' token ids) and the GPUs per replica."""
+    from orchestrator.app import resolve_model_path
+
+    model_path = resolve_model_path(config)
+    vocab_size = json.loads((Path(model_path) / "config.json").read_text())["vocab_size"]
+    tensor_parallel = config.engine.vllm.tensor_parallel_size if config.engine.kind == "vllm" else 1
+    return model_path, vocab_size, tensor_parallel
+
+
 async def _profile(config: FlowtideConfig, plan, out: Path, hardware: str | None) -> Path:
     from rich.progress import Progress
 
-    from orchestrator.app import engine_options, resolve_model_path
+    from orchestrator.app import engine_options
     from workers.engines import build_engine
     from workers.gpu_power import NvmlPower
     from workers.profiling import hardware_name, profile_engine, write_perf_csv
 
-    model_path = resolve_model_path(config)
-    vocab_size = json.loads((Path(model_path) / "config.json").read_text())["vocab_size"]
+    model_path, vocab_size, tensor_parallel = _served_model(config)
     kind = config.engine.kind
-    tensor_parallel = config.engine.vllm.tensor_parallel_size if kind == "vllm" else 1
     model = config.model.served_name if config.model.path is None else Path(model_path).name
     gpus = tensor_parallel if kind == "vllm" or config.engine.device == "cuda" else 0
     power = NvmlPower.open(gpus) if gpus else None
@@ -137,42 +146,37 @@ class EndpointError(RuntimeError):
     """The endpoint to profile cannot be reached or does not serve the model."""
 
 
-def _profile_endpoint(base_url: str):
-    """A profiler of the service at ``base_url``: the same plan and rows, each request over HTTP."""
+async def _profile_endpoint(config: FlowtideConfig, plan, out: Path, hardware: str | None, base_url: str) -> Path:
+    """The same plan and rows as :func:`_profile`, each request over HTTP to the service at ``base_url``."""
+    import openai
+    from rich.progress import Progress
 
-    async def profile(config: FlowtideConfig, plan, out: Path, hardware: str | None) -> Path:
-        import openai
-        from rich.progress import Progress
+    from workers.profiling import endpoint_timer, hardware_name, profile_runs, write_perf_csv
 
-        from orchestrator.app import resolve_model_path
-        from workers.profiling import endpoint_timer, hardware_name, profile_runs, write_perf_csv
-
-        model_path = resolve_model_path(config)
-        vocab_size = json.loads((Path(model_path) / "config.json").read_text())["vocab_size"]
-        url = base_url.rstrip("/") + "/v1"
-        async with openai.AsyncOpenAI(base_url=url, api_key="-", max_retries=0, timeout=600) as client:
+    _, vocab_size, tensor_parallel = _served_model(config)
+    model = config.model.served_name
+    url = base_url.rstrip("/") + "/v1"
+    async with openai.AsyncOpenAI(base_url=url, api_key="-", max_retries=0, timeout=600) as client:
+        try:
+            served = [m.id async for m in client.models.list()]
+        except openai.APIError as exc:
+            raise EndpointError(f"cannot list the models at {url}: {exc}") from exc
+        if model not in served:
+            raise EndpointError(f"{url} serves {served}, not {model!r} (model.served_name)")
+        print("power: not measured (profiled through the endpoint)")
+        with Progress() as progress:
+            task = progress.add_task(f"profiling {model} at {url}", total=len(plan.runs()))
             try:
-                served = [m.id async for m in client.models.list()]
+                rows = await profile_runs(
+                    endpoint_timer(client, model),
+                    plan,
+                    model=model,
+                    hardware=hardware or f"{hardware_name()}-served",
+                    tensor_parallel=tensor_parallel,
+                    vocab_size=vocab_size,
+                    max_model_len=config.model.max_model_len,
+                    on_row=lambda row: progress.advance(task),
+                )
             except openai.APIError as exc:
-                raise EndpointError(f"cannot list the models at {url}: {exc}") from exc
-            if config.model.served_name not in served:
-                raise EndpointError(f"{url} serves {served}, not {config.model.served_name!r} (model.served_name)")
-            print("power: not measured (profiled through the endpoint)")
-            with Progress() as progress:
-                task = progress.add_task(f"profiling {config.model.served_name} at {url}", total=len(plan.runs()))
-                try:
-                    rows = await profile_runs(
-                        endpoint_timer(client, config.model.served_name),
-                        plan,
-                        model=config.model.served_name,
-                        hardware=hardware or f"{hardware_name()}-served",
-                        tensor_parallel=config.engine.vllm.tensor_parallel_size if config.engine.kind == "vllm" else 1,
-                        vocab_size=vocab_size,
-                        max_model_len=config.model.max_model_len,
-                        on_row=lambda row: progress.advance(task),
-                    )
-                except openai.APIError as exc:
-                    raise EndpointError(f"{url} failed a profiling request: {exc}") from exc
-        return write_perf_csv(rows, out)
-
-    return profile
+                raise EndpointError(f"{url} failed a profiling request: {exc}") from exc
+    return write_perf_csv(rows, out)
