@@ -220,7 +220,11 @@ def _choose(need: np.ndarray, weight: np.ndarray, lo: int, hi: int, gpu_h_per_re
     the penalty is per request, so on busy traffic it, not the floor, sets the count; ``min_replicas``
     only when demand alone would choose fewer than ``lo``.
     """
-    counts = np.arange(0, hi + 1, dtype=float)  # from 0, to tell what demand alone would choose
+    # From 0, to tell what demand alone would choose, up to the first count that serves every cell
+    # (or ``lo``): past it nothing is missed and the cost only grows, so no larger count can win.
+    # Scoring only those keeps a 64-replica pool's decision from scoring 64 counts to pick 30.
+    top = min(hi, max(lo, 1, math.ceil(float(need.max())) if need.size else 0))
+    counts = np.arange(0, top + 1, dtype=float)
     att = _attainment(counts, need)
     expected = _expected_attainment(att, weight)
     missed = ((1.0 - att) * weight[None]).mean(axis=1).sum(axis=1)  # expected misses over the window

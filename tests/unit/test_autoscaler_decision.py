@@ -169,6 +169,22 @@ def test_min_replicas_binds_only_when_demand_alone_would_choose_fewer(params):
     assert above.reasons["prefill"].binding == "min_replicas"
 
 
+def test_a_higher_replica_ceiling_than_demand_reaches_changes_no_decision(params):
+    # The decision scores counts only up to the first that serves every cell: past it, cost only grows.
+    fc = spread(30.0, shape=(64, 3), seed=3)
+    state = DecisionState((120.0, None), (4, 0))
+    for n in (1, 5, 9):
+        narrow = decide(snapshot(200, fc, n, n), state, params)
+        wide = decide(snapshot(200, fc, n, n), state, replace(params, max_replicas=(400, 400)))
+        assert narrow == wide and narrow[0].reasons["prefill"].binding != "max_replicas"
+
+
+def test_requests_without_prompt_tokens_still_need_a_replica(params):
+    free = replace(params, min_replicas=(0, 0))
+    d, _ = decide(snapshot(0, forecast(np.full((4, 3), 5.0), prompt=0.0), 0, 0), DecisionState(), free)
+    assert d.prefill == 1 and d.reasons["prefill"].binding == "slo"
+
+
 def test_decide_is_pure_and_its_state_round_trips(params):
     fc = forecast(np.random.default_rng(1).uniform(10, 50, (32, 3)))
     state = DecisionState((120.0, None), (4, 0))
