@@ -355,10 +355,12 @@ def _print_table(summary: dict) -> None:
 
     table = Table(title=f"{summary['trace']}: {summary['heldout_days']:.0f} held-out days, "
                   f"horizon {summary['horizon_steps']} x {summary['step_s']:.0f} s, total req/s")
-    for col in ("forecaster", "CRPS", "vs seasonal naive", "pinball", "cover 80%", "cover 95%", "predict p99 ms", "fit s"):
+    for col in ("forecaster", "CRPS", "vs seasonal naive", "CRPS fair", "pinball", "cover 80%", "cover 95%",
+                "predict p99 ms", "fit s"):
         table.add_column(col, justify="right")
     for name, s in summary["forecasters"].items():
         table.add_row(name, f"{s['crps']:.2f}", f"{s.get('crps_vs_seasonal_naive', float('nan')):.3f}",
+                      f"{s['crps_fair']:.2f}",
                       f"{s['pinball']:.2f}", f"{s['coverage_80']:.3f}", f"{s['coverage_95']:.3f}",
                       f"{s['latency_p99_ms']:.1f}", f"{s['fit_s']:.1f}")
     console = Console()

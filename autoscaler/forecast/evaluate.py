@@ -19,13 +19,19 @@ from .base import Forecaster, ForecastInputError, check_request
 PINBALL_LEVELS = (0.025, 0.1, 0.25, 0.5, 0.75, 0.9, 0.975)
 
 
-def crps(samples: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """CRPS of an ensemble ``[S, ...]`` against ``truth [...]`` (scoringrules' quantile-decomposition ``qd``
-    estimator, the CRPS of the empirical distribution; not the ``fair`` one).
+def crps(samples: np.ndarray, truth: np.ndarray, estimator: str = "qd") -> np.ndarray:
+    """CRPS of an ensemble ``[S, ...]`` against ``truth [...]``.
 
-    For one sample it equals the absolute error, so point forecasts are scored on the same scale.
+    ``qd`` (scoringrules' quantile decomposition, the benchmark's score): the CRPS of the empirical
+    distribution of the ``S`` samples; for one sample the absolute error, so point forecasts are
+    scored on the same scale. ``fair``: the unbiased estimate of the CRPS of the distribution the
+    samples are drawn from (Ferro 2014). ``qd`` exceeds it by ``E|X - X'| / (2 S)``, so at a fixed
+    ``S`` a wider forecast pays more for its finite sample. A point forecast is its own distribution:
+    its ``fair`` score is its absolute error too.
     """
-    return np.asarray(sr.crps_ensemble(truth, samples, m_axis=0, estimator="qd"))
+    if estimator == "fair" and samples.shape[0] == 1:
+        estimator = "qd"
+    return np.asarray(sr.crps_ensemble(truth, samples, m_axis=0, estimator=estimator))
 
 
 def pinball(samples: np.ndarray, truth: np.ndarray, levels: tuple[float, ...] = PINBALL_LEVELS) -> np.ndarray:
@@ -48,6 +54,7 @@ class Evaluation:
 
     name: str
     crps: np.ndarray
+    crps_fair: np.ndarray
     pinball: np.ndarray
     cover80: np.ndarray
     cover95: np.ndarray
@@ -63,6 +70,7 @@ class Evaluation:
         return {
             "crps": float(self.crps[:, :, k].mean()),
             "crps_per_step": self.crps[:, :, k].mean(axis=0).tolist(),
+            "crps_fair": float(self.crps_fair[:, :, k].mean()),
             "pinball": float(self.pinball[:, :, k].mean()),
             "coverage_80": float(self.cover80[:, :, k].mean()),
             "coverage_95": float(self.cover95[:, :, k].mean()),
@@ -101,7 +109,7 @@ def rolling_evaluation(
         raise ForecastInputError(f"start {start} leaves no held-out window of {horizon} steps in {series.shape[0]} rows")
     origins = np.arange(start - 1, series.shape[0] - horizon, stride)
     n, k = len(origins), series.shape[1]
-    out = {key: np.zeros((n, horizon, k)) for key in ("crps", "pinball", "median", "lo80", "hi80")}
+    out = {key: np.zeros((n, horizon, k)) for key in ("crps", "crps_fair", "pinball", "median", "lo80", "hi80")}
     cov80, cov95 = np.zeros((n, horizon, k), bool), np.zeros((n, horizon, k), bool)
     latency = np.zeros(n)
     seen = start
@@ -115,6 +123,7 @@ def rolling_evaluation(
         latency[i] = time.perf_counter() - t0
         truth = series[t + 1 : t + 1 + horizon]
         out["crps"][i] = crps(fc.samples, truth)
+        out["crps_fair"][i] = crps(fc.samples, truth, "fair")
         out["pinball"][i] = pinball(fc.samples, truth)
         cov80[i], cov95[i] = covered(fc.samples, truth, 0.8), covered(fc.samples, truth, 0.95)
         out["median"][i] = np.median(fc.samples, axis=0)
@@ -124,6 +133,7 @@ def rolling_evaluation(
     return Evaluation(
         name=forecaster.name,
         crps=out["crps"],
+        crps_fair=out["crps_fair"],
         pinball=out["pinball"],
         cover80=cov80,
         cover95=cov95,
