@@ -363,7 +363,7 @@ def _print_table(summary: dict) -> None:
                       f"{s['crps_fair']:.2f}",
                       f"{s['pinball']:.2f}", f"{s['coverage_80']:.3f}", f"{s['coverage_95']:.3f}",
                       f"{s['latency_p99_ms']:.1f}", f"{s['fit_s']:.1f}")
-    console = Console()
+    console = Console(width=150)  # the table whole in a log, not cut to 80 columns
     console.print(table)
     if "flow_latency" in summary:
         console.print({k: {m: round(v, 2) for m, v in d.items()} for k, d in summary["flow_latency"].items()})
