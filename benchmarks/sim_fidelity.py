@@ -61,6 +61,13 @@ def scaled_slice(trace: RequestTrace, speedup: float, duration_s: float, token_s
     return RequestTrace(f"{trace.name} x{speedup:g}", trace.arrival_s[keep] / speedup, prompt, output)
 
 
+def profile_paths(json_path: Path) -> dict[str, Path]:
+    """Where a run keeps its two profiles: beside its JSON and named after it, so that a run into
+    another JSON (``--token-scale 2 --json results/sim_fidelity_ts2.json``) does not overwrite the
+    profiles an earlier run's JSON names."""
+    return {f"{kind} profile": json_path.with_name(f"{json_path.stem}_{kind}_profile.csv") for kind in ("engine", "served")}
+
+
 def simulated(trace: RequestTrace, profile: Path, hardware: str) -> tuple[np.ndarray, np.ndarray]:
     """Per-request TTFT and TPOT the simulator gives ``trace`` on one prefill and one decode replica."""
     capacity = load_capacity(profile, model="flowtide-tiny", hardware=hardware, tensor_parallel=1)
@@ -180,8 +187,9 @@ def main() -> None:
     hardware = hardware_name()
     out_dir = Path(args.json).parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    profiles = {"engine profile": (out_dir / "sim_fidelity_engine_profile.csv", hardware),
-                "served profile": (out_dir / "sim_fidelity_served_profile.csv", f"{hardware}-served")}
+    paths = profile_paths(Path(args.json))
+    profiles = {"engine profile": (paths["engine profile"], hardware),
+                "served profile": (paths["served profile"], f"{hardware}-served")}
     azure = load_azure_csv(CONV)
     traces = [scaled_slice(azure, s, args.duration_s, args.token_scale, config.model.max_prompt_tokens, args.max_output)
               for s in speedups]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -33,3 +35,12 @@ def test_compare_reports_ratios_errors_and_shares_within_live_quantiles():
     assert same["median_abs_log_error"] == 0.0
     assert same["sim_within_live_p90"] == pytest.approx(0.9, abs=0.02)
     assert same["live_p99_ms"] == pytest.approx(np.quantile(live, 0.99) * 1e3)
+
+
+def test_each_run_keeps_its_profiles_beside_its_own_json():
+    default = fidelity.profile_paths(Path("results/sim_fidelity.json"))
+    assert default == {"engine profile": Path("results/sim_fidelity_engine_profile.csv"),
+                       "served profile": Path("results/sim_fidelity_served_profile.csv")}
+    other = fidelity.profile_paths(Path("out/sim_fidelity_ts2.json"))
+    assert set(other.values()).isdisjoint(default.values())
+    assert other["served profile"] == Path("out/sim_fidelity_ts2_served_profile.csv")
