@@ -3,8 +3,9 @@
 A pool's series is a ``[T, K]`` array over fixed-step ticks with named columns; the cluster
 view aggregates pools column by column: arrival and token rates take the largest pool's (every
 request passes through both pools, so a sum would count it twice), queues and watts add, latency
-percentiles take the worst pool, KV use averages. Forecasters read the demand columns. The live
-controller (to come) fills these series; the simulator keeps its per-tick records in ``SimResult``.
+percentiles take the worst pool, KV use averages; a pool that does not measure an indicator reports
+NaN there and is left out of the cluster's value. Forecasters read the demand columns. The simulator
+gives a run's series (``SimResult.indicators``); the live controller (to come) fills the same ones.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from types import MappingProxyType
 from typing import Mapping
 
 import numpy as np
+import pandas as pd
 
 INDICATORS = (
     "arrival_rps",
@@ -68,10 +70,6 @@ class IndicatorSeries:
     def column(self, name: str) -> np.ndarray:
         return self.values[:, self.names.index(name)]
 
-    def window(self, end_tick: int, length: int) -> np.ndarray:
-        """The ``length`` rows before ``end_tick`` (fewer at the start), never rows at or after it."""
-        return self.values[max(0, end_tick - length):end_tick]
-
 
 @dataclass(frozen=True)
 class ClusterIndicators:
@@ -90,12 +88,26 @@ class ClusterIndicators:
         object.__setattr__(self, "pools", MappingProxyType(dict(self.pools)))
 
     def cluster(self) -> IndicatorSeries:
-        """The cluster-level series, each column aggregated across pools by its rule."""
+        """The cluster-level series, each column aggregated across the pools that report it by its rule
+        (NaN where none does)."""
         first = next(iter(self.pools.values()))
         stacked = np.stack([s.values for s in self.pools.values()])
-        columns = []
-        for k, name in enumerate(first.names):
-            rule = _AGGREGATE[name]
-            col = stacked[:, :, k]
-            columns.append(col.sum(0) if rule == "sum" else col.max(0) if rule == "max" else col.mean(0))
-        return IndicatorSeries("cluster", first.step_s, first.start_s, first.names, np.column_stack(columns))
+        reported = ~np.isnan(stacked)
+        count = reported.sum(0)
+        zeroed = np.where(reported, stacked, 0.0)
+        total = zeroed.sum(0)
+        aggregated = {"sum": total, "mean": total / np.maximum(count, 1),
+                      "max": np.where(reported, stacked, -np.inf).max(0)}
+        columns = [aggregated[_AGGREGATE[name]][:, k] for k, name in enumerate(first.names)]
+        values = np.where(count > 0, np.column_stack(columns), np.nan)
+        return IndicatorSeries("cluster", first.step_s, first.start_s, first.names, values)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per tick and level: ``t_s``, ``pool``, the indicators; the cluster's rows first, then each pool's."""
+        frames = []
+        for series in (self.cluster(), *self.pools.values()):
+            frame = pd.DataFrame(series.values, columns=list(series.names))
+            frame.insert(0, "pool", series.pool)
+            frame.insert(0, "t_s", series.start_s + np.arange(len(series)) * series.step_s)
+            frames.append(frame)
+        return pd.concat(frames, ignore_index=True)

@@ -1,4 +1,5 @@
-"""Plots of one simulated run: demand vs capacity with forecast bands, replicas, SLO attainment, power (serving and training).
+"""Plots of one simulated run: demand vs capacity with forecast bands, replicas, SLO attainment, power (serving and
+training), and each pool's indicators (queue, KV use, latency against its SLO, watts).
 
 Long runs are reduced to at most ``max_points`` points per curve by block means (block maxima
 for demand, so peaks stay visible).
@@ -70,6 +71,52 @@ def plot_run(result: SimResult, out_dir: str | Path, max_points: int = 4000) -> 
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     path = out / f"{result.policy}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_pools(result: SimResult, out_dir: str | Path, max_points: int = 4000) -> Path:
+    """Write ``<policy>-pools.png``: the run's per-pool indicators (``SimResult.indicators``) over time.
+
+    Queues and latencies are block maxima (a burst stays visible), KV use and watts block means.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pools = result.indicators().pools
+    prefill, decode = pools["prefill"], pools["decode"]
+    n = len(prefill)
+    k = max(1, int(np.ceil(n / max_points)))
+    hours = _blocks(np.arange(n) * result.step_s / 3600.0, k)
+    fig, axes = plt.subplots(4, 1, figsize=(11, 10), sharex=True)
+    ax = axes[0]
+    ax.plot(hours, _blocks(prefill.column("queue_requests"), k, "max"), lw=0.8, label="prefill: requests waiting")
+    ax.plot(hours, _blocks(decode.column("queue_requests"), k, "max"), lw=0.8, label="decode: sequences waiting")
+    ax.set_ylabel("queue")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(f"{result.trace}: policy {result.policy}, per pool")
+    ax = axes[1]
+    ax.plot(hours, _blocks(decode.column("kv_use_fraction"), k), lw=0.8, color="tab:orange")
+    ax.set_ylabel("decode KV use\n(batch slots)")
+    ax.set_ylim(-0.02, 1.02)
+    ax = axes[2]
+    ax.plot(hours, _blocks(prefill.column("ttft_p99_s") / result.ttft_slo_s, k, "max"), lw=0.8,
+            label=f"prefill: TTFT p99 / {result.ttft_slo_s:g} s")
+    ax.plot(hours, _blocks(decode.column("tpot_p99_s") / result.tpot_slo_s, k, "max"), lw=0.8,
+            label=f"decode: TPOT p99 / {result.tpot_slo_s:g} s")
+    ax.axhline(1.0, color="red", ls="--", lw=0.8, label="SLO")
+    ax.set_yscale("log")
+    ax.set_ylabel("latency / SLO\n(per tick)")
+    ax.legend(loc="upper right", fontsize=8)
+    ax = axes[3]
+    p_kw, d_kw = _blocks(prefill.column("power_w"), k) / 1e3, _blocks(decode.column("power_w"), k) / 1e3
+    ax.fill_between(hours, 0.0, p_kw, color="tab:blue", alpha=0.45, lw=0, label="prefill")
+    ax.fill_between(hours, p_kw, p_kw + d_kw, color="tab:green", alpha=0.45, lw=0, label="decode")
+    ax.set_ylabel("serving power (kW)")
+    ax.set_xlabel("hours")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    path = out / f"{result.policy}-pools.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -26,6 +26,7 @@ import numpy as np
 
 from autoscaler.capacity import CapacityModel
 from autoscaler.decision import Decision, PoolView, Snapshot
+from autoscaler.indicators import INDICATORS, ClusterIndicators, IndicatorSeries
 from autoscaler.power import PowerModel, check_power_cap, plan_power
 from autoscaler.traces import TickTrace
 
@@ -49,13 +50,15 @@ class _Fluid(NamedTuple):
 
 
 class _Tick(NamedTuple):
-    """One tick served: the state after it, its prefill wait, TPOT, decode-slot wait and busy fractions."""
+    """One tick served: the state after it, its prefill wait, TPOT, decode-slot wait, busy fractions and
+    the work waiting for a replica (prefill requests, decode sequences)."""
 
     state: _Fluid
     wait: float
     tpot: float
     dwait: float
     busy: tuple[float, float]
+    queued: tuple[float, float]
 
 
 class SimulationError(ValueError):
@@ -139,7 +142,30 @@ class SimResult:
     power_cap_w: float | None
     ttft_slo_s: float
     tpot_slo_s: float
+    request_tick: np.ndarray  # the tick of each scored request group (``ttft_s``, ``tpot_s``, ``weight``)
+    pool_power_w: np.ndarray  # [T, 2] serving watts of the prefill and decode pools
+    queue: np.ndarray  # [T, 2] prefill requests and decode sequences waiting for a replica
+    kv_use: np.ndarray  # decode batch slots in use (the profile's largest batch: KV memory full); NaN without replicas
     decisions: list[tuple[float, Decision]] = field(default_factory=list)  # (time, what the policy decided)
+
+    def indicators(self) -> ClusterIndicators:
+        """The run as the cluster -> pool indicator hierarchy a live controller reads, one row per tick.
+
+        Both pools see the trace's demand (every request passes through both). Each pool reports the
+        latency it decides, NaN for the other: TTFT's 99th percentile over the tick's requests on
+        prefill, TPOT's on decode (NaN in a tick without arrivals); KV use is the decode pool's.
+        """
+        n, w = self.prefill_replicas.size, self.weight
+        demand = self.demand
+        ttft = _tick_quantile(self.ttft_s, w, self.request_tick, n, 0.99)
+        tpot = _tick_quantile(self.tpot_s, w, self.request_tick, n, 0.99)
+        none = np.full(n, np.nan)
+        pools = {}
+        for i, (pool, latency, kv) in enumerate((("prefill", (ttft, none), none),
+                                                  ("decode", (none, tpot), self.kv_use))):
+            values = np.column_stack([demand, self.queue[:, i], kv, *latency, self.pool_power_w[:, i]])
+            pools[pool] = IndicatorSeries(pool, self.step_s, 0.0, INDICATORS, values)
+        return ClusterIndicators(pools)
 
     def summary(self) -> dict[str, float | int | str | None]:
         w = self.weight
@@ -206,6 +232,24 @@ def _wq(values: np.ndarray, weight: np.ndarray, q: float) -> float:
     return float(values[order][min(i, values.size - 1)])
 
 
+def _tick_quantile(values: np.ndarray, weight: np.ndarray, tick: np.ndarray, n: int, q: float) -> np.ndarray:
+    """Each tick's weighted ``q`` quantile of ``values`` by the rule of :func:`_wq`; NaN where it has none."""
+    out = np.full(n, np.nan)
+    keep = weight > 0
+    values, weight, tick = values[keep], weight[keep], tick[keep]
+    if not values.size:
+        return out
+    order = np.lexsort((values, tick))
+    values, weight, tick = values[order], weight[order], tick[order]
+    cum = np.cumsum(weight)
+    ticks, first, count = np.unique(tick, return_index=True, return_counts=True)
+    before = np.where(first > 0, cum[first - 1], 0.0)
+    total = cum[first + count - 1] - before
+    i = np.searchsorted(cum, before + q * total)
+    out[ticks] = values[np.clip(i, first, first + count - 1)]
+    return out
+
+
 def _request_latency(cap: CapacityModel, wait, slow, tpot, dwait, prompt_tokens, output_tokens):
     """TTFT and TPOT of requests arriving in a tick: the tick's prefill wait plus their own prefill
     (slowed by capped clocks), and the tick's TPOT plus the wait for a decode slot spread over their
@@ -265,11 +309,12 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
             # Requests waiting within the tick or being prefilled (Little's law): Serve counts them
             # as ongoing, beside the backlog carried over.
             in_service = a_req / dt * (mdl + own * slow)
+            waiting = a_req / dt * mdl
         elif a_req > 0:
             # No prefill capacity: every arrival stays in the backlog (counted there), unserved.
-            wait, in_service = math.inf, 0.0
+            wait, in_service, waiting = math.inf, 0.0, 0.0
         else:
-            wait = in_service = 0.0
+            wait = in_service = waiting = 0.0
         # Decode: continuous batching up to the profiled batch, as token work. The batch a replica
         # runs is the tick's time-average concurrency, token-seconds of decoding over the tick
         # (Little's law), solved with TPOT by fixed point; beyond the batch cap, work carries
@@ -286,7 +331,7 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
                 for _ in range(4):
                     concurrency = min(d * decode_batch_cap, produced * tpot / dt)
                     tpot = float(cap.tpot_s(concurrency / d, ctx)) / scale
-                finished, dwait = active, 0.0
+                finished, dwait, queued = active, 0.0, 0.0
             else:
                 produced, tpot, concurrency = max_tokens, full_tpot, d * decode_batch_cap
                 finished = active * produced / remaining
@@ -295,14 +340,15 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
             active, remaining = active - finished, remaining - produced
         else:
             tpot = float(cap.tpot_s(1, ctx))
-            concurrency = 0.0
+            concurrency, queued = 0.0, active
             dwait = math.inf if remaining > 0 else 0.0
         # Busy at the clocks this tick ran at: a saturated capped pool is busy all the tick.
         busy = (served / cap_tok if cap_tok > 0 else 0.0, min(1.0, concurrency / d) if d else 0.0)
         return _Tick(_Fluid(q_tok, q_req, q_out, active, remaining, util, in_service, concurrency),
-                     wait, tpot, dwait, busy)
+                     wait, tpot, dwait, busy, (q_req + waiting, queued))
     rec = {k: np.zeros(n) for k in ("p", "d", "pg", "dg", "power", "train", "capped", "viol", "wait", "slow",
-                                     "tpot", "dwait", "serving_w")}
+                                     "tpot", "dwait", "serving_w", "scale", "busy_p", "busy_d", "queue_p", "queue_d",
+                                     "kv")}
     observed = np.full((n, 2), np.nan)  # each tick's mean TTFT and TPOT, as the router's histograms report
     bands: dict[int, np.ndarray] = {q: np.full(n, np.nan) for q in (5, 50, 95)}
     latencies: list[float] = []
@@ -385,7 +431,10 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
         for key, value in (("p", p), ("d", d), ("pg", held[0]), ("dg", held[1]), ("power", plan.power_w),
                            ("train", plan.training_gpus), ("capped", plan.freq_capped), ("viol", plan.violated),
                            ("wait", wait), ("slow", slow), ("tpot", tpot), ("dwait", dwait),
-                           ("serving_w", plan.power_w - training_w)):
+                           ("serving_w", plan.power_w - training_w), ("scale", plan.serving_scale),
+                           ("busy_p", tick.busy[0]), ("busy_d", tick.busy[1]), ("queue_p", tick.queued[0]),
+                           ("queue_d", tick.queued[1]),
+                           ("kv", state.concurrency / (d * decode_batch_cap) if d else math.nan)):
             rec[key][t] = value
         a_req = trace.n_requests[t]
         if a_req > 0:
@@ -401,6 +450,13 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
     ok = (ttft <= params.ttft_slo_s) & (tpot <= params.tpot_slo_s)
     tick_ok = np.bincount(g.tick, ok * g.weight, n) / np.maximum(np.bincount(g.tick, g.weight, n), 1e-12)
     tick_ok[trace.n_requests == 0] = 1.0
+    # Each pool's watts, as serving_w above splits them: its replicas at their activity and clocks,
+    # its cold-starting replicas idle, both under the tick's brake.
+    capped = rec["capped"].astype(bool)
+    pool_w = np.column_stack([
+        (np.where(capped, pw.serving_w(*use, freq_capped=True), pw.serving_w(*use)) + starting * pw.idle_w) * rec["scale"]
+        for use, starting in (((rec["p"] * tp, rec["busy_p"], 0.0, 0.0), rec["pg"] - rec["p"] * tp),
+                              ((0.0, 0.0, rec["d"] * tp, rec["busy_d"]), rec["dg"] - rec["d"] * tp))])
     result = SimResult(
         policy=policy.name, trace=trace.name, step_s=dt, prefill_replicas=rec["p"], decode_replicas=rec["d"],
         prefill_gpus_held=rec["pg"], decode_gpus_held=rec["dg"], power_w=rec["power"], serving_w=rec["serving_w"], training_gpus=rec["train"],
@@ -409,6 +465,8 @@ def simulate(trace: TickTrace, policy: Policy, params: ClusterParams,
         ttft_s=ttft, tpot_s=tpot, weight=g.weight, ok=ok, tick_attainment=tick_ok, scaling_actions=actions,
         step_latency_s=np.asarray(latencies), decision_latency_s=np.asarray(getattr(policy, "decision_s", latencies)),
         wall_s=wall, power_cap_w=params.power_cap_w,
-        ttft_slo_s=params.ttft_slo_s, tpot_slo_s=params.tpot_slo_s, decisions=decisions)
+        ttft_slo_s=params.ttft_slo_s, tpot_slo_s=params.tpot_slo_s, decisions=decisions,
+        request_tick=g.tick, pool_power_w=pool_w, queue=np.column_stack([rec["queue_p"], rec["queue_d"]]),
+        kv_use=rec["kv"])
     return result
 

@@ -74,6 +74,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-plots", action="store_true", help="skip the plots")
     p.add_argument("--decisions", type=Path, default=None,
                    help="JSON lines, one per decision: targets and why (default <plot folder>/<policy>-decisions.jsonl)")
+    p.add_argument("--indicators", type=Path, default=None,
+                   help="write the per-tick indicators of the cluster and each pool here as CSV (.csv.gz compresses)")
     p.add_argument("--profile", type=Path, default=DEFAULT_PROFILE, help="perf_model.csv-schema profile")
     p.add_argument("--model", default="llama2-70b")
     p.add_argument("--hardware", default="h100-80gb")
@@ -101,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
     from autoscaler.capacity import ProfileError, load_capacity
     from autoscaler.decision import DecisionError
-    from autoscaler.plots import plot_run
+    from autoscaler.plots import plot_pools, plot_run
     from autoscaler.policies import LONG_TRACE_S, PolicyError, make_policy
     from autoscaler.power import PowerError, PowerModel
     from autoscaler.scenario import default_cluster
@@ -116,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     cap_w = args.power_cap_w if args.power_cap_w is not None else config.autoscaler.power_cap_w
     trace_path = Path(args.trace)
     if not _outputs_ok([("--json", args.json, False), ("--decisions", args.decisions, False),
-                        ("--plots", args.plots, True)]):
+                        ("--indicators", args.indicators, False), ("--plots", args.plots, True)]):
         return 2
     try:
         power = PowerModel.for_hardware(args.power_hardware or args.hardware)
@@ -181,12 +183,15 @@ def run(args: argparse.Namespace) -> int:
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
     Console().print(table)
     if not args.no_plots:
-        path = plot_run(result, folder)
-        console.print(f"plots: {path}")
+        console.print(f"plots: {plot_run(result, folder)}, {plot_pools(result, folder)}")
     path = result.write_decisions(decisions_path)
     bound = "; ".join(f"{pool}: " + ", ".join(f"{why} {n}" for why, n in counts.items())
                       for pool, counts in result.bindings().items())
     console.print(f"decisions: {path} ({len(result.decisions)}; bound by {bound})")
+    if args.indicators:
+        args.indicators.parent.mkdir(parents=True, exist_ok=True)
+        result.indicators().to_frame().to_csv(args.indicators, index=False)
+        console.print(f"indicators: {args.indicators}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=2))

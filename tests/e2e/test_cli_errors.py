@@ -51,6 +51,7 @@ def test_simulate_refuses_a_bad_number_or_forecaster_before_running(tmp_path, fl
     ("--decisions", "folder", "it is a folder"),
     ("--plots", "file", "it is a file"),
     ("--json", "under a file", "is a file, not a folder"),
+    ("--indicators", "folder", "it is a folder"),
 ])
 def test_simulate_refuses_an_output_path_it_cannot_write_before_running(tmp_path, flag, kind, says):
     trace = tiny_trace(tmp_path)

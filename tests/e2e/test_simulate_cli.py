@@ -7,7 +7,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 import pytest
+
+from autoscaler.indicators import INDICATORS
 
 from tests.conftest import SHARED_DATA, needs_data
 
@@ -41,8 +44,10 @@ def test_simulate_writes_the_json_other_tools_read(tmp_path, policy):
     trace = azure_excerpt(tmp_path)
     out = tmp_path / "out.json"
     narrow = {**os.environ, "COLUMNS": "40"}  # a log line must not be wrapped at the terminal's width
+    indicators = tmp_path / "indicators.csv.gz"
     proc = flowtide("simulate", "--trace", str(trace), "--policy", policy, "--json", str(out),
-                    "--plots", str(tmp_path / "plots"), "--forecaster", "last", env=narrow)
+                    "--plots", str(tmp_path / "plots"), "--forecaster", "last", "--indicators", str(indicators),
+                    env=narrow)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(out.read_text())
     for key in REQUIRED:
@@ -57,7 +62,18 @@ def test_simulate_writes_the_json_other_tools_read(tmp_path, policy):
     if policy == "dynamo":
         assert "plans every 180s from a kalman point forecast, decode correction on" in proc.stderr
     lines = proc.stderr.splitlines()
-    assert f"plots: {tmp_path / 'plots' / f'{policy}.png'}" in lines and f"summary: {out}" in lines
+    assert (tmp_path / "plots" / f"{policy}-pools.png").stat().st_size > 10_000
+    assert f"plots: {tmp_path / 'plots' / f'{policy}.png'}, {tmp_path / 'plots' / f'{policy}-pools.png'}" in lines
+    assert f"summary: {out}" in lines and f"indicators: {indicators}" in lines
+    # The cluster -> pool indicators, a row per tick and level: every request counted once, serving's
+    # energy split between the pools.
+    frame = pd.read_csv(indicators)
+    assert frame.columns.tolist() == ["t_s", "pool", *INDICATORS]
+    levels = {pool: rows.reset_index(drop=True) for pool, rows in frame.groupby("pool")}
+    assert set(levels) == {"cluster", "prefill", "decode"} and len({len(rows) for rows in levels.values()}) == 1
+    assert levels["cluster"]["arrival_rps"].sum() * summary["tick_s"] == pytest.approx(3000)
+    energy = (levels["prefill"]["power_w"] + levels["decode"]["power_w"]).sum() * summary["tick_s"] / 3.6e6
+    assert energy == pytest.approx(summary["energy_kwh"])
     assert "slo_attainment" in proc.stdout  # the table
     # Every decision, with why, one JSON line each (strict JSON: a policy's missing figures are null, not NaN).
     log = tmp_path / "plots" / f"{policy}-decisions.jsonl"

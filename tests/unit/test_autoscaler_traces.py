@@ -179,7 +179,21 @@ def test_cluster_view_adds_rates_of_no_pool_twice_and_sums_power():
     decode = IndicatorSeries("decode", 10.0, 0.0, names, np.array([[5.0, 3.0, 0.9, 400.0]]))
     cluster = ClusterIndicators({"prefill": prefill, "decode": decode}).cluster()
     assert cluster.values.tolist() == [[5.0, 5.0, 0.9, 1400.0]]
-    assert prefill.window(1, 10).shape == (1, 4) and prefill.window(0, 10).shape == (0, 4)
+    assert cluster.pool == "cluster" and cluster.names == names
+
+
+def test_a_pool_that_does_not_report_an_indicator_is_left_out_of_the_cluster_value():
+    names = ("queue_requests", "kv_use_fraction", "ttft_p99_s", "tpot_p99_s")
+    nan = np.nan
+    prefill = IndicatorSeries("prefill", 10.0, 0.0, names, np.array([[2.0, nan, 0.5, nan], [nan, nan, nan, nan]]))
+    decode = IndicatorSeries("decode", 10.0, 0.0, names, np.array([[3.0, 0.4, nan, 0.05], [1.0, nan, nan, nan]]))
+    hierarchy = ClusterIndicators({"prefill": prefill, "decode": decode})
+    np.testing.assert_array_equal(hierarchy.cluster().values, [[5.0, 0.4, 0.5, 0.05], [1.0, nan, nan, nan]])
+    frame = hierarchy.to_frame()
+    assert frame.columns.tolist() == ["t_s", "pool", *names]
+    assert frame["pool"].tolist() == ["cluster", "cluster", "prefill", "prefill", "decode", "decode"]
+    assert frame["t_s"].tolist() == [0.0, 10.0] * 3
+    np.testing.assert_array_equal(frame[frame.pool == "decode"][list(names)].to_numpy(), decode.values)
     with pytest.raises(IndicatorError, match="unknown indicators"):
         IndicatorSeries("x", 1.0, 0.0, ("gpu_temp",), np.zeros((1, 1)))
     with pytest.raises(IndicatorError, match="not aligned"):

@@ -13,7 +13,7 @@ from autoscaler.policies import PolicyError, make_policy
 from autoscaler.policies.flowtide import FlowtidePolicy
 from autoscaler.policies.static import StaticPolicy
 from autoscaler.power import PowerModel
-from autoscaler.simulator import ClusterParams, SimulationError, simulate
+from autoscaler.simulator import ClusterParams, SimulationError, _tick_quantile, _wq, simulate
 from autoscaler.traces import RequestGroups, TickTrace
 
 from tests.conftest import SHARED_DATA, needs_data
@@ -326,6 +326,64 @@ def test_plot_run_draws_serving_and_training_power_under_the_cluster_total(clust
     assert np.isclose(bands["training (shed first)"].max(), result.power_w.max() / 1e3)
     (total,) = [line for line in ax.lines if line.get_label() == "cluster"]
     np.testing.assert_allclose(total.get_ydata(), result.power_w / 1e3)
+
+
+def test_the_run_gives_each_pools_indicators_and_the_cluster_view(cluster):
+    from autoscaler.indicators import INDICATORS
+
+    trace = constant_trace(20.0)
+    short = simulate(trace, StaticPolicy(1, 6), warm(cluster, 1, 6))
+    pools = short.indicators().pools
+    prefill, decode = pools["prefill"], pools["decode"]
+    assert prefill.names == decode.names == INDICATORS and len(prefill) == len(decode) == 360
+    np.testing.assert_array_equal(prefill.values[:, :3], trace.rates())  # both pools see the demand
+    np.testing.assert_array_equal(decode.values[:, :3], trace.rates())
+    # One prefill replica falls behind: its waiting requests grow tick by tick, as does its TTFT.
+    queue = prefill.column("queue_requests")
+    assert np.all(np.diff(queue) > 0) and queue[-1] > 1000
+    np.testing.assert_allclose(prefill.column("ttft_p99_s"), short.ttft_s)  # one request shape a tick
+    assert np.isnan(prefill.column("tpot_p99_s")).all() and np.isnan(prefill.column("kv_use_fraction")).all()
+    np.testing.assert_allclose(decode.column("tpot_p99_s"), short.tpot_s)
+    assert np.isnan(decode.column("ttft_p99_s")).all()
+    # The pools' watts split serving's draw; the cluster adds them and takes the worst latency.
+    np.testing.assert_allclose(prefill.column("power_w") + decode.column("power_w"), short.serving_w)
+    np.testing.assert_allclose(prefill.column("power_w"), 700.0 * cluster.capacity.gpus_per_replica)  # saturated
+    whole = short.indicators().cluster()
+    np.testing.assert_allclose(whole.column("power_w"), short.serving_w)
+    np.testing.assert_array_equal(whole.column("ttft_p99_s"), short.ttft_s)
+    np.testing.assert_array_equal(whole.column("kv_use_fraction"), decode.column("kv_use_fraction"))
+    # Enough replicas: nothing carried over, only the within-tick M/D/1 wait, and TTFT within the SLO.
+    enough = simulate(trace, StaticPolicy(6, 6), warm(cluster, 6, 6)).indicators().pools["prefill"]
+    assert enough.column("queue_requests").max() < 5 and enough.column("ttft_p99_s").max() < 2.0
+    # One decode replica at 60 req/s: every batch slot busy, sequences waiting for one.
+    busy = simulate(constant_trace(60.0), StaticPolicy(12, 1), warm(cluster, 12, 1)).indicators().pools["decode"]
+    assert busy.column("kv_use_fraction")[-1] == pytest.approx(1.0) and busy.column("queue_requests")[-1] > 100
+    light = simulate(constant_trace(1.0), StaticPolicy(2, 2), warm(cluster, 2, 2)).indicators().pools["decode"]
+    assert 0 < light.column("kv_use_fraction").max() < 0.5 and light.column("queue_requests").max() == 0
+
+
+def test_a_pool_without_replicas_has_no_kv_use_and_cold_starts_draw_idle_watts_in_their_pool(cluster):
+    result = simulate(constant_trace(1.0, ticks=30), Scripted((1, 3), from_s=50.0), warm(cluster, 1, 0,
+                                                                                          min_replicas=(1, 0)))
+    decode = result.indicators().pools["decode"]
+    assert np.isnan(decode.column("kv_use_fraction")[:11]).all()  # no decode replica until 60 + 50 s
+    assert np.isfinite(decode.column("kv_use_fraction")[11:]).all()
+    idle = PowerModel.for_hardware("h100-80gb").idle_w * 3 * cluster.capacity.gpus_per_replica
+    np.testing.assert_allclose(decode.column("power_w")[5:11], idle)  # three replicas starting, idle
+    assert decode.column("queue_requests")[4] == pytest.approx(50.0)  # 1 req/s for 50 s, all waiting for a slot
+
+
+def test_each_ticks_quantile_is_the_weighted_quantile_of_its_requests():
+    rng = np.random.default_rng(0)
+    tick = rng.integers(0, 40, 500)
+    values = rng.lognormal(size=500)
+    values[::50] = np.inf  # requests never served
+    weight = rng.choice([0.0, 1.0, 2.5, 7.0], 500)
+    for q in (0.5, 0.9, 0.99):
+        got = _tick_quantile(values, weight, tick, 45, q)
+        for t in range(45):
+            mine = (tick == t) & (weight > 0)
+            assert got[t] == _wq(values[mine], weight[mine], q) if mine.any() else np.isnan(got[t])
 
 
 def test_a_cost_per_request_lowers_the_prefill_rate_of_short_prompts(cluster):
