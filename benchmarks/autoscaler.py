@@ -63,7 +63,7 @@ def run_trace(name: str, path: Path, tick_s: float, policies: tuple[str, ...], f
     """Every policy on one trace; each baseline also at every ``headrooms`` value (its default run
     is the 1.0 one and stays in ``policies``; the sweep goes to ``sweep``)."""
     from autoscaler.capacity import load_capacity
-    from autoscaler.plots import plot_frontier, plot_run
+    from autoscaler.plots import plot_frontier, plot_pools, plot_run
     from autoscaler.policies import make_policy
     from autoscaler.power import PowerModel
     from autoscaler.scenario import default_cluster
@@ -106,6 +106,7 @@ def run_trace(name: str, path: Path, tick_s: float, policies: tuple[str, ...], f
             summary["forecaster_fit_error"] = policy.fit_error
             summary["pretrained"] = str(model) if model is not None else None
         summary["plot"] = str(plot_run(result, plots / name).relative_to(ROOT))
+        summary["pools_plot"] = str(plot_pools(result, plots / name).relative_to(ROOT))
         out["policies"][policy_name] = summary
         out["ratios"] = ratios(out["policies"], out.get("sweep"))
         checkpoint(name, out)

@@ -109,6 +109,8 @@ def test_the_dynamo_baseline_runs_with_or_without_its_decode_correction(bench, t
         with Progress(disable=True) as bar:
             out = bench.run_trace("azure-conv", path, tick, ("dynamo",), "flow", 0, tmp_path / "plots", bar,
                                   lambda *_: None, {}, False, (0.5, 1.0), dynamo_correction=correction)
+        summary = out["policies"]["dynamo"]
+        assert (tmp_path / summary["plot"]).is_file() and (tmp_path / summary["pools_plot"]).is_file()
         return {r["headroom"]: r for r in out["sweep"]["dynamo"]}
 
     on, off = sweep(True), sweep(False)
