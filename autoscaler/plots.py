@@ -30,13 +30,24 @@ def _blocks(x: np.ndarray, k: int, how: str = "mean") -> np.ndarray:
         return np.nanmax(b, axis=1) if how == "max" else np.nanmean(b, axis=1)
 
 
-def plot_run(result: SimResult, out_dir: str | Path, max_points: int = 4000) -> Path:
-    """Write ``<policy>.png`` with four stacked panels into ``out_dir``; returns its path."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+def _timeline(result: SimResult, max_points: int) -> tuple[int, np.ndarray]:
+    """The block length that leaves at most ``max_points`` points, and each block's time in hours."""
     n = result.prefill_replicas.size
     k = max(1, int(np.ceil(n / max_points)))
-    hours = _blocks(np.arange(n) * result.step_s / 3600.0, k)
+    return k, _blocks(np.arange(n) * result.step_s / 3600.0, k)
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_run(result: SimResult, out_dir: str | Path, max_points: int = 4000) -> Path:
+    """Write ``<policy>.png`` with four stacked panels into ``out_dir``; returns its path."""
+    k, hours = _timeline(result, max_points)
     fig, axes = plt.subplots(4, 1, figsize=(11, 11), sharex=True)
     ax = axes[0]
     ax.plot(hours, _blocks(result.demand[:, 1], k, "max"), lw=0.6, color="black", label="input tokens/s (demand)")
@@ -69,11 +80,7 @@ def plot_run(result: SimResult, out_dir: str | Path, max_points: int = 4000) -> 
     ax.set_ylabel("power (kW)")
     ax.set_xlabel("hours")
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    path = out / f"{result.policy}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, Path(out_dir) / f"{result.policy}.png")
 
 
 def plot_pools(result: SimResult, out_dir: str | Path, max_points: int = 4000) -> Path:
@@ -81,13 +88,9 @@ def plot_pools(result: SimResult, out_dir: str | Path, max_points: int = 4000) -
 
     Queues and latencies are block maxima (a burst stays visible), KV use and watts block means.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     pools = result.indicators().pools
     prefill, decode = pools["prefill"], pools["decode"]
-    n = len(prefill)
-    k = max(1, int(np.ceil(n / max_points)))
-    hours = _blocks(np.arange(n) * result.step_s / 3600.0, k)
+    k, hours = _timeline(result, max_points)
     fig, axes = plt.subplots(4, 1, figsize=(11, 10), sharex=True)
     ax = axes[0]
     ax.plot(hours, _blocks(prefill.column("queue_requests"), k, "max"), lw=0.8, label="prefill: requests waiting")
@@ -115,11 +118,7 @@ def plot_pools(result: SimResult, out_dir: str | Path, max_points: int = 4000) -
     ax.set_ylabel("serving power (kW)")
     ax.set_xlabel("hours")
     ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    path = out / f"{result.policy}-pools.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, Path(out_dir) / f"{result.policy}-pools.png")
 
 
 def plot_frontier(trace: str, runs: dict[str, list[dict]], out_dir: str | Path, target: float = 0.99) -> Path:
@@ -131,8 +130,6 @@ def plot_frontier(trace: str, runs: dict[str, list[dict]], out_dir: str | Path, 
     shows every run; the right one zooms on the last points below 100% around the target, where
     the comparison is decided (on the full scale 99.8% and 99.9% are one dot).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
     for ax in axes:
         for name, points in runs.items():
@@ -159,8 +156,4 @@ def plot_frontier(trace: str, runs: dict[str, list[dict]], out_dir: str | Path, 
     axes[1].set_title(f"near the {100 * target:g}% target")
     axes[1].legend(loc="lower right", fontsize=8)
     fig.suptitle(f"{trace}: attainment against GPU-hours (baselines over their headroom)")
-    fig.tight_layout()
-    path = out / "frontier.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, Path(out_dir) / "frontier.png")
