@@ -145,7 +145,7 @@ class SimResult:
     request_tick: np.ndarray  # the tick of each scored request group (``ttft_s``, ``tpot_s``, ``weight``)
     pool_power_w: np.ndarray  # [T, 2] serving watts of the prefill and decode pools
     queue: np.ndarray  # [T, 2] prefill requests and decode sequences waiting for a replica
-    kv_use: np.ndarray  # decode batch slots in use (the profile's largest batch: KV memory full); NaN without replicas
+    kv_use: np.ndarray  # decode batch slots in use, of the profile's largest batch (the cap); NaN without replicas
     decisions: list[tuple[float, Decision]] = field(default_factory=list)  # (time, what the policy decided)
 
     def indicators(self) -> ClusterIndicators:
