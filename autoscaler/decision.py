@@ -50,7 +50,8 @@ class Snapshot:
 
     ``history`` is ``[T, 3]`` demand (``DEMAND_INDICATORS``) per ``step_s`` tick up to now;
     ``ongoing`` is requests in each pool (queued plus running); ``prefill_backlog_tokens`` and
-    ``decode_queued_sequences`` are work already waiting for a replica; ``latency``, when given, is
+    ``decode_queued_sequences`` are work already waiting for a replica (the simulator's fluid pools
+    pass what the last tick left unfinished; a live loop, its servers' queue gauges); ``latency``, when given, is
     ``[T, 2]`` beside ``history``: the mean TTFT and TPOT (s) of each tick's requests, what a live
     loop reads from the router's histograms (NaN for a tick without requests); ``forecast`` is
     filled in by forecasting policies before :func:`decide` is called.
