@@ -60,15 +60,25 @@ def output_problem(path: Path, folder: bool = False) -> str | None:
     return None
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default unless it has none to show (None, or a flag's False): those options'
+    help says what happens without them."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from autoscaler.forecast import FORECASTERS
     from autoscaler.policies import POLICIES
 
     p = subparsers.add_parser("simulate", help="replay a trace under a scaling policy", description=__doc__,
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              formatter_class=_DefaultsFormatter)
     p.add_argument("--trace", required=True, help="Azure-format per-request CSV (TIMESTAMP, ContextTokens, "
                    "GeneratedTokens) or a ServeGen folder of chunk-*-trace.csv files")
-    p.add_argument("--policy", required=True, choices=POLICIES)
+    p.add_argument("--policy", required=True, choices=POLICIES, help="the scaling policy the trace is replayed under")
     p.add_argument("--json", type=Path, default=None, help="write the summary here")
     p.add_argument("--plots", type=Path, default=None, help="plot folder (default results/simulate/<trace>)")
     p.add_argument("--no-plots", action="store_true", help="skip the plots")
@@ -77,18 +87,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--indicators", type=Path, default=None,
                    help="write the per-tick indicators of the cluster and each pool here as CSV (.csv.gz compresses)")
     p.add_argument("--profile", type=Path, default=DEFAULT_PROFILE, help="perf_model.csv-schema profile")
-    p.add_argument("--model", default="llama2-70b")
-    p.add_argument("--hardware", default="h100-80gb")
+    p.add_argument("--model", default="llama2-70b", help="the profile's model whose rows plan the replicas")
+    p.add_argument("--hardware", default="h100-80gb", help="the profile's hardware whose rows plan the replicas")
     p.add_argument("--tp", type=int, default=4, help="tensor parallel GPUs per replica")
     p.add_argument("--power-hardware", default=None, help="GPU whose Splitwise watts the power model uses "
                    "(default: --hardware; give it for a profile of other hardware, e.g. from `flowtide profile` on CPU)")
     p.add_argument("--tick-s", type=positive, default=None, help="simulation tick (default 1 s for a CSV shorter than 2 days, else 10 s)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the ServeGen synthesis and the forecaster")
     p.add_argument("--ttft-slo-s", type=positive, default=None, help="default: config autoscaler.slo.ttft_s")
     p.add_argument("--tpot-slo-s", type=positive, default=None, help="default: config autoscaler.slo.tpot_s")
     p.add_argument("--power-cap-w", type=positive, default=None,
                    help="cluster cap; default: config autoscaler.power_cap_w, else 80%% of the cluster's TDP")
-    p.add_argument("--cold-start-s", type=non_negative, default=60.0)
+    p.add_argument("--cold-start-s", type=non_negative, default=60.0, help="seconds from a replica's request to its first request served")
     p.add_argument("--forecaster", default="flow", choices=sorted(FORECASTERS), help="forecaster of the flowtide policy")
     p.add_argument("--forecast-step-s", type=positive, default=None,
                    help="flowtide's forecast step (default 600 s for multi-day traces, 30 s for short ones)")

@@ -89,6 +89,25 @@ def test_simulate_writes_the_json_other_tools_read(tmp_path, policy):
         assert shown == Counter(d["reasons"][pool]["binding"] for d in decisions), printed
 
 
+def test_simulate_help_says_each_default_once_and_no_empty_one():
+    proc = flowtide("simulate", "--help", env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    options: dict[str, str] = {}  # each option's help, its continuation lines joined
+    for line in proc.stdout.split("options:", 1)[1].splitlines():
+        if line.startswith("  -"):
+            name = line.split()[0].rstrip(",")
+            options[name] = line
+        elif options:
+            options[name] += " " + line.strip()
+    assert "--indicators" in options and not [o for o, text in options.items()
+                                              if "(default: None)" in text or "(default: False)" in text]
+    for option, default in (("--model", "llama2-70b"), ("--tp", "4"), ("--seed", "0"), ("--cold-start-s", "60.0"),
+                            ("--forecaster", "flow")):
+        assert options[option].endswith(f"(default: {default})"), options[option]
+    # An option whose default depends on the trace or the config says so once, in its own words.
+    assert options["--tick-s"].count("default") == 1 and "10 s" in options["--tick-s"]
+
+
 @needs_trace
 def test_simulate_reads_a_servegen_folder(tmp_path):
     folder = tmp_path / "sg"
