@@ -42,11 +42,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "through its OpenAI API instead of an engine in this process; the prompts' token ids come from "
                    "--model / the config's model, which must be the one it serves")
     p.add_argument("--out", required=True, help="CSV to write (Splitwise perf_model.csv columns)")
-    p.add_argument("--prompt-sizes", type=_sizes, default=default.prompt_sizes, help="prompt sweep at batch 1, e.g. 32,64,128")
-    p.add_argument("--batch-sizes", type=_sizes, default=default.batch_sizes, help="batch sweep, e.g. 1,2,4,8")
-    p.add_argument("--batch-prompt-size", type=int, default=default.batch_prompt_size, help="prompt length in the batch sweep")
-    p.add_argument("--token-size", type=int, default=default.token_size, help="tokens generated per request")
-    p.add_argument("--repeats", type=int, default=default.repeats, help="runs per (prompt, batch) point")
+    p.add_argument("--prompt-sizes", type=_sizes, default=default.prompt_sizes,
+                   help=f"prompt sweep at batch 1 (default: {','.join(map(str, default.prompt_sizes))})")
+    p.add_argument("--batch-sizes", type=_sizes, default=default.batch_sizes,
+                   help=f"batch sweep (default: {','.join(map(str, default.batch_sizes))})")
+    p.add_argument("--batch-prompt-size", type=int, default=default.batch_prompt_size,
+                   help="prompt length in the batch sweep (default: %(default)s)")
+    p.add_argument("--token-size", type=int, default=default.token_size,
+                   help="tokens generated per request (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=default.repeats, help="runs per (prompt, batch) point (default: %(default)s)")
     p.add_argument("--hardware", help="hardware column (default: the GPU name, else cpu-<arch>-<cores>c; "
                    "with --endpoint, that name plus '-served')")
     p.set_defaults(run=run)

@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("job", help="YAML job file (see docs/training.md)")
     p.add_argument("--config", help="YAML config file (default: $FLOWTIDE_CONFIG or built-in defaults)")
     p.add_argument("--address", help="Ray cluster address (default: cluster.address, else a local cluster)")
-    p.add_argument("--timeout-s", type=float, default=3600.0, help="give up after this long")
+    p.add_argument("--timeout-s", type=float, default=3600.0, help="give up after this many seconds (default: %(default)s)")
     p.set_defaults(run=run)
 
 

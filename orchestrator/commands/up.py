@@ -6,10 +6,11 @@ import argparse
 import os
 import signal
 import threading
+import typing
 
 from rich.console import Console
 
-from orchestrator.config import load_config
+from orchestrator.config import EngineConfig, ServingConfig, load_config
 
 console = Console(soft_wrap=True)  # a logged line stays one line: paths and commands copy whole
 
@@ -18,9 +19,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("up", help="start the cluster and the OpenAI-compatible endpoint (Ctrl-C stops)")
     p.add_argument("--config", help="YAML config file (default: $FLOWTIDE_CONFIG or built-in defaults)")
     p.add_argument("--model", help="local Hugging Face checkpoint directory (default: the embedded tiny model)")
-    p.add_argument("--engine", choices=["transformers", "vllm"], help="inference engine")
-    p.add_argument("--mode", choices=["disaggregated", "colocated"], help="serving mode")
-    p.add_argument("--port", type=int, help="HTTP port of the endpoint")
+    # Choices and built-in defaults read from the config's fields, so the help cannot drift from them.
+    for flag, section, model, field, what in (("--engine", "engine", EngineConfig, "kind", "inference engine"),
+                                              ("--mode", "serving", ServingConfig, "mode", "serving mode"),
+                                              ("--port", "serving", ServingConfig, "http_port", "HTTP port of the endpoint")):
+        info = model.model_fields[field]
+        choices = typing.get_args(info.annotation) or None
+        p.add_argument(flag, choices=choices, type=None if choices else int,
+                       help=f"{what} (default: the config's {section}.{field}, built in {info.default})")
     p.add_argument("--exit-after-ready", action="store_true", help=argparse.SUPPRESS)  # smoke tests
     p.set_defaults(run=run)
 

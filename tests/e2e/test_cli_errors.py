@@ -61,3 +61,12 @@ def test_simulate_refuses_an_output_path_it_cannot_write_before_running(tmp_path
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == f"flowtide simulate: cannot write {flag} {target}: " + (
         f"{trace} {says}" if kind == "under a file" else says)
+
+
+def test_up_and_profile_help_name_their_defaults():
+    up = " ".join(cli("up", "--help").stdout.split())  # joined: argparse wraps at the terminal's width
+    assert "--engine {transformers,vllm} inference engine (default: the config's engine.kind, built in transformers)" in up
+    assert "(default: the config's serving.mode, built in disaggregated)" in up
+    assert "(default: the config's serving.http_port, built in 8000)" in up
+    profile = " ".join(cli("profile", "--help").stdout.split())
+    assert "prompt sweep at batch 1 (default: 32,64,128,256,512)" in profile and "(default: 3)" in profile
