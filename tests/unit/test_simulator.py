@@ -386,6 +386,27 @@ def test_each_ticks_quantile_is_the_weighted_quantile_of_its_requests():
             assert got[t] == _wq(values[mine], weight[mine], q) if mine.any() else np.isnan(got[t])
 
 
+def test_plot_pools_draws_each_pools_indicators(cluster, tmp_path, monkeypatch):
+    from autoscaler import plots
+
+    result = simulate(constant_trace(np.r_[np.full(180, 2.0), np.full(180, 20.0)]), StaticPolicy(1, 2),
+                      warm(cluster, 1, 2))
+    figures = []
+    monkeypatch.setattr(plots.plt, "close", figures.append)
+    path = plots.plot_pools(result, tmp_path)
+    assert path == tmp_path / "static-pools.png" and path.is_file()
+    queue, kv, latency, power = figures[0].axes
+    pools = result.indicators().pools
+    lines = {line.get_label(): line.get_ydata() for line in queue.lines}
+    np.testing.assert_allclose(lines["prefill: requests waiting"], pools["prefill"].column("queue_requests"))
+    np.testing.assert_allclose(kv.lines[0].get_ydata(), pools["decode"].column("kv_use_fraction"))
+    ratios = {line.get_label(): line.get_ydata() for line in latency.lines}
+    np.testing.assert_allclose(ratios["prefill: TTFT p99 / 2 s"], pools["prefill"].column("ttft_p99_s") / 2.0)
+    assert ratios["prefill: TTFT p99 / 2 s"][-1] > 1 > ratios["prefill: TTFT p99 / 2 s"][0]  # overloaded half-way
+    top = {c.get_label(): c.get_paths()[0].vertices[:, 1].max() for c in power.collections}
+    assert np.isclose(top["decode"], result.serving_w.max() / 1e3)  # decode stacked on prefill: serving's draw
+
+
 def test_a_cost_per_request_lowers_the_prefill_rate_of_short_prompts(cluster):
     """Same tokens/s, 16x the requests: with a cost per request (a served profile), the short prompts'
     ticks get a lower prefill rate; ticks without arrivals keep the last arrivals' rate."""
