@@ -156,14 +156,13 @@ class SimResult:
         prefill, TPOT's on decode (NaN in a tick without arrivals); KV use is the decode pool's.
         """
         n, w = self.prefill_replicas.size, self.weight
-        demand = self.demand
         ttft = _tick_quantile(self.ttft_s, w, self.request_tick, n, 0.99)
         tpot = _tick_quantile(self.tpot_s, w, self.request_tick, n, 0.99)
         none = np.full(n, np.nan)
         pools = {}
         for i, (pool, latency, kv) in enumerate((("prefill", (ttft, none), none),
                                                   ("decode", (none, tpot), self.kv_use))):
-            values = np.column_stack([demand, self.queue[:, i], kv, *latency, self.pool_power_w[:, i]])
+            values = np.column_stack([self.demand, self.queue[:, i], kv, *latency, self.pool_power_w[:, i]])
             pools[pool] = IndicatorSeries(pool, self.step_s, 0.0, INDICATORS, values)
         return ClusterIndicators(pools)
 
