@@ -247,21 +247,23 @@ def decide(snapshot: Snapshot, state: DecisionState, params: DecisionParams) -> 
 
     Raises:
         DecisionError: the snapshot has no forecast, the forecast's indicators are not the demand
-            columns, or the samples it reads are not finite (a NaN weighs nothing, and the minimum
-            counts would look sure to attain the SLO).
+            columns or its samples not ``[S >= 1, H, 3]``, it ended before now, the samples it reads
+            are not finite (a NaN weighs nothing, and the minimum counts would look sure to attain
+            the SLO), or a request statistic or queue of the snapshot is negative or not finite.
     """
-    fc = snapshot.forecast
-    if fc is None:
-        raise DecisionError("decide() needs snapshot.forecast (demand samples over the horizon)")
-    if tuple(fc.indicators) != DEMAND_INDICATORS:
-        raise DecisionError(f"forecast indicators {fc.indicators} must be {DEMAND_INDICATORS}")
-    # The steps a replica asked for now would serve in: until a cold start plus one interval from
-    # now, counted from where the forecast's first step began (now, if it does not say).
+    fc = _checked_forecast(snapshot)
+    # The steps a replica asked for now would serve in: from the step under way until a cold start
+    # plus one interval from now, counted from where the forecast's first step began (now, if it
+    # does not say). Steps that ended before now are over: no replica can serve them.
     into = 0.0 if fc.start_s is None else max(0.0, snapshot.now_s - fc.start_s)
-    steps = max(1, int(math.ceil((into + params.cold_start_s + params.interval_s) / fc.step_s - 1e-9)))
-    window = fc.samples[:, :steps]
+    first = int(into // fc.step_s)
+    if first >= fc.samples.shape[1]:
+        raise DecisionError(f"the forecast ended before now: its {fc.samples.shape[1]} step(s) of {fc.step_s:g} s "
+                            f"began at {fc.start_s:g} s, now is {snapshot.now_s:g} s")
+    steps = max(first + 1, int(math.ceil((into + params.cold_start_s + params.interval_s) / fc.step_s - 1e-9)))
+    window = fc.samples[:, first:steps]
     if not np.isfinite(window).all():
-        raise DecisionError(f"forecast samples must be finite; the first {steps} step(s) hold "
+        raise DecisionError(f"forecast samples must be finite; the {window.shape[1]} step(s) the decision reads hold "
                             f"{int((~np.isfinite(window)).sum())} NaN or infinite value(s)")
     samples = np.maximum(window, 0.0)
     if snapshot.prefill_backlog_tokens > 0:
@@ -279,9 +281,14 @@ def decide(snapshot: Snapshot, state: DecisionState, params: DecisionParams) -> 
     args = (samples, params.capacity, params, snapshot.mean_prompt_tokens, snapshot.tail_prompt_tokens,
             snapshot.mean_output_tokens)
     need_p, need_d = pool_demand(*args, decode_queued=snapshot.decode_queued_sequences)
-    weight = rps * fc.step_s
+    # Requests per sample-step weigh each cell's attainment. Work already queued counts too, spread
+    # over the window's steps: without it a forecast of no new traffic would weigh nothing, and any
+    # count, the minimum included, would look sure to serve a queue still waiting.
+    arrivals = rps * fc.step_s
+    weights = (arrivals + snapshot.prefill_backlog_tokens / max(snapshot.mean_prompt_tokens, 1.0) / samples.shape[1],
+               arrivals + snapshot.decode_queued_sequences / samples.shape[1])
     chosen = [_choose(need, weight, lo, hi, gpu_h, k * step_h * samples.shape[1] / 1e3, params)
-              for need, lo, hi, k in zip((need_p, need_d), params.min_replicas, params.max_replicas, kwh)]
+              for need, weight, lo, hi, k in zip((need_p, need_d), weights, params.min_replicas, params.max_replicas, kwh)]
     (n_p, r_p), (n_d, r_d) = chosen
     wish_p, wish_d = n_p, n_d
     freq_capped = False
@@ -292,12 +299,12 @@ def decide(snapshot: Snapshot, state: DecisionState, params: DecisionParams) -> 
             # is worth it only while it serves more: near the cap, the count that fits at capped
             # clocks can carry less than the count that fits at full clocks (15 capped replicas are
             # 11.5 at full speed, 12 may fit uncapped), and then it costs more for less.
-            full_fit = _fit_power(params, n_p, n_d, need_p, need_d, weight, capped=False)
+            full_fit = _fit_power(params, n_p, n_d, need_p, need_d, weights, capped=False)
             # Capped clocks slow prefill only: decode is memory-bound, its need stays need_d.
             need_pc = pool_demand(*args, prefill_slowdown=params.power.prefill_slowdown_capped)[0]
-            n_pc, _ = _choose(need_pc, weight, params.min_replicas[0], params.max_replicas[0], gpu_h,
+            n_pc, _ = _choose(need_pc, weights[0], params.min_replicas[0], params.max_replicas[0], gpu_h,
                               kwh[0] * step_h * samples.shape[1] / 1e3, params)
-            capped_fit = _fit_power(params, n_pc, n_d, need_pc, need_d, weight, capped=True)
+            capped_fit = _fit_power(params, n_pc, n_d, need_pc, need_d, weights, capped=True)
             # A tie keeps full clocks.
             freq_capped = _fit_score(*capped_fit, params) > _fit_score(*full_fit, params)
             n_p, n_d = (capped_fit if freq_capped else full_fit)[:2]
@@ -305,13 +312,13 @@ def decide(snapshot: Snapshot, state: DecisionState, params: DecisionParams) -> 
                 need_p = need_pc
             # A pool is bound by the cap only if the cap changed its count (or prefill's clocks).
             if freq_capped or n_p != wish_p:
-                r_p = _reason_at("power_cap", n_p, need_p, weight)
+                r_p = _reason_at("power_cap", n_p, need_p, weights[0])
             if n_d != wish_d:
-                r_d = _reason_at("power_cap", n_d, need_d, weight)
+                r_d = _reason_at("power_cap", n_d, need_d, weights[1])
     wishes, needs = (n_p, n_d), (need_p, need_d)
     targets, reasons, since, peaks = [], {}, list(state.down_since_s), list(state.down_peak)
     wished = {pool: replace(r, wanted=n) for pool, n, r in zip(POOLS, wishes, (r_p, r_d))}
-    for i, (pool, n, reason, need) in enumerate(zip(POOLS, wishes, wished.values(), needs)):
+    for i, (pool, n, reason, need, weight) in enumerate(zip(POOLS, wishes, wished.values(), needs, weights)):
         current = getattr(snapshot, pool).target
         if n >= current:
             since[i], peaks[i] = None, 0
@@ -342,10 +349,29 @@ def decide(snapshot: Snapshot, state: DecisionState, params: DecisionParams) -> 
             for i, pool in enumerate(POOLS):
                 if targets[i] != held[i]:
                     reasons[pool] = wished[pool] if targets[i] == wishes[i] else _reason_at(
-                        "power_cap", targets[i], needs[i], weight, wanted=wishes[i])
+                        "power_cap", targets[i], needs[i], weights[i], wanted=wishes[i])
             p_ok = _p_power_ok(params, targets[0], targets[1], need_p, need_d, capped=freq_capped)
     decision = Decision(targets[0], targets[1], reasons, freq_capped, p_ok)
     return decision, DecisionState(tuple(since), tuple(peaks))
+
+
+def _checked_forecast(snapshot: Snapshot) -> Forecast:
+    """The snapshot's forecast, once it and the figures the sizing reads are known to be usable."""
+    for name in ("mean_prompt_tokens", "mean_output_tokens", "tail_prompt_tokens", "prefill_backlog_tokens",
+                 "decode_queued_sequences"):
+        value = getattr(snapshot, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise DecisionError(f"snapshot.{name} must be a finite number >= 0, got {value!r}")
+    fc = snapshot.forecast
+    if fc is None:
+        raise DecisionError("decide() needs snapshot.forecast (demand samples over the horizon)")
+    if tuple(fc.indicators) != DEMAND_INDICATORS:
+        raise DecisionError(f"forecast indicators {fc.indicators} must be {DEMAND_INDICATORS}")
+    shape = np.shape(fc.samples)
+    if len(shape) != 3 or shape[0] < 1 or shape[1] < 1 or shape[2] != len(DEMAND_INDICATORS):
+        raise DecisionError(f"forecast samples must be [samples >= 1, steps >= 1, {len(DEMAND_INDICATORS)}], "
+                            f"got shape {shape}")
+    return fc
 
 
 def _attainment(counts: np.ndarray, need: np.ndarray) -> np.ndarray:
@@ -380,7 +406,7 @@ def _fit_score(n_p: int, n_d: int, att_p: float, att_d: float, params: DecisionP
 
 
 def _fit_power(params: DecisionParams, n_p: int, n_d: int, need_p: np.ndarray, need_d: np.ndarray,
-               weight: np.ndarray, capped: bool) -> tuple[int, int, float, float]:
+               weights: tuple[np.ndarray, np.ndarray], capped: bool) -> tuple[int, int, float, float]:
     """The counts at most ``(n_p, n_d)`` with P(serving power <= cap) >= 1 - eps at the given clocks.
 
     For each decode count, the most prefill replicas that fit beside it; of those, the best by
@@ -393,11 +419,11 @@ def _fit_power(params: DecisionParams, n_p: int, n_d: int, need_p: np.ndarray, n
         p = _most_prefill_within_cap(params, lo_p, n_p, d, need_p, need_d, capped)
         if p is None:
             continue
-        fit = (p, d, _pool_attainment(p, need_p, weight), _pool_attainment(d, need_d, weight))
+        fit = (p, d, _pool_attainment(p, need_p, weights[0]), _pool_attainment(d, need_d, weights[1]))
         if best is None or _fit_score(*fit, params) > _fit_score(*best, params):
             best = fit
     if best is None:
-        best = (lo_p, lo_d, _pool_attainment(lo_p, need_p, weight), _pool_attainment(lo_d, need_d, weight))
+        best = (lo_p, lo_d, _pool_attainment(lo_p, need_p, weights[0]), _pool_attainment(lo_d, need_d, weights[1]))
     return best
 
 

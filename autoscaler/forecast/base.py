@@ -6,6 +6,7 @@ can integrate over them; point forecasters return one degenerate sample.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -31,7 +32,8 @@ class Forecaster(Protocol):
     """A forecaster over multi-indicator history sampled every ``step_s`` seconds.
 
     ``history`` is ``[T, n_indicators]``, oldest first, non-negative rates. ``predict``
-    must use nothing but ``history`` (and what ``fit``/``update`` saw): never the future.
+    must use nothing but ``history`` (and what ``fit``/``update`` saw): never the future. One built
+    for a fixed number of steps ahead (quantile regression, the flow) says how many as ``horizon``.
     """
 
     name: str
@@ -65,13 +67,17 @@ def check_history(history: np.ndarray, n_indicators: int | None = None, min_rows
 
 def check_step_s(step_s: float) -> float:
     """Return ``step_s`` as a float or raise ``ForecastInputError`` unless it is a finite number of seconds > 0."""
-    if not (np.isfinite(step_s) and step_s > 0):
+    if not (isinstance(step_s, numbers.Real) and not isinstance(step_s, bool) and np.isfinite(step_s) and step_s > 0):
         raise ForecastInputError(f"step_s must be a finite number of seconds > 0, got {step_s}")
     return float(step_s)
 
 
 def check_request(horizon: int, n_samples: int, max_horizon: int | None = None) -> None:
-    """Raise ``ForecastInputError`` for a non-positive horizon/sample count or a horizon beyond what was trained."""
+    """Raise ``ForecastInputError`` for a horizon or sample count that is not a positive integer, or a horizon
+    beyond what was trained."""
+    for name, value in (("horizon", horizon), ("n_samples", n_samples)):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+            raise ForecastInputError(f"{name} must be an integer, got {value!r}")
     if horizon < 1:
         raise ForecastInputError(f"horizon must be >= 1, got {horizon}")
     if n_samples < 1:

@@ -105,7 +105,7 @@ def rolling_evaluation(
     check_request(horizon, n_samples)
     if stride < 1:
         raise ForecastInputError(f"stride must be >= 1, got {stride}")
-    if not 0 < start < series.shape[0] - horizon:
+    if not 0 < start <= series.shape[0] - horizon:
         raise ForecastInputError(f"start {start} leaves no held-out window of {horizon} steps in {series.shape[0]} rows")
     origins = np.arange(start - 1, series.shape[0] - horizon, stride)
     n, k = len(origins), series.shape[1]

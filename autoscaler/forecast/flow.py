@@ -22,6 +22,7 @@ outcomes are known (``calibration.py``), recomputed at every ``update``; the sam
 from __future__ import annotations
 
 import copy
+import math
 import numbers
 import pickle
 import time
@@ -137,8 +138,10 @@ class FlowConfig:
             if not inside(getattr(self, name)):
                 raise ForecastInputError(f"{name} must lie in {interval}, got {getattr(self, name)!r}")
         for name in ("lr", "weight_decay", "update_lr"):
-            if not getattr(self, name) >= 0:
-                raise ForecastInputError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ForecastInputError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
+        if not isinstance(self.seed, numbers.Integral):
+            raise ForecastInputError(f"seed must be an integer, got {self.seed!r}")
         for name in ("max_train_s", "update_every_s", "recent_days", "calibration_days", "sample_clip"):
             if not getattr(self, name) > 0:
                 raise ForecastInputError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -200,6 +203,11 @@ class FlowForecaster:
         self.net: FlowNet | None = None
         self.train_log: dict = {}
 
+    @property
+    def horizon(self) -> int:
+        """The most steps ahead :meth:`predict` gives: those the network is built for."""
+        return self.config.horizon
+
     # ---- data -------------------------------------------------------------------------------------
 
     def _setup(self, history: np.ndarray, step_s: float, seen_rows: int) -> None:
@@ -220,11 +228,11 @@ class FlowForecaster:
         self.t_mean, self.t_std = dz.mean(axis=0), dz.std(axis=0) + 1e-6  # [H, K]
 
     def _window_spec(self, rows: int, step_s: float) -> WindowSpec:
-        """Daily lags only when the history holds enough seasons of them."""
+        """Daily lags only when the history holds enough seasons of them and a season spans the horizon."""
         cfg = self.config
         period = season_steps(step_s)
         enough = rows >= cfg.seasons * period + cfg.pre + cfg.horizon + 4 * cfg.batch_size
-        return WindowSpec(cfg.context, cfg.horizon, period, cfg.seasons if enough else 0, cfg.pre)
+        return WindowSpec(cfg.context, cfg.horizon, period, cfg.seasons if enough and cfg.horizon <= period else 0, cfg.pre)
 
     def validation_start(self, rows: int, step_s: float) -> int:
         """The row of the first validation origin when :meth:`fit` gets ``rows`` rows at ``step_s``.
@@ -401,6 +409,10 @@ class FlowForecaster:
                 RuntimeWarning,
                 stacklevel=2,
             )
+        if best_state is None:
+            # Every epoch's validation NLL was NaN or infinite: the weights diverged (a learning rate far too large).
+            raise ForecastInputError(f"flow: training diverged, the validation NLL was never finite in {epochs} "
+                                     f"epoch(s) (lr={cfg.lr:g}, weight_decay={cfg.weight_decay:g})")
         self.net.load_state_dict(best_state)
         self.net.eval()
         self._start_calibration(first_unseen=first_val)
@@ -633,6 +645,10 @@ class FlowForecaster:
                 f"{path}: saved by another version of the flow (config fields unknown here: {sorted(saved - known)}, "
                 f"missing: {sorted(known - saved)}); fit and save it again"
             )
+        if not isinstance(state["arrays"], dict) or state["arrays"].keys() != set(cls._ARRAYS):
+            found = sorted(state["arrays"]) if isinstance(state["arrays"], dict) else type(state["arrays"]).__name__
+            raise ForecastInputError(f"{path}: its arrays are not those save() writes (expected {sorted(cls._ARRAYS)}, "
+                                     f"found {found})")
         self = cls(indicators=tuple(state["indicators"]), **state["config"])
         self.step_s = state["step_s"]
         self.window = WindowSpec(**state["window"])
@@ -640,11 +656,15 @@ class FlowForecaster:
         for key, value in state["arrays"].items():
             setattr(self, key, value.numpy())
         cfg = self.config
-        self.net = self._build_net()
-        self.net.load_state_dict(state["net"])
-        self.net.eval()
-        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.update_lr, weight_decay=cfg.weight_decay)
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.net = self._build_net()
+            self.net.load_state_dict(state["net"])
+            self.net.eval()
+            self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.update_lr, weight_decay=cfg.weight_decay)
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            # Weights that do not fit the network its config and indicators describe (an edited file).
+            raise ForecastInputError(f"{path}: its weights do not fit the network its config describes ({exc})") from exc
         self._since_update = state["since_update"]
         rows = state["anchor_rows"]
         self.qr = self._fit_qr(self.history[:rows])

@@ -9,6 +9,7 @@ only: one degenerate sample.
 
 from __future__ import annotations
 
+import numbers
 import warnings
 
 import numpy as np
@@ -29,6 +30,11 @@ class KalmanForecaster:
         season_s: float = DAY_S,
         indicators: tuple[str, ...] | None = None,
     ) -> None:
+        if not isinstance(harmonics, numbers.Integral) or isinstance(harmonics, bool) or harmonics < 1:
+            raise ForecastInputError(f"harmonics must be an integer >= 1, got {harmonics!r}")
+        for name, value in (("window_days", window_days), ("season_s", season_s)):
+            if not (isinstance(value, numbers.Real) and np.isfinite(value) and value > 0):
+                raise ForecastInputError(f"{name} must be a finite number > 0, got {value!r}")
         self.harmonics, self.window_days, self.season_s = harmonics, window_days, season_s
         self.indicators = indicators
         self.step_s: float | None = None

@@ -75,6 +75,8 @@ class SeasonalNaive(_PointForecaster):
 
     def __init__(self, season_s: float = DAY_S, indicators: tuple[str, ...] | None = None) -> None:
         super().__init__(indicators)
+        if not (np.isfinite(season_s) and season_s > 0):
+            raise ForecastInputError(f"season_s must be a finite number of seconds > 0, got {season_s!r}")
         self.season_s = season_s
 
     def _point(self, history: np.ndarray, horizon: int) -> np.ndarray:

@@ -35,7 +35,7 @@ class QuantileRegression:
         indicators: tuple[str, ...] | None = None,
         history_days: float = 28.0,
     ) -> None:
-        if not all(0 < q < 1 for q in levels) or list(levels) != sorted(levels):
+        if not levels or not all(0 < q < 1 for q in levels) or list(levels) != sorted(levels):
             raise ForecastInputError(f"levels must be increasing in (0, 1), got {levels}")
         for name, value, least in (("horizon", horizon, 1), ("context", context, 2), ("seasons", seasons, 0)):
             # context >= 2: a feature is the last change, which needs two rows.
@@ -55,7 +55,10 @@ class QuantileRegression:
         self._coef: np.ndarray | None = None  # [H, K, Q, F]
 
     def _spec(self, rows: int, period: int) -> WindowSpec:
-        seasons = self.seasons if rows >= self.seasons * period + self.horizon + self.context + 32 else 0
+        """Daily lags once the rows hold enough seasons of them, and only if a season spans the horizon
+        (at steps over a day / horizon the same time yesterday lies inside the forecast)."""
+        enough = rows >= self.seasons * period + self.horizon + self.context + 32
+        seasons = self.seasons if enough and self.horizon <= period else 0
         return WindowSpec(context=self.context, horizon=self.horizon, period=period, seasons=seasons, pre=1)
 
     def _features(self, z: np.ndarray, origins: np.ndarray) -> np.ndarray:

@@ -84,6 +84,10 @@ def make_policy(name: str, trace, cluster: ClusterParams, forecaster: str = "flo
         return DynamoPolicy(cluster, seed=seed, **kw)
     if name == "flowtide":
         step = forecast_step_s or default_forecast_step_s(trace.duration_s)
+        ticks = step / trace.step_s
+        if ticks < 1 - 1e-9 or abs(ticks - round(ticks)) > 1e-6:
+            # A step's row is the mean of whole ticks; one shorter than a tick looks thousands of steps ahead.
+            raise PolicyError(f"forecast_step_s {step:g} must be a whole number of the trace's {trace.step_s:g} s ticks")
         if trace.duration_s < LONG_TRACE_S:
             kw = {"interval_s": 10.0, "burst_windows_s": SHORT_BURST_WINDOWS_S, "joint_bootstrap": True,
                   "burst_window_rows": max(1, int(SHORT_BURST_MEMORY_S // step)), "unseen_burst_alpha": 1.0,

@@ -61,7 +61,7 @@ class DynamoPolicy:
         self.rows: list[np.ndarray] = []
         self.last_latency = np.full(2, np.nan)  # the last row's mean TTFT and TPOT, request-weighted
         self.consumed_s = 0.0
-        self.fitted_at = 0
+        self.fitted_at: int | None = None  # the rows of the last fit attempted
         self.rng = np.random.default_rng(seed)
 
     def _observe(self, snapshot: Snapshot) -> None:
@@ -113,10 +113,15 @@ class DynamoPolicy:
             return self.predictions[n].copy()
         hist = np.asarray(self.rows)
         fit_rows = self._fit_rows(n)
-        if fit_rows is not None and (self.forecaster is None or self.fitted_at != fit_rows):
-            self.forecaster = make_forecaster(self.forecaster_name, **self.forecaster_kw)
-            self.forecaster.fit(hist[:fit_rows], self.interval_s)
+        if fit_rows is not None and self.fitted_at != fit_rows:
             self.fitted_at = fit_rows
+            self.forecaster = make_forecaster(self.forecaster_name, **self.forecaster_kw)
+            try:
+                self.forecaster.fit(hist[:fit_rows], self.interval_s)
+            except ForecastInputError:
+                # Too few rows for this forecaster (quantile regression, the flow): the last value
+                # stands in until the next scheduled refit.
+                self.forecaster = None
         if self.forecaster is None:
             out = hist[-1]
         else:

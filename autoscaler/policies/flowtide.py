@@ -81,7 +81,12 @@ class FlowtidePolicy:
         # What the last forecast's unseen-burst prior did: its probability, cells replaced, sizes.
         self.last_unseen: dict[str, float] = {"p": 0.0, "cells": 0, "ref_tokens_per_s": 0.0, "mean_excess": 0.0}
         self.forecaster_spec = forecaster
-        self.forecaster_kw = forecaster_kw or {}
+        # The steps a decision looks ahead: the one under way, then a cold start plus an interval.
+        self.horizon = int(math.ceil((cluster.cold_start_s + interval_s) / forecast_step_s)) + 1
+        self.forecaster_kw = self._reaching(forecaster, dict(forecaster_kw or {}), pretrained)
+        if getattr(pretrained, "step_s", None) not in (None, forecast_step_s):
+            raise PolicyError(f"the pre-trained forecaster was fitted on rows of {pretrained.step_s:g} s; this policy "
+                              f"aggregates rows of {forecast_step_s:g} s (forecast_step_s)")
         # A forecaster fitted on other traces serves from the first row and is updated online with
         # this trace's rows; it is only replaced if ``refit_every_rows`` asks for a refit.
         self.forecaster: Forecaster | None = pretrained
@@ -92,7 +97,6 @@ class FlowtidePolicy:
         self.rows: list[np.ndarray] = []
         self.bursts: list[np.ndarray] = []
         self.consumed_s = 0.0
-        self.horizon = int(math.ceil((cluster.cold_start_s + interval_s) / forecast_step_s)) + 1
         self.state = DecisionState()
         self.rng = np.random.default_rng(seed)
         self.cached: Forecast | None = None
@@ -164,6 +168,23 @@ class FlowtidePolicy:
         self._factor0 = picked[:, 0].reshape(-1, base.shape[2])
         out = base[:, :, None, :] * picked
         return out.transpose(0, 2, 1, 3).reshape(-1, base.shape[1], base.shape[2])
+
+    def _reaching(self, spec: str | Forecaster, kw: dict, pretrained: Forecaster | None) -> dict:
+        """``kw`` for a forecaster that predicts ``self.horizon`` steps: a named one built for fewer by
+        default is built for that many; one given built, or told a shorter horizon, is refused."""
+        for given in (pretrained, None if isinstance(spec, str) else spec):
+            if given is not None and getattr(given, "horizon", self.horizon) < self.horizon:
+                raise PolicyError(self._short(given.horizon, "was built for"))
+        if isinstance(spec, str) and getattr(make_forecaster(spec, **kw), "horizon", self.horizon) < self.horizon:
+            if "horizon" in kw:
+                raise PolicyError(self._short(kw["horizon"], "is given horizon"))
+            kw["horizon"] = self.horizon
+        return kw
+
+    def _short(self, steps: int, how: str) -> str:
+        return (f"the forecaster {how} {steps} step(s) of {self.step_s:g} s; a decision looks {self.horizon} ahead "
+                f"(the step under way, then cold start {self.cluster.cold_start_s:g} s + interval {self.interval_s:g} s): "
+                f"give it a longer horizon or a longer forecast_step_s")
 
     def _new_forecaster(self) -> Forecaster:
         if isinstance(self.forecaster_spec, str):

@@ -65,7 +65,7 @@ class RayServePolicy:
         tokens_s = cap.prefill_tokens_per_s_within(p.ttft_slo_s, snapshot.mean_prompt_tokens,
                                                    snapshot.tail_prompt_tokens, p.latency_margin)
         mean_ttft = float(cap.ttft_s(tokens_s, snapshot.mean_prompt_tokens, snapshot.mean_prompt_tokens))
-        prefill = max(1.0, tokens_s / snapshot.mean_prompt_tokens * mean_ttft)
+        prefill = max(1.0, tokens_s / max(snapshot.mean_prompt_tokens, 1.0) * mean_ttft)
         decode = max(1.0, float(cap.max_batch_within(p.tpot_slo_s, ctx, p.latency_margin)))
         return prefill / self.headroom, decode / self.headroom
 

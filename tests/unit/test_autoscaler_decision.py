@@ -279,6 +279,53 @@ def test_a_prefill_backlog_drains_by_the_time_new_replicas_have_served_an_interv
         assert d.prefill >= base.prefill + 30 and d.decode == base.decode
 
 
+def test_queued_work_is_sized_when_no_new_traffic_is_forecast(params):
+    # A forecast of no arrivals once weighed nothing: every count looked sure to attain the SLO, and
+    # pools allowed to reach 0 were released with 10 million prompt tokens and 1,000 sequences waiting.
+    empty = forecast(np.zeros((16, 2)))
+    free = replace(params, min_replicas=(0, 0))
+    idle, _ = decide(snapshot(0, empty, prefill=0, decode=0), DecisionState(), free)
+    assert (idle.prefill, idle.decode) == (0, 0)
+    queued = replace(snapshot(0, empty, prefill=0, decode=0), prefill_backlog_tokens=1e7, decode_queued_sequences=1_000)
+    d, _ = decide(queued, DecisionState(), free)
+    _, need_d = pool_demand(queued.forecast.samples, params.capacity, params, 1000, 2000, 200, decode_queued=1_000)
+    with_backlog = empty.samples.copy()
+    with_backlog[..., 1] += 1e7 / (params.cold_start_s + params.interval_s)
+    need_p, _ = pool_demand(with_backlog, params.capacity, params, 1000, 2000, 200)
+    assert d.prefill == int(np.ceil(float(need_p.max()))) and d.decode == int(np.ceil(float(need_d.max())))
+    for pool in ("prefill", "decode"):
+        assert d.reasons[pool].binding == "slo" and d.reasons[pool].quantile_used == 1.0
+        assert d.reasons[pool].expected_attainment >= params.attainment_target
+
+
+def test_steps_that_ended_before_now_do_not_size_the_pools(params):
+    # A forecast made at t = 0 whose first one-minute step (a burst) is over by t = 120 s.
+    rps = np.tile([400.0, 20.0, 20.0, 20.0, 20.0], (64, 1))
+    made = replace(forecast(rps), start_s=0.0)
+    late, _ = decide(snapshot(120.0, made), DecisionState(), params)
+    fresh, _ = decide(snapshot(120.0, forecast(np.full((64, 3), 20.0))), DecisionState(), params)
+    assert (late.prefill, late.decode) == (fresh.prefill, fresh.decode)
+    with pytest.raises(DecisionError, match="forecast ended before now"):
+        decide(snapshot(300.0, made), DecisionState(), params)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("prefill_backlog_tokens", math.inf), ("prefill_backlog_tokens", math.nan), ("prefill_backlog_tokens", -1.0),
+    ("decode_queued_sequences", math.nan), ("mean_prompt_tokens", math.nan), ("mean_output_tokens", -5.0),
+    ("tail_prompt_tokens", math.nan)])
+def test_a_snapshot_figure_that_is_not_a_finite_count_is_refused_by_name(params, field, value):
+    fc = forecast(np.full((8, 2), 20.0))
+    with pytest.raises(DecisionError, match=f"snapshot.{field} must be a finite number >= 0"):
+        decide(replace(snapshot(0, fc), **{field: value}), DecisionState(), params)
+
+
+@pytest.mark.parametrize("shape", [(8, 3), (8, 2, 2), (8, 2, 4), (0, 2, 3), (8, 0, 3)])
+def test_forecast_samples_of_the_wrong_shape_are_refused(params, shape):
+    fc = Forecast(np.ones(shape), DEMAND_INDICATORS, 60.0)
+    with pytest.raises(DecisionError, match=r"forecast samples must be \[samples >= 1, steps >= 1, 3\]"):
+        decide(snapshot(0, fc), DecisionState(), params)
+
+
 def test_the_reason_says_when_the_miss_penalty_not_the_floor_set_the_count(params):
     # Ten-minute steps at 80 req/s: 48,000 requests a step, so a replica that saves a few dozen
     # expected misses pays for itself (0.02 GPU-h each) long after the 0.995 floor is met.

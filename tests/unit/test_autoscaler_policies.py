@@ -83,6 +83,20 @@ def test_dynamo_sizes_from_the_last_interval_and_clamps_to_the_power_budget(clus
     assert d.prefill / d.decode == pytest.approx(free.prefill / free.decode, rel=0.5)
 
 
+def test_dynamo_with_a_forecaster_that_needs_more_rows_holds_the_last_value_until_it_fits(cluster):
+    # Quantile regression at horizon 1 needs 39 rows; Dynamo's first fit is at 8 and once raised out of
+    # the policy. With a refit every 40 rows the second fit, at 48, has enough.
+    rng = np.random.default_rng(0)
+    rows = np.column_stack([rng.poisson(20.0, 18 * 60)] * 3) * [1.0, 1000.0, 200.0]  # 3 hours of 10 s ticks
+    policy = DynamoPolicy(cluster, forecaster="quantile", forecaster_kw={"horizon": 1}, refit_every_rows=40)
+    for now in range(180, 18 * 60 * 10 + 1, 180):
+        policy.step(snap(float(now), rows[: now // 10]))
+        n = len(policy.rows)
+        assert (policy.forecaster is not None) == (n >= 48), n
+        if n < 48:
+            np.testing.assert_array_equal(policy.predict(), policy.rows[-1])
+
+
 def test_baselines_claim_no_power_check_or_quantile_they_did_not_compute(cluster):
     # Dynamo sizes from a point forecast and none of the baselines computes P(power <= cap): the log
     # said P(power<=cap)=1.000 and Dynamo q=0.500.
@@ -235,6 +249,46 @@ def test_pretrain_saves_a_flow_that_loads_and_that_make_policy_starts_from(clust
     assert policy.forecaster is not None and policy.fitted_rows == 0  # the pre-trained one, not a fit here
     with pytest.raises(Exception, match="not found"):
         load_pretrained(tmp_path / "missing.pt")
+
+
+def test_a_forecaster_is_built_for_as_many_steps_as_a_decision_looks_ahead(cluster):
+    # A 150 s cold start at 30 s steps looks 7 steps ahead; quantile regression and the flow are built
+    # for 6 by default, and the policy once crashed at its first forecast after the fit.
+    slow = replace(cluster, cold_start_s=150.0)
+    policy = FlowtidePolicy(slow, forecaster="quantile", forecast_step_s=30.0, interval_s=10.0, min_fit_rows=40)
+    assert policy.horizon == 7
+    rng = np.random.default_rng(0)
+    rates = np.column_stack([rng.poisson(4.0, 1500)] * 3) * [1.0, 1000.0, 50.0]
+    for now in range(0, 1500, 10):
+        policy.step(snap(float(now), rates[:now], step_s=1.0))
+    assert policy.fit_error is None and policy.forecaster.horizon == 7
+    assert policy.cached.samples.shape[1] == 7
+    assert FlowtidePolicy(slow, forecaster="flow", forecast_step_s=30.0, interval_s=10.0).forecaster_kw == {"horizon": 7}
+    # A horizon the caller set, or a forecaster given built, is not changed behind their back.
+    with pytest.raises(PolicyError, match="is given horizon 6 step.*looks 7 ahead"):
+        FlowtidePolicy(slow, forecaster="quantile", forecast_step_s=30.0, interval_s=10.0, forecaster_kw={"horizon": 6})
+    with pytest.raises(PolicyError, match="was built for 4 step"):
+        FlowtidePolicy(slow, forecast_step_s=30.0, interval_s=10.0, pretrained=make_forecaster("flow", horizon=4))
+    # Forecasters without a fixed horizon need nothing.
+    assert FlowtidePolicy(slow, forecaster="last", forecast_step_s=30.0, interval_s=10.0).forecaster_kw == {}
+
+
+@pytest.mark.parametrize("step_s", [0.001, 0.5, 2.5])
+def test_a_forecast_step_that_is_not_whole_ticks_is_refused(cluster, step_s):
+    # At 0.001 s the policy looked 70,001 steps ahead and a 5-minute trace did not finish in minutes.
+    trace = tick_trace(np.full(600, 2.0))
+    with pytest.raises(PolicyError, match=f"forecast_step_s {step_s:g} must be a whole number of the trace's 1 s ticks"):
+        make_policy("flowtide", trace, cluster, forecaster="last", forecast_step_s=step_s)
+    assert make_policy("flowtide", trace, cluster, forecaster="last", forecast_step_s=7.0).step_s == 7.0
+
+
+def test_a_pretrained_forecaster_fitted_on_other_steps_is_refused(cluster, tmp_path):
+    rng = np.random.default_rng(0)
+    main = rng.lognormal(0, 0.1, (260, 3)) * [50.0, 50_000.0, 2_500.0]
+    path = tmp_path / "flow.pt"
+    pretrain([main], 60.0, path, seasons=0, max_epochs=1, context=12, patch=6, horizon=4, batch_size=32)
+    with pytest.raises(PolicyError, match="rows of 60 s; this policy aggregates rows of 30 s"):
+        make_policy("flowtide", tick_trace(np.full(600, 2.0)), cluster, pretrained=path)
 
 
 def test_hindsight_bound_is_ready_for_a_spike_one_cold_start_ahead_and_lets_go_after(cluster):

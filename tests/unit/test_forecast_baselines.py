@@ -198,11 +198,48 @@ def test_update_before_fit_is_a_named_error(name):
         ("quantile", {"history_days": 0.0}, "history_days"),
         ("ewma", {"alphas": ()}, "alphas"),
         ("ewma", {"alphas": (0.3, 1.5)}, "alphas"),
+        ("quantile", {"levels": ()}, "levels"),
+        ("kalman", {"harmonics": 0}, "harmonics must be an integer >= 1"),
+        ("kalman", {"harmonics": 1.5}, "harmonics must be an integer >= 1"),
+        ("kalman", {"window_days": float("nan")}, "window_days must be a finite number > 0"),
+        ("kalman", {"season_s": 0.0}, "season_s must be a finite number > 0"),
+        ("seasonal_naive", {"season_s": float("nan")}, "season_s must be a finite number of seconds > 0"),
     ],
 )
 def test_baseline_settings_out_of_range_are_a_named_error(name, kw, message):
     with pytest.raises(ForecastInputError, match=message):
         make_forecaster(name, **kw)
+
+
+@pytest.mark.parametrize("name", ["last", "seasonal_naive", "kalman", "quantile"])
+@pytest.mark.parametrize("step_s", ["600", None, True])
+def test_fit_rejects_a_step_that_is_not_a_number(name, step_s):
+    with pytest.raises(ForecastInputError, match="step_s must be a finite number of seconds"):
+        built(name).fit(daily_series(days=3), step_s)
+
+
+@pytest.mark.parametrize("name", ["last", "seasonal_naive", "kalman", "quantile"])
+@pytest.mark.parametrize("horizon, n_samples", [(2.5, 1), (2, 1.0), (True, 1)])
+def test_predict_rejects_a_horizon_or_sample_count_that_is_not_an_integer(name, horizon, n_samples):
+    x = daily_series(days=3)
+    fc = built(name)
+    fc.fit(x, STEP_S)
+    with pytest.raises(ForecastInputError, match="must be an integer"):
+        fc.predict(x, horizon, n_samples, np.random.default_rng(0))
+
+
+def test_quantile_at_steps_longer_than_a_day_over_its_horizon_drops_the_daily_lags_and_keeps_refitting():
+    # Six-hour steps, horizon 6: yesterday's same time lies inside the forecast. Once a refit had the
+    # rows for daily lags it raised, left its scale changed under the old coefficients and raised at every update.
+    rng = np.random.default_rng(0)
+    x = 100 * rng.lognormal(0, 0.1, (60, 1))
+    fc = make_forecaster("quantile", levels=(0.1, 0.5, 0.9))
+    fc.fit(x[:44], 21_600.0)
+    for i in range(44, 60):
+        fc.update(x[i : i + 1])
+    assert fc.fitted_rows == 60  # refitted daily (every 4 rows), the last at row 60
+    q = fc.quantiles(x, 6)
+    assert np.isfinite(q).all() and (np.diff(q, axis=0) >= 0).all()
 
 
 def test_predict_rejects_a_history_of_another_width_and_a_zero_horizon():

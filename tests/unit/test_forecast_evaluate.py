@@ -88,6 +88,17 @@ def test_rolling_evaluation_shows_each_origin_only_its_past_and_updates_in_order
     np.testing.assert_allclose(ev.crps[:, :, 0].mean(axis=0), [1.0, 2.0, 3.0])
 
 
+def test_rolling_evaluation_scores_the_last_origin_with_a_full_window():
+    series = np.arange(1.0, 41.0)[:, None]
+    spy = _Spy()
+    spy.fit(series[:37], 1.0)
+    ev = rolling_evaluation(spy, series, 37, 3, 1, np.random.default_rng(0))  # origin row 36, targets 37-39
+    assert list(ev.origins) == [36]
+    np.testing.assert_allclose(ev.crps[0, :, 0], [1.0, 2.0, 3.0])
+    with pytest.raises(ForecastInputError, match="leaves no held-out window"):
+        rolling_evaluation(spy, series, 38, 3, 1, np.random.default_rng(0))
+
+
 @pytest.mark.parametrize(
     "where, kw, message",
     [

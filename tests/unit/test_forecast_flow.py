@@ -417,7 +417,10 @@ def test_flow_with_quantile_input_and_blend_saves_and_loads_to_the_same_samples(
         ("heads", 3, "d_model 16 must be a multiple of heads 3"),
         ("sample_clip", -1.0, "sample_clip must be > 0"),
         ("update_every_s", float("nan"), "update_every_s must be > 0"),
-        ("lr", -1e-3, "lr must be >= 0"),
+        ("lr", -1e-3, "lr must be a finite number >= 0"),
+        ("lr", float("inf"), "lr must be a finite number >= 0"),
+        ("weight_decay", float("inf"), "weight_decay must be a finite number >= 0"),
+        ("seed", 0.5, "seed must be an integer, got 0.5"),
         ("anchor_levels", (0.5, 0.1), "must increase strictly"),
         ("history_days", 2.0, r"history_days must be finite and >= seasons \+ max"),  # TINY: 1 + 2 days
         ("dropout", "0.1", "dropout must be a number, got '0.1'"),
@@ -445,6 +448,27 @@ def test_flow_load_of_a_file_it_did_not_write_is_a_named_error(fitted, tmp_path)
         FlowForecaster.load(tmp_path / "other.pt")
     with pytest.raises(FileNotFoundError):
         FlowForecaster.load(tmp_path / "missing.pt")
+
+
+def test_flow_whose_training_diverges_says_so():
+    # A learning rate this large sends the weights to NaN at once: no epoch's validation NLL is finite.
+    flow = make_forecaster("flow", **{**TINY, "lr": 1e6, "max_epochs": 2})
+    with pytest.raises(ForecastInputError, match=r"training diverged.*lr=1e\+06"):
+        flow.fit(correlated_series(), 600.0)
+
+
+def test_flow_load_of_an_edited_file_is_a_named_error(fitted, tmp_path):
+    fitted[0].save(tmp_path / "flow.pt")
+    state = torch.load(tmp_path / "flow.pt", weights_only=True)
+    for edit, message in ((lambda s: s["config"].update(d_model=2 * s["config"]["d_model"]), "weights do not fit"),
+                          (lambda s: s["config"].update(horizon=s["config"]["horizon"] + 1), "weights do not fit"),
+                          (lambda s: s["arrays"].pop("spread"), r"arrays are not those save\(\) writes .*spread")):
+        edited = torch.load(tmp_path / "flow.pt", weights_only=True)
+        edit(edited)
+        torch.save(edited, tmp_path / "edited.pt")
+        with pytest.raises(ForecastInputError, match=message):
+            FlowForecaster.load(tmp_path / "edited.pt")
+    assert FlowForecaster.load(tmp_path / "flow.pt").horizon == state["config"]["horizon"]
 
 
 def test_flow_refuses_anchor_levels_without_the_median():
