@@ -108,6 +108,13 @@ class DecisionParams:
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise DecisionError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
         check_power_cap(self.power_cap_w, DecisionError)
+        if self.power_cap_w is not None:
+            tp = self.capacity.gpus_per_replica
+            idle_w = float(self.power.serving_w(self.min_replicas[0] * tp, 0.0, self.min_replicas[1] * tp, 0.0))
+            if idle_w > self.power_cap_w:
+                # No decision could meet it: every one would report the cap binding with P(ok) = 0.
+                raise DecisionError(f"power_cap_w {self.power_cap_w:g} W is below the idle draw of the minimum replicas "
+                                    f"{self.min_replicas} ({idle_w:g} W)")
         if not 0 < self.latency_margin <= 1:
             raise DecisionError(f"latency_margin (the share of an SLO the sizing may use) must lie in (0, 1], got "
                                 f"{self.latency_margin!r}")

@@ -61,8 +61,11 @@ class IndicatorSeries:
         unknown = set(self.names) - set(INDICATORS)
         if unknown:
             raise IndicatorError(f"pool {self.pool}: unknown indicators {sorted(unknown)}; known: {INDICATORS}")
-        if self.step_s <= 0:
-            raise IndicatorError(f"pool {self.pool}: step_s must be positive, got {self.step_s}")
+        if len(set(self.names)) != len(self.names):
+            raise IndicatorError(f"pool {self.pool}: indicator names repeat: {self.names}")
+        if not (np.isfinite(self.step_s) and self.step_s > 0 and np.isfinite(self.start_s)):
+            raise IndicatorError(f"pool {self.pool}: step_s must be a finite number > 0 and start_s finite, got "
+                                 f"{self.step_s}, {self.start_s}")
 
     def __len__(self) -> int:
         return self.values.shape[0]

@@ -12,12 +12,15 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import os
 import warnings
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pandas.tseries.api import guess_datetime_format
 
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 SERVEGEN_WINDOW_S = 600.0
@@ -33,6 +36,17 @@ SERVEGEN_MIN_WEIBULL_SHAPE = 0.05
 # until the window is covered (once at most on the published data); a law that needs more doublings
 # (Gamma shape 1e-9, Weibull shape 0.001: gaps of zero and rare astronomic ones) cannot be drawn.
 SERVEGEN_MAX_DOUBLINGS = 4
+# A replay's length in ticks: 230 days at 1 s, 16x the 14-day ServeGen replay at 1 s. The simulator
+# keeps some 30 float64 values a tick (~5 GB here) and replays ~2e4 ticks/s (17 min, static policy):
+# a longer replay is a wrong date in the trace or a mistyped tick, refused before anything is allocated.
+MAX_TICKS = 20_000_000
+# Numeric timestamps are seconds; 1e11 s is the year 5138, so a column past it holds epoch milliseconds.
+MAX_EPOCH_S = 1e11
+# A request's prompt or output tokens: 5x the longest context window served today (2M tokens) and
+# 700x the Azure traces' longest prompt (14,050); beyond it a count is a typo or a corrupted row.
+MAX_TOKENS = 10_000_000
+# pandas reads these compressed CSVs directly; the trace's name drops the suffix with the ``.csv``.
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".zip", ".xz", ".zst")
 
 
 class TraceError(ValueError):
@@ -99,16 +113,28 @@ class TickTrace:
 
 @dataclass(frozen=True)
 class RequestTrace:
-    """Request-level trace: arrival seconds from the first request, prompt and output tokens."""
+    """Request-level trace: arrival seconds from the first request, prompt and output tokens.
+
+    ``stamps`` names the earliest and latest TIMESTAMP as written, with their rows, for messages.
+    """
 
     name: str
     arrival_s: np.ndarray
     prompt_tokens: np.ndarray
     output_tokens: np.ndarray
+    stamps: tuple[str, str] = ("", "")
 
     def to_ticks(self, step_s: float) -> TickTrace:
+        """Requests binned into ticks of ``step_s`` from the first one.
+
+        Raises:
+            TraceError: ``step_s`` is not a finite number > 0, the replay would hold more than
+                :data:`MAX_TICKS` ticks, or the tick is longer than the requests' span (its last
+                tick would count time past the last request, doubling the trace or worse).
+        """
         if not (math.isfinite(step_s) and step_s > 0):
             raise TraceError(f"step_s must be a finite number > 0, got {step_s}")
+        self._check_span(step_s)
         tick = (self.arrival_s // step_s).astype(np.int64)
         n_ticks = int(tick[-1]) + 1 if tick.size else 0
         count = np.bincount(tick, minlength=n_ticks).astype(float)
@@ -118,18 +144,59 @@ class RequestTrace:
                          np.bincount(tick, self.prompt_tokens, n_ticks), np.bincount(tick, self.output_tokens, n_ticks),
                          groups)
 
+    def _check_span(self, step_s: float) -> None:
+        """Refuse a replay too long to hold, or a tick longer than the requests' span (see :meth:`to_ticks`)."""
+        span = float(self.arrival_s[-1]) if self.arrival_s.size else 0.0
+        n_ticks = span // step_s + 1  # a float: a huge span over a tiny tick overflows int64
+        stamps = f" (TIMESTAMP {self.stamps[0]} to {self.stamps[1]})" if self.stamps[0] else ""
+        if n_ticks > MAX_TICKS:
+            raise TraceError(f"trace {self.name}: its requests span {_span(span)}{stamps}, {n_ticks:.3g} ticks of "
+                             f"{step_s:g} s, beyond the {MAX_TICKS:,} a replay holds: check those timestamps for a "
+                             "wrong date, or give a longer tick (--tick-s)")
+        if 0 < span < step_s:
+            raise TraceError(f"trace {self.name}: its requests span {span:g} s{stamps}, less than the {step_s:g} s "
+                             f"tick, whose ticks would count {n_ticks * step_s:g} s: give a tick (--tick-s) of at "
+                             f"most {span:g} s")
+
+
+def _span(seconds: float) -> str:
+    return f"{seconds:,.0f} s" + (f" ({seconds / 86_400:,.1f} days)" if seconds >= 86_400 else "")
+
 
 def _timestamp_seconds(raw: pd.Series) -> tuple[np.ndarray, np.ndarray, str]:
     """Each row's time in seconds (from any origin), which rows are unreadable, and what they should be.
 
-    A column whose first value is a number holds seconds; anything else is parsed as dates/times
-    (any mix of formats and UTC offsets, naive ones taken as UTC).
+    A column most of whose values are numbers holds seconds; otherwise it holds dates/times (see
+    :func:`_parse_dates`). Either way the rows of the other kind are the unreadable ones.
     """
-    if pd.notna(pd.to_numeric(raw.iloc[:1], errors="coerce")).all():
-        seconds = pd.to_numeric(raw, errors="coerce").to_numpy(float)
-        return seconds, ~np.isfinite(seconds), "not a number of seconds"
-    stamps = pd.to_datetime(raw, errors="coerce", format="mixed", utc=True).dt.tz_convert(None)
+    numbers = pd.to_numeric(raw, errors="coerce").to_numpy(float)
+    if 2 * np.isfinite(numbers).sum() > raw.size:
+        return numbers, ~np.isfinite(numbers), "not a number of seconds"
+    stamps = _parse_dates(raw).dt.tz_convert(None)
     return ((stamps - stamps.min()) / np.timedelta64(1, "s")).to_numpy(float), stamps.isna().to_numpy(), "not a date/time"
+
+
+def _parse_dates(raw: pd.Series) -> pd.Series:
+    """Dates/times in UTC (naive ones taken as UTC, offsets may differ between rows), NaT where unreadable.
+
+    ISO 8601 first; otherwise the one format, guessed from the first values month- or day-first,
+    that reads the most rows, applied to every row. Guessing row by row would read
+    ``12/11/2023`` then ``13/11/2023`` as December then November.
+    """
+    def parse(fmt: str) -> pd.Series:
+        return pd.to_datetime(raw, errors="coerce", format=fmt, utc=True)
+
+    best = parse("ISO8601")
+    if best.isna().any():
+        sample = raw.dropna().astype(str).iloc[:20]
+        with warnings.catch_warnings():  # a day-first guess without dayfirst=True warns, and is what is wanted
+            warnings.simplefilter("ignore", UserWarning)
+            guesses = [guess_datetime_format(v, dayfirst=d) for d in (False, True) for v in sample]
+        for fmt in dict.fromkeys(g for g in guesses if g):
+            stamps = parse(fmt)
+            if stamps.notna().sum() > best.notna().sum():
+                best = stamps
+    return best
 
 
 def _read_csv(source, label: str, too_wide: str, **kwargs) -> pd.DataFrame:
@@ -148,21 +215,33 @@ def _read_csv(source, label: str, too_wide: str, **kwargs) -> pd.DataFrame:
         raise TraceError(f"{label} is not a readable CSV: {str(exc).strip()}") from exc
 
 
+def file_problem(path: Path) -> str | None:
+    """Why ``path`` is not a regular file to read (missing, a folder, a device or FIFO), or None."""
+    if path.is_file():
+        return None
+    if path.is_dir():
+        return "is a folder, not a file"
+    return "is not a regular file" if path.exists() else "does not exist"
+
+
 def load_azure_csv(path: str | Path) -> RequestTrace:
     """Load an Azure LLM inference trace (``TIMESTAMP, ContextTokens, GeneratedTokens``).
 
     TIMESTAMP is a date/time (the 2023 traces' naive ``2023-11-16 18:17:03.9799600``, the 2024
     ones' ``2024-05-10 00:00:00.009930+00:00``, ISO ``...T18:15:46Z``; offsets may differ between
-    rows, all are converted to UTC) or, when its first value is a number, seconds: relative or
-    epoch seconds both work, since arrival times are taken from the first request.
+    rows, all are converted to UTC; one format for every row) or, when most values are numbers,
+    seconds: relative or epoch seconds both work, since arrival times are taken from the first
+    request (epoch milliseconds are refused).
 
     Raises:
-        TraceError: the file is missing, unreadable, lacks the columns, has rows longer than its
-            header, or holds no valid rows.
+        TraceError: the file is missing or not a regular file, unreadable, lacks the columns, has
+            rows longer than its header, holds no valid rows, a malformed row, epoch milliseconds,
+            or a token count beyond :data:`MAX_TOKENS`.
     """
     path = Path(path)
-    if not path.is_file():
-        raise TraceError(f"trace file {path} does not exist")
+    problem = file_problem(path)
+    if problem:
+        raise TraceError(f"trace file {path} {problem}")
     frame = _read_csv(path, f"trace file {path}", "its rows have more fields than its header", skipinitialspace=True)
     frame.columns = [str(c).strip() for c in frame.columns]
     missing = [c for c in AZURE_COLUMNS if c not in frame.columns]
@@ -182,9 +261,28 @@ def load_azure_csv(path: str | Path) -> RequestTrace:
         why = "; ".join(f"{col} {str(frame[col].iloc[first])!r} is {what}"
                         for col, (what, wrong) in checks.items() if wrong[first])
         raise TraceError(f"trace file {path}: {int(bad.sum())} malformed rows (first at data row {first + 1}: {why})")
+    # Only numeric stamps can reach it: dates become seconds from the first, under 2e10 (pandas' 1677-2262).
+    _refuse_beyond(path, "TIMESTAMP", arrival_s, MAX_EPOCH_S,
+                   "past the year 5000 as seconds: it looks like epoch milliseconds; give seconds")
+    for col, tokens in (("ContextTokens", context), ("GeneratedTokens", generated)):
+        _refuse_beyond(path, col, tokens, MAX_TOKENS, f"{MAX_TOKENS:.0e} tokens or more: a typo or a corrupted row")
     order = np.argsort(arrival_s, kind="stable")
     t = arrival_s[order]
-    return RequestTrace(path.stem, t - t[0], context[order].clip(min=1), generated[order].clip(min=1))
+    stamps = tuple(f"{str(frame['TIMESTAMP'].iloc[i])!r} at data row {i + 1}" for i in (order[0], order[-1]))
+    return RequestTrace(_trace_name(path), t - t[0], context[order].clip(min=1), generated[order].clip(min=1), stamps)
+
+
+def _refuse_beyond(path: Path, col: str, values: np.ndarray, limit: float, why: str) -> None:
+    """Raise a ``TraceError`` naming the first row of column ``col`` at or past ``limit``, saying ``why``."""
+    beyond = np.flatnonzero(values >= limit)
+    if beyond.size:
+        raise TraceError(f"trace file {path}: {col} {values[beyond[0]]:.15g} at data row {beyond[0] + 1} is {why} "
+                         f"(rows like it: {beyond.size})")
+
+
+def _trace_name(path: Path) -> str:
+    """The file's name without ``.csv`` and a compression suffix (``conv.csv.gz`` is ``conv``)."""
+    return Path(path.stem).stem if path.suffix in COMPRESSED_SUFFIXES else path.stem
 
 
 def _read_servegen_client(path: Path, data: bytes) -> pd.DataFrame:
@@ -296,8 +394,7 @@ def load_servegen(folder: str | Path, step_s: float = 10.0, seed: int = 0, lengt
     files = sorted(folder.glob("chunk-*-trace.csv"), key=lambda p: p.name)
     if not files:
         raise TraceError(f"ServeGen folder {folder} holds no chunk-*-trace.csv client files")
-    if step_s <= 0 or SERVEGEN_WINDOW_S % step_s:
-        raise TraceError(f"step_s must divide the {SERVEGEN_WINDOW_S:.0f} s ServeGen window, got {step_s}")
+    _check_servegen_step(step_s)
     contents = hashlib.sha256()
     data = []
     for p in files:
@@ -310,13 +407,16 @@ def load_servegen(folder: str | Path, step_s: float = 10.0, seed: int = 0, lengt
     key = hashlib.sha256(repr((str(folder.resolve()), contents.hexdigest(), step_s, seed, asdict(lengths),
                                groups_per_tick)).encode()).hexdigest()[:16]
     cached = Path(cache_dir) / f"servegen-{folder.name}-{key}.npz" if cache_dir is not None else None
-    if cached is not None and cached.is_file():
-        with np.load(cached) as z:
-            groups = RequestGroups(z["g_tick"], z["g_prompt"], z["g_output"], z["g_weight"])
-            return TickTrace(folder.name, float(step_s), z["count"], z["prompt"], z["output"], groups)
+    hit = _load_cached(cached, folder.name, step_s) if cached is not None else None
+    if hit is not None:
+        return hit
     clients = [_read_servegen_client(p, raw) for p, raw in zip(files, data)]
     horizon = max((c["ts"].max() for c in clients if not c.empty), default=0.0) + SERVEGEN_WINDOW_S
     n_ticks = int(round(horizon / step_s))
+    if n_ticks > MAX_TICKS:
+        raise TraceError(f"ServeGen folder {folder}: its windows span {_span(horizon)}, "
+                         f"{n_ticks:,} ticks of {step_s:g} s, beyond the {MAX_TICKS:,} a replay holds: give a longer "
+                         "tick (--tick-s)")
     seeds = np.random.SeedSequence(seed).spawn(len(clients) + 1)
     count = np.zeros(n_ticks)
     for client, ss, path in zip(clients, seeds[:-1], files):
@@ -332,10 +432,52 @@ def load_servegen(folder: str | Path, step_s: float = 10.0, seed: int = 0, lengt
     g_tick = np.repeat(np.arange(n_ticks), groups_per_tick)
     groups = RequestGroups(g_tick, g_prompt, g_output, np.repeat(count / groups_per_tick, groups_per_tick))
     if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cached, count=count, prompt=prompt_sum, output=output_sum, g_tick=g_tick, g_prompt=g_prompt,
-                 g_output=g_output, g_weight=groups.weight)
+        _save_cache(cached, count=count, prompt=prompt_sum, output=output_sum, g_tick=g_tick, g_prompt=g_prompt,
+                    g_output=g_output, g_weight=groups.weight)
     return TickTrace(folder.name, float(step_s), count, prompt_sum, output_sum, groups)
+
+
+def _check_servegen_step(step_s: float) -> None:
+    """Refuse a tick that does not divide the ServeGen window a whole number of times.
+
+    The quotient is compared with a tolerance: ``600 % 0.1`` is 0.0999... in floating point.
+    """
+    windows = SERVEGEN_WINDOW_S / step_s if math.isfinite(step_s) and step_s > 0 else 0.0
+    if windows < 1 or abs(windows - round(windows)) > 1e-9 * windows:
+        raise TraceError(f"step_s must divide the {SERVEGEN_WINDOW_S:.0f} s ServeGen window, got {step_s}")
+
+
+def _load_cached(cached: Path, name: str, step_s: float) -> TickTrace | None:
+    """The trace kept in ``cached``, or None if there is none or it cannot be read (warned: it is synthesised again).
+
+    A run stopped while an older version wrote the file straight to its name left it truncated.
+    """
+    if not cached.is_file():
+        return None
+    try:
+        with np.load(cached) as z:
+            groups = RequestGroups(z["g_tick"], z["g_prompt"], z["g_output"], z["g_weight"])
+            return TickTrace(name, float(step_s), z["count"], z["prompt"], z["output"], groups)
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        warnings.warn(f"ServeGen cache {cached} cannot be read ({type(exc).__name__}: {exc}); synthesising again",
+                      RuntimeWarning, stacklevel=3)
+        return None
+
+
+def _save_cache(cached: Path, **arrays: np.ndarray) -> None:
+    """Write ``arrays`` to a temporary file beside ``cached``, then rename it: an interrupted run leaves no
+    truncated entry. A failed write only costs the next run a synthesis, so it is a warning."""
+    partial = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(partial, "wb") as out:
+                np.savez(out, **arrays)
+            os.replace(partial, cached)
+        finally:
+            partial.unlink(missing_ok=True)
+    except OSError as exc:
+        warnings.warn(f"ServeGen cache {cached} not written: {exc.strerror or exc}", RuntimeWarning, stacklevel=3)
 
 
 def _summed_lengths(rng: np.random.Generator, count: np.ndarray, lengths: LengthModel,
@@ -362,4 +504,4 @@ def load_trace(path: str | Path, step_s: float, seed: int = 0, cache_dir: str | 
         return load_servegen(path, step_s=step_s, seed=seed, cache_dir=cache_dir)
     if path.is_file():
         return load_azure_csv(path).to_ticks(step_s)
-    raise TraceError(f"trace {path} does not exist (give an Azure-format CSV file or a ServeGen folder)")
+    raise TraceError(f"trace {path} {file_problem(path)} (give an Azure-format CSV file or a ServeGen folder)")

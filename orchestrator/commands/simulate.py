@@ -12,7 +12,16 @@ import json
 import math
 import os
 import sys
+import tempfile
+import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from autoscaler.simulator import SimResult
+    from autoscaler.traces import TickTrace
 
 # Splitwise's published profiles beside the checkout (../shared/data), found from any working directory.
 DEFAULT_PROFILE = Path(__file__).resolve().parents[3] / "shared" / "data" / "splitwise-perf" / "perf_model.csv"
@@ -44,19 +53,37 @@ def non_negative(text: str) -> float:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (numpy's seed sequences refuse negative ones)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
 def output_problem(path: Path, folder: bool = False) -> str | None:
     """Why ``path`` (a file, or a folder with ``folder``) cannot be written, or None if it can.
 
     Checked before the run, so that a bad path fails at once instead of after minutes of simulation
-    with the results lost.
+    with the results lost. Writing is tried, leaving nothing behind: ``os.access`` passes root on
+    /sys and /proc, where no file can be created.
     """
     if path.exists() and path.is_dir() != folder:
         return f"it is a {'file' if folder else 'folder'}"
     existing = next(p for p in (path, *path.parents) if p.exists())
     if existing != path and not existing.is_dir():
         return f"{existing} is a file, not a folder"
-    if not os.access(existing, os.W_OK):
-        return f"{existing} is not writable"
+    try:
+        if existing.is_dir():
+            with tempfile.NamedTemporaryFile(dir=existing, prefix=".flowtide-write-test-"):
+                pass
+        else:  # the file itself, opened to append (its contents kept); a FIFO without a reader fails, not blocks
+            os.close(os.open(existing, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK))
+    except OSError as exc:
+        return f"{existing} is not writable ({exc.strerror or exc})"
     return None
 
 
@@ -93,7 +120,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--power-hardware", default=None, help="GPU whose Splitwise watts the power model uses "
                    "(default: --hardware; give it for a profile of other hardware, e.g. from `flowtide profile` on CPU)")
     p.add_argument("--tick-s", type=positive, default=None, help="simulation tick (default 1 s for a CSV shorter than 2 days, else 10 s)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the ServeGen synthesis and the forecaster")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seeds the ServeGen synthesis and the forecaster")
     p.add_argument("--ttft-slo-s", type=positive, default=None, help="default: config autoscaler.slo.ttft_s")
     p.add_argument("--tpot-slo-s", type=positive, default=None, help="default: config autoscaler.slo.tpot_s")
     p.add_argument("--power-cap-w", type=positive, default=None,
@@ -113,12 +140,11 @@ def run(args: argparse.Namespace) -> int:
 
     from autoscaler.capacity import ProfileError, load_capacity
     from autoscaler.decision import DecisionError
-    from autoscaler.plots import plot_pools, plot_run
-    from autoscaler.policies import LONG_TRACE_S, PolicyError, make_policy
+    from autoscaler.policies import PolicyError, make_policy
     from autoscaler.power import PowerError, PowerModel
     from autoscaler.scenario import default_cluster
     from autoscaler.simulator import SimulationError, simulate
-    from autoscaler.traces import TraceError, load_azure_csv, load_trace
+    from autoscaler.traces import TraceError
     from orchestrator.config import load_config
 
     console = Console(stderr=True, soft_wrap=True)  # a logged line stays one line: paths and commands copy whole
@@ -128,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
     cap_w = args.power_cap_w if args.power_cap_w is not None else config.autoscaler.power_cap_w
     trace_path = Path(args.trace)
     if not _outputs_ok([("--json", args.json, False), ("--decisions", args.decisions, False),
-                        ("--indicators", args.indicators, False), ("--plots", args.plots, True)]):
+                        ("--indicators", args.indicators, False), ("--plots", args.plots, True),
+                        ("--cache-dir", args.cache_dir if trace_path.is_dir() else None, True)]):
         return 2
     try:
         power = PowerModel.for_hardware(args.power_hardware or args.hardware)
@@ -139,19 +166,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         capacity = load_capacity(args.profile, args.model, args.hardware, args.tp)
         with console.status(f"loading {trace_path} ..."):
-            if trace_path.is_file():
-                requests = load_azure_csv(trace_path)
-                # 1 s ticks resolve an hour's bursts; a multi-day file gets ServeGen's 10 s (a month at 1 s is hours).
-                long = requests.arrival_s[-1] >= LONG_TRACE_S
-                tick = args.tick_s if args.tick_s is not None else 10.0 if long else 1.0
-                trace = requests.to_ticks(tick)
-            else:
-                tick = args.tick_s if args.tick_s is not None else 10.0
-                trace = load_trace(trace_path, tick, seed=args.seed, cache_dir=args.cache_dir)
+            trace, tick = _load_trace(trace_path, args)
     except (TraceError, ProfileError) as exc:
-        hint = " (give --profile PATH: a perf_model.csv-schema file, e.g. from `flowtide profile`)" if (
-            isinstance(exc, ProfileError) and not Path(args.profile).is_file()) else ""
-        print(f"flowtide simulate: {exc}{hint}", file=sys.stderr)
+        print(f"flowtide simulate: {_load_error(exc, Path(args.profile))}", file=sys.stderr)
         return 2
     folder = args.plots or Path("results/simulate") / trace.name
     decisions_path = args.decisions or folder / f"{args.policy}-decisions.jsonl"
@@ -192,21 +209,91 @@ def run(args: argparse.Namespace) -> int:
     for key, value in summary.items():
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
     Console().print(table)
-    if not args.no_plots:
-        console.print(f"plots: {plot_run(result, folder)}, {plot_pools(result, folder)}")
-    path = result.write_decisions(decisions_path)
+    return _write_results(args, result, summary, folder, decisions_path, console)
+
+
+def _load_trace(trace_path: Path, args: argparse.Namespace) -> tuple[TickTrace, float]:
+    """The trace in ticks and the tick. A loader's warning (an unreadable cache entry) is printed as one line.
+
+    Raises:
+        TraceError: the trace cannot be read or ticked (see :mod:`autoscaler.traces`).
+    """
+    from autoscaler.policies import LONG_TRACE_S
+    from autoscaler.traces import load_azure_csv, load_trace
+
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            if trace_path.is_file():
+                requests = load_azure_csv(trace_path)
+                # 1 s ticks resolve an hour's bursts; a multi-day file gets ServeGen's 10 s (a month at 1 s is hours);
+                # a file whose requests span less than a second gets one tick of that span.
+                span = float(requests.arrival_s[-1])
+                default = 10.0 if span >= LONG_TRACE_S else min(1.0, span) if span > 0 else 1.0
+                tick = args.tick_s if args.tick_s is not None else default
+                return requests.to_ticks(tick), tick
+            tick = args.tick_s if args.tick_s is not None else 10.0
+            return load_trace(trace_path, tick, seed=args.seed, cache_dir=args.cache_dir), tick
+        finally:
+            for warning in caught:
+                print(f"flowtide simulate: warning: {warning.message}", file=sys.stderr)
+
+
+def _load_error(exc: Exception, profile: Path) -> str:
+    """A loader's message; for a profile that is not a readable file, what it is and what to give instead."""
+    from autoscaler.capacity import ProfileError
+    from autoscaler.traces import file_problem
+
+    problem = file_problem(profile) if isinstance(exc, ProfileError) else None
+    if problem is None:
+        return str(exc)
+    return (f"profile file {profile} {problem} (give --profile PATH: a perf_model.csv-schema file, "
+            "e.g. from `flowtide profile`)")
+
+
+def _write_results(args: argparse.Namespace, result: SimResult, summary: dict, folder: Path, decisions_path: Path,
+                   console: Console) -> int:
+    """Write the plots, the decision log, the indicators and the JSON summary; 2 if any failed.
+
+    Each failure is one line and the others are still written: the run is not repeated for a full disk.
+    """
+    from autoscaler.plots import plot_pools, plot_run
+
+    writes = [] if args.no_plots else [
+        ("the plots in", folder, lambda: f"plots: {plot_run(result, folder)}, {plot_pools(result, folder)}")]
+    writes.append(("the decision log", decisions_path, lambda: _write_decisions(result, decisions_path)))
+    if args.indicators:
+        writes.append(("--indicators", args.indicators, lambda: _write_indicators(result, args.indicators)))
+    if args.json:
+        writes.append(("--json", args.json, lambda: _write_json(summary, args.json)))
+    failed = False
+    for what, path, write in writes:
+        try:
+            console.print(write())
+        except OSError as exc:
+            print(f"flowtide simulate: cannot write {what} {path}: {exc.strerror or exc}", file=sys.stderr)
+            failed = True
+    return 2 if failed else 0
+
+
+def _write_decisions(result: SimResult, path: Path) -> str:
+    written = result.write_decisions(path)
     bound = "; ".join(f"{pool}: " + ", ".join(f"{why} {n}" for why, n in counts.items())
                       for pool, counts in result.bindings().items())
-    console.print(f"decisions: {path} ({len(result.decisions)}; bound by {bound})")
-    if args.indicators:
-        args.indicators.parent.mkdir(parents=True, exist_ok=True)
-        result.indicators().to_frame().to_csv(args.indicators, index=False)
-        console.print(f"indicators: {args.indicators}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2))
-        console.print(f"summary: {args.json}")
-    return 0
+    return f"decisions: {written} ({len(result.decisions)}; bound by {bound})"
+
+
+def _write_indicators(result: SimResult, path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result.indicators().to_frame().to_csv(path, index=False)
+    return f"indicators: {path}"
+
+
+def _write_json(summary: dict, path: Path) -> str:
+    """Strict JSON: a figure that is not finite (no TTFT under a cap that serves nothing) is null."""
+    strict = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in summary.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(strict, indent=2, allow_nan=False))
+    return f"summary: {path}"
 
 
 def _outputs_ok(outputs: list[tuple[str, Path | None, bool]]) -> bool:

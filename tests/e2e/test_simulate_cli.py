@@ -1,7 +1,9 @@
 """`flowtide simulate` as a user runs it: the CLI, a real trace file, JSON and plots out."""
 
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -119,6 +121,14 @@ def test_simulate_reads_a_servegen_folder(tmp_path):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(out.read_text())
     assert summary["requests"] == pytest.approx(3.0 * 600 + 4.0 * 600, rel=0.2)
+    (entry,) = (tmp_path / "cache").glob("*.npz")
+    entry.write_bytes(entry.read_bytes()[:100])  # as a run stopped mid-write by an older version left it
+    proc = flowtide("simulate", "--trace", str(folder), "--policy", "ray-serve", "--json", str(out), "--no-plots",
+                    "--cache-dir", str(tmp_path / "cache"), "--decisions", str(tmp_path / "decisions.jsonl"))
+    assert proc.returncode == 0, proc.stderr
+    assert f"flowtide simulate: warning: ServeGen cache {entry} cannot be read (BadZipFile" in proc.stderr
+    again = json.loads(out.read_text())
+    assert (again["requests"], again["gpu_hours"]) == (summary["requests"], summary["gpu_hours"])
 
 
 def test_simulate_reports_a_missing_trace_clearly(tmp_path):
@@ -138,10 +148,10 @@ def test_simulate_reports_a_malformed_csv_clearly(tmp_path):
 @needs_trace
 def test_simulate_names_prompts_no_replica_can_serve_within_the_slo(tmp_path):
     huge = tmp_path / "huge.csv"
-    huge.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46,100000000,44\n")
+    huge.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46,9000000,44\n")  # under 1e7, the bound
     proc = flowtide("simulate", "--trace", str(huge), "--policy", "static", "--no-plots")
     assert proc.returncode == 2, proc.stderr
-    assert "cannot meet the TTFT SLO even unloaded: a 100000000-token prompt" in proc.stderr
+    assert "cannot meet the TTFT SLO even unloaded: a 9000000-token prompt" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -186,3 +196,82 @@ def test_simulate_plans_with_a_profile_of_our_own_engine(tmp_path):
     summary = json.loads(out.read_text())
     assert summary["profile"] == "tiny/cpu-x86_64-2c-served/TP1" and summary["requests"] == 1000
     assert summary["slo_attainment"] > 0.99 and summary["ttft_p99_s"] < 0.5
+
+
+def _bad_inputs(tmp_path: Path) -> dict[str, Path]:
+    """Tiny traces, each wrong in one way, and a ServeGen folder."""
+    rows = {"zero-epoch": ["1970-01-01 00:00:00,100,10", "2023-11-16 18:17:03,100,10"],
+            "five-minutes": ["2023-11-16 18:17:03,100,10", "2023-11-16 18:22:03,100,10"],
+            "milliseconds": ["1700158623000,100,10", "1700162223000,100,10"],
+            "huge-output": ["2023-11-16 18:17:03,100,10", "2023-11-16 18:17:04,100,1e300"]}
+    paths = {}
+    for name, lines in rows.items():
+        paths[name] = tmp_path / f"{name}.csv"
+        paths[name].write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "".join(f"{line}\n" for line in lines))
+    paths["servegen"] = tmp_path / "sg"
+    paths["servegen"].mkdir()
+    (paths["servegen"] / "chunk-0-trace.csv").write_text("0,1.0,1.0,Gamma,1.0,1.0\n")
+    (tmp_path / "a-file").write_text("")
+    return paths
+
+
+@needs_trace
+@pytest.mark.parametrize("trace, extra, error", [
+    # The long replays' ticks are beyond any memory, so that without the bound they fail at once too.
+    ("zero-epoch", ["--tick-s", "1e-3"], r"span 1,700,158,623 s \(19,677.8 days\) \(TIMESTAMP '1970-01-01 00:00:00' "
+                                         r"at data row 1 to '2023-11-16 18:17:03' at data row 2\), 1.7e\+12 ticks of "
+                                         "0.001 s, beyond the 20,000,000 a replay holds"),
+    ("five-minutes", ["--tick-s", "1e-9"], r"3e\+11 ticks of 1e-09 s, beyond the 20,000,000 a replay holds"),
+    ("five-minutes", ["--tick-s", "600"], r"span 300 s \(TIMESTAMP .*\), less than the 600 s tick"),
+    ("five-minutes", ["--seed", "-1"], "argument --seed: must be an integer >= 0, got '-1'"),
+    ("five-minutes", ["--json", "/proc/x.json"], "cannot write --json /proc/x.json: /proc is not writable"),
+    ("five-minutes", ["--profile", "{tmp}"], "profile file {tmp} is a folder, not a file"),
+    ("servegen", ["--cache-dir", "{tmp}/a-file"], "cannot write --cache-dir {tmp}/a-file: it is a file"),
+    ("milliseconds", [], "TIMESTAMP 1700158623000 at data row 1 is past the year 5000 as seconds: it looks like epoch"),
+    ("huge-output", [], r"GeneratedTokens 1e\+300 at data row 2 is 1e\+07 tokens or more"),
+    ("/dev/null", [], "trace /dev/null is not a regular file"),
+], ids=["zero-epoch-row", "tiny-tick", "tick-past-span", "negative-seed", "json-in-proc", "profile-folder",
+        "cache-dir-file", "epoch-ms", "huge-tokens", "dev-null"])
+def test_simulate_refuses_bad_input_in_one_line_before_the_run(tmp_path, trace, extra, error):
+    path = _bad_inputs(tmp_path).get(trace, trace)
+    extra = [arg.format(tmp=tmp_path) for arg in extra]
+    proc = flowtide("simulate", "--trace", str(path), "--policy", "static", "--no-plots", *extra)
+    assert proc.returncode == 2, proc.stderr
+    assert re.search(error.format(tmp=re.escape(str(tmp_path))), proc.stderr), proc.stderr
+    assert "Traceback" not in proc.stderr and "slo_attainment" not in proc.stdout
+
+
+@needs_trace
+def test_simulate_keeps_its_results_when_an_output_cannot_be_written(tmp_path):
+    from orchestrator.commands.simulate import _write_json
+
+    trace = azure_excerpt(tmp_path, rows=100)
+    # A cap below the idle draw of one replica per pool once ran, served nothing and wrote an infinite
+    # TTFT as `Infinity` (invalid JSON): it is refused before the run, and a figure that is not finite is null.
+    proc = flowtide("simulate", "--trace", str(trace), "--policy", "static", "--no-plots", "--power-cap-w", "1e-320",
+                    "--json", str(tmp_path / "out.json"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "power_cap_w 9.99989e-321 W is below the idle draw of the minimum replicas (1, 1) (600 W)" in proc.stderr
+    out = tmp_path / "out.json"
+    _write_json({"ttft_p99_s": math.inf, "tpot_p99_s": math.nan, "requests": 100}, out)
+    summary = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in {out}"))
+    assert summary == {"ttft_p99_s": None, "tpot_p99_s": None, "requests": 100}
+    # /dev/full opens (the check before the run passes) but every write fails: the table is still printed.
+    proc = flowtide("simulate", "--trace", str(trace), "--policy", "static", "--no-plots", "--json", "/dev/full",
+                    "--indicators", str(tmp_path / "indicators.csv"), "--decisions", str(tmp_path / "d.jsonl"))
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1] == "flowtide simulate: cannot write --json /dev/full: No space left on device"
+    assert "Traceback" not in proc.stderr and "slo_attainment" in proc.stdout
+    assert (tmp_path / "indicators.csv").stat().st_size > 0
+
+
+def test_output_paths_are_tried_for_writing_and_left_as_found(tmp_path):
+    from orchestrator.commands.simulate import output_problem
+
+    kept = tmp_path / "kept.json"
+    kept.write_text("{}")
+    assert output_problem(kept) is None and output_problem(tmp_path / "new" / "out.json") is None
+    assert output_problem(tmp_path, folder=True) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.json"] and kept.read_text() == "{}"
+    if Path("/proc/self").is_dir():  # root passes os.access here, yet no file can be created
+        assert output_problem(Path("/proc/x.json")) == "/proc is not writable (No such file or directory)"

@@ -359,6 +359,15 @@ def test_bad_decision_params_are_refused_by_name(params, field, value):
         replace(params, **{field: value})
 
 
+def test_a_power_cap_below_the_minimum_replicas_idle_draw_is_refused(params):
+    tp = params.capacity.gpus_per_replica
+    idle_w = float(params.power.serving_w(tp, 0.0, tp, 0.0))
+    with pytest.raises(DecisionError, match=r"power_cap_w .* below the idle draw of the minimum replicas \(1, 1\)"):
+        replace(params, power_cap_w=idle_w - 1.0)
+    assert replace(params, power_cap_w=idle_w).power_cap_w == idle_w
+    assert replace(params, power_cap_w=idle_w - 1.0, min_replicas=(0, 0)).power_cap_w == idle_w - 1.0
+
+
 def test_the_power_constraint_allows_eps_of_samples_over_the_cap_and_no_more(params):
     # eps = 0.1. Busy samples (40 req/s) draw more than the cap at the counts demand wants, quiet ones
     # (5 req/s) less. With 5% busy samples P(power <= cap) = 0.95 >= 0.9: the counts stand. With 20%,

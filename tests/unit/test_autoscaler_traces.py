@@ -1,17 +1,27 @@
 """Trace loaders: Azure per-request CSVs and ServeGen per-client windows, with clear errors."""
 
+import gzip
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from autoscaler import traces
 from autoscaler.indicators import ClusterIndicators, IndicatorError, IndicatorSeries
 from autoscaler.traces import TraceError, load_azure_csv, load_servegen, load_trace
 
 from tests.conftest import SHARED_DATA, needs_data
 
 AZURE_CODE = SHARED_DATA / "azure-llm-2023" / "AzureLLMInferenceTrace_code.csv"
+HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+
+
+def _azure(tmp_path: Path, rows: list[str], name: str = "trace.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(HEADER + "".join(f"{row}\n" for row in rows))
+    return path
 
 
 def _write_client(folder: Path, name: str, rows: list[str]) -> None:
@@ -198,3 +208,134 @@ def test_a_pool_that_does_not_report_an_indicator_is_left_out_of_the_cluster_val
         IndicatorSeries("x", 1.0, 0.0, ("gpu_temp",), np.zeros((1, 1)))
     with pytest.raises(IndicatorError, match="not aligned"):
         ClusterIndicators({"a": prefill, "b": IndicatorSeries("b", 5.0, 0.0, names, np.zeros((1, 4)))})
+    with pytest.raises(IndicatorError, match="names repeat"):
+        IndicatorSeries("x", 1.0, 0.0, ("arrival_rps", "arrival_rps"), np.zeros((1, 2)))
+    for step_s, start_s in ((np.nan, 0.0), (np.inf, 0.0), (0.0, 0.0), (1.0, np.nan)):
+        with pytest.raises(IndicatorError, match="step_s must be a finite number > 0 and start_s finite"):
+            IndicatorSeries("x", step_s, start_s, ("arrival_rps",), np.zeros((1, 1)))
+
+
+@pytest.mark.parametrize("first, last", [("1970-01-01 00:00:00", "2023-11-16 18:17:03"),  # a zero epoch among 2023
+                                         ("2023-11-16 18:17:03", "2203-11-16 18:17:05")])  # a typo'd year
+def test_a_replay_too_long_to_hold_is_refused_before_allocating_naming_its_first_and_last_timestamps(
+        tmp_path, first, last):
+    trace = load_azure_csv(_azure(tmp_path, [f"{last},100,10", f"{first},100,10"]))
+    with pytest.raises(TraceError, match=rf"span [\d,]+ s \([\d,.]+ days\) \(TIMESTAMP '{first}' at data row 2 to "
+                                         rf"'{last}' at data row 1\), .* beyond the 20,000,000 a replay holds: check "
+                                         r"those timestamps for a wrong date, or give a longer tick \(--tick-s\)"):
+        trace.to_ticks(1e-3)  # ~1e12 ticks: 8 TB a per-tick array
+
+
+def test_the_tick_bound_counts_the_last_tick(tmp_path, monkeypatch):
+    monkeypatch.setattr(traces, "MAX_TICKS", 100)
+    assert load_azure_csv(_azure(tmp_path, ["0,1,1", "99.5,1,1"])).to_ticks(1.0).n_ticks == 100
+    with pytest.raises(TraceError, match="101 ticks of 1 s, beyond the 100"):
+        load_azure_csv(_azure(tmp_path, ["0,1,1", "100,1,1"])).to_ticks(1.0)
+    with pytest.raises(TraceError, match=r"ServeGen folder .*sg: its windows span 1,200 s, 1,200 ticks of 1 s"):
+        _write_client(tmp_path / "sg", "chunk-0-trace.csv", ["0,1.0,1.0,Gamma,1.0,1.0", "600,1.0,1.0,Gamma,1.0,1.0"])
+        load_servegen(tmp_path / "sg", step_s=1.0)
+
+
+def test_a_tick_longer_than_the_requests_span_is_refused(tmp_path):
+    five_minutes = load_azure_csv(_azure(tmp_path, ["2023-11-16 18:17:03,100,10", "2023-11-16 18:22:03,100,10"]))
+    with pytest.raises(TraceError, match=r"span 300 s \(TIMESTAMP .*\), less than the 600 s tick, whose ticks would "
+                                         r"count 600 s: give a tick \(--tick-s\) of at most 300 s"):
+        five_minutes.to_ticks(600.0)
+    assert five_minutes.to_ticks(300.0).n_ticks == 2
+    assert load_azure_csv(_azure(tmp_path, ["0,100,10", "0,100,10"])).to_ticks(600.0).n_ticks == 1  # no span to exceed
+
+
+def test_day_first_dates_are_read_with_one_format_for_every_row(tmp_path):
+    # Row by row, 12/11 would be read month-first (December) and 13/11 day-first (November).
+    trace = load_azure_csv(_azure(tmp_path, ["12/11/2023 23:59:00,100,10", "13/11/2023 00:03:41,100,10"]))
+    assert trace.arrival_s.tolist() == [0.0, 281.0]
+    offsets = _azure(tmp_path, ["16/11/2023 18:15:46+01:00,1,1", "16/11/2023 18:15:47+02:00,1,1",
+                                "17/11/2023 00:00:00Z,1,1"])
+    assert load_azure_csv(offsets).arrival_s.tolist() == [0.0, 3599.0, 27853.0]
+    azure_2023 = _azure(tmp_path, ["2023-11-16 18:17:03.9799600,1,1", "2023-11-16 18:17:04.0319600,1,1",
+                                   "2023-11-16 18:17:05,1,1"])
+    assert load_azure_csv(azure_2023).arrival_s.tolist() == pytest.approx([0.0, 0.052, 1.02004])
+    mixed = _azure(tmp_path, ["2023-11-16 18:17:03,1,1", "16/11/2023 18:17:05,1,1", "2023-11-16 18:17:06,1,1"])
+    with pytest.raises(TraceError, match=r"1 malformed rows \(first at data row 2: TIMESTAMP '16/11/2023 18:17:05' is "
+                                         "not a date/time"):
+        load_azure_csv(mixed)
+
+
+def test_epoch_milliseconds_are_refused(tmp_path):
+    with pytest.raises(TraceError, match="TIMESTAMP 1700158623000 at data row 1 is past the year 5000 as seconds: it "
+                                         "looks like epoch milliseconds; give seconds"):
+        load_azure_csv(_azure(tmp_path, ["1700158623000,100,10", "1700162223000,100,10"]))
+    assert load_azure_csv(_azure(tmp_path, ["99999999999,1,1", "99999999999.5,1,1"])).arrival_s[-1] == 0.5
+
+
+@pytest.mark.parametrize("value, shown", [("1e300", "1e+300"), ("10000000", "10000000")])
+def test_token_counts_past_the_bound_are_refused_naming_the_row_and_column(tmp_path, value, shown):
+    path = _azure(tmp_path, ["2023-11-16 18:17:03,100,10", f"2023-11-16 18:17:04,100,{value}"])
+    with pytest.raises(TraceError, match=re.escape(f"GeneratedTokens {shown} at data row 2 is 1e+07 tokens or more")):
+        load_azure_csv(path)
+    assert load_azure_csv(_azure(tmp_path, ["0,9999999,1"])).prompt_tokens.tolist() == [9999999]
+
+
+def test_a_trace_that_is_not_a_regular_file_says_what_it_is(tmp_path):
+    with pytest.raises(TraceError, match="trace file /dev/null is not a regular file"):
+        load_azure_csv("/dev/null")
+    with pytest.raises(TraceError, match="trace /dev/null is not a regular file"):
+        load_trace("/dev/null", 1.0)
+    with pytest.raises(TraceError, match="is a folder, not a file"):
+        load_azure_csv(tmp_path)
+
+
+def test_a_lone_row_of_the_other_kind_is_the_one_named(tmp_path):
+    rows = ["0,1,1"] + [f"2023-11-16 18:17:{s:02d},1,1" for s in range(10)]
+    with pytest.raises(TraceError, match=r": 1 malformed rows \(first at data row 1: TIMESTAMP '0' is not a date/time"):
+        load_azure_csv(_azure(tmp_path, rows))
+
+
+def test_a_compressed_trace_is_named_without_its_suffixes(tmp_path):
+    path = tmp_path / "conv.csv.gz"
+    path.write_bytes(gzip.compress((HEADER + "0,1,1\n1,1,1\n").encode()))
+    assert load_azure_csv(path).name == "conv"
+    assert load_azure_csv(_azure(tmp_path, ["0,1,1"], name="conv.csv")).name == "conv"
+
+
+def test_servegen_ticks_that_divide_the_window_are_accepted_though_600_mod_them_is_not_0_in_floating_point(tmp_path):
+    _write_client(tmp_path / "sg", "chunk-0-trace.csv", ["0,1.0,1.0,Gamma,1.0,1.0"])
+    for step_s, n_ticks in ((0.1, 6000), (0.3, 2000), (600.0, 1)):
+        assert load_servegen(tmp_path / "sg", step_s=step_s).n_ticks == n_ticks
+    for step_s in (0.7, 601.0, 0.0, float("nan")):
+        with pytest.raises(TraceError, match="step_s must divide the 600 s ServeGen window"):
+            load_servegen(tmp_path / "sg", step_s=step_s)
+
+
+def test_an_unreadable_cache_entry_is_synthesised_again_with_a_warning(tmp_path):
+    folder, cache = tmp_path / "sg", tmp_path / "cache"
+    _write_client(folder, "chunk-0-trace.csv", ["0,2.0,1.5,Gamma,0.44,1.0"])
+    first = load_servegen(folder, seed=1, cache_dir=cache)
+    (entry,) = cache.glob("*.npz")
+    for broken in (entry.read_bytes()[:100], b""):  # cut short by Ctrl-C, or empty
+        entry.write_bytes(broken)
+        with pytest.warns(RuntimeWarning, match=f"ServeGen cache {entry} cannot be read .*; synthesising again"):
+            again = load_servegen(folder, seed=1, cache_dir=cache)
+        assert np.array_equal(first.n_requests, again.n_requests)
+        assert np.array_equal(first.prompt_tokens, load_servegen(folder, seed=1, cache_dir=cache).prompt_tokens)
+    assert [p.name for p in cache.iterdir()] == [entry.name]
+
+
+def test_an_interrupted_cache_write_leaves_no_entry(tmp_path, monkeypatch):
+    def interrupted(file, **arrays):
+        (Path(file) if isinstance(file, (str, Path)) else file).write(b"PK\x03\x04 partial")
+        raise KeyboardInterrupt
+
+    folder, cache = tmp_path / "sg", tmp_path / "cache"
+    _write_client(folder, "chunk-0-trace.csv", ["0,2.0,1.5,Gamma,0.44,1.0"])
+    monkeypatch.setattr(traces.np, "savez", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        load_servegen(folder, cache_dir=cache)
+    assert list(cache.iterdir()) == []
+
+
+def test_a_cache_that_cannot_be_written_is_a_warning(tmp_path):
+    _write_client(tmp_path / "sg", "chunk-0-trace.csv", ["0,2.0,1.5,Gamma,0.44,1.0"])
+    (tmp_path / "file").write_text("")
+    with pytest.warns(RuntimeWarning, match="ServeGen cache .*file/servegen-sg-.*.npz not written: "):
+        assert load_servegen(tmp_path / "sg", cache_dir=tmp_path / "file").n_requests.sum() > 0
