@@ -60,6 +60,13 @@ def test_ray_serve_scales_with_ongoing_requests_after_the_upscale_delay(cluster)
     assert decisions[-1].decode == 4
 
 
+def test_ray_serve_targets_stay_finite_for_prompts_without_tokens(cluster):
+    # A live loop's mean prompt over requests without prompt tokens is 0: the target once divided by it.
+    empty = replace(snap(0), mean_prompt_tokens=0.0, tail_prompt_tokens=0.0)
+    target_p, target_d = RayServePolicy(cluster, interval_s=10.0).targets_per_replica(empty)
+    assert math.isfinite(target_p) and target_p >= 1 and target_d >= 1
+
+
 def test_ray_serve_waits_its_default_600s_before_scaling_down(cluster):
     policy = RayServePolicy(cluster, interval_s=10.0)
     targets = (10, 4)
