@@ -133,8 +133,9 @@ class CapacityModel:
         if budget <= 0:
             return 0.0
         mean_service = float(self.prefill_time_s(mean_prompt_tokens))
-        # rho s / (2 (1 - rho)) = budget  ->  rho = 2 budget / (s + 2 budget)
-        rho = 2.0 * budget / (mean_service + 2.0 * budget)
+        # rho s / (2 (1 - rho)) = budget  ->  rho = 2 budget / (s + 2 budget); a budget past float range
+        # (an SLO of 1e308 s) leaves a replica fully loaded, where the formula would be inf / inf.
+        rho = 2.0 * budget / (mean_service + 2.0 * budget) if math.isfinite(2.0 * budget) else 1.0
         return rho * self.prefill_tokens_per_s(mean_prompt_tokens=mean_prompt_tokens)
 
 

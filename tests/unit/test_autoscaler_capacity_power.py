@@ -41,6 +41,11 @@ def test_ttft_grows_with_load_and_is_infinite_at_saturation():
     assert np.all(np.diff(ttft[:3]) > 0) and np.isinf(ttft[3])
     budget = cap.prefill_tokens_per_s_within(2.0, 1024, 4096, margin=1.0)
     assert float(cap.ttft_s(budget, 4096, 1024)) == pytest.approx(2.0, rel=1e-6)
+    # An SLO past float range (`--ttft-slo-s 1e308`) once made the load inf / inf = NaN, and every policy's
+    # replica count NaN: a replica is then fully loaded, at just under an SLO of 1e300 s.
+    unbounded = cap.prefill_tokens_per_s_within(1e308, 1024, 4096)
+    assert unbounded == float(cap.prefill_tokens_per_s(mean_prompt_tokens=1024))
+    assert unbounded == pytest.approx(cap.prefill_tokens_per_s_within(1e300, 1024, 4096), rel=1e-12)
 
 
 @needs_perf
