@@ -394,7 +394,8 @@ def load_servegen(folder: str | Path, step_s: float = 10.0, seed: int = 0, lengt
     files = sorted(folder.glob("chunk-*-trace.csv"), key=lambda p: p.name)
     if not files:
         raise TraceError(f"ServeGen folder {folder} holds no chunk-*-trace.csv client files")
-    _check_servegen_step(step_s)
+    if not whole_multiple(SERVEGEN_WINDOW_S, step_s):
+        raise TraceError(f"step_s must divide the {SERVEGEN_WINDOW_S:.0f} s ServeGen window, got {step_s}")
     contents = hashlib.sha256()
     data = []
     for p in files:
@@ -437,14 +438,11 @@ def load_servegen(folder: str | Path, step_s: float = 10.0, seed: int = 0, lengt
     return TickTrace(folder.name, float(step_s), count, prompt_sum, output_sum, groups)
 
 
-def _check_servegen_step(step_s: float) -> None:
-    """Refuse a tick that does not divide the ServeGen window a whole number of times.
-
-    The quotient is compared with a tolerance: ``600 % 0.1`` is 0.0999... in floating point.
-    """
-    windows = SERVEGEN_WINDOW_S / step_s if math.isfinite(step_s) and step_s > 0 else 0.0
-    if windows < 1 or abs(windows - round(windows)) > 1e-9 * windows:
-        raise TraceError(f"step_s must divide the {SERVEGEN_WINDOW_S:.0f} s ServeGen window, got {step_s}")
+def whole_multiple(length_s: float, unit_s: float) -> bool:
+    """Whether ``length_s`` is a whole number (>= 1) of ``unit_s``: a ServeGen window of ticks, a forecast step
+    of a trace's ticks. The quotient is compared with a tolerance: ``600 % 0.1`` is 0.0999... in floating point."""
+    n = length_s / unit_s if math.isfinite(unit_s) and unit_s > 0 else 0.0
+    return n >= 1 and abs(n - round(n)) <= 1e-9 * n
 
 
 def _load_cached(cached: Path, name: str, step_s: float) -> TickTrace | None:

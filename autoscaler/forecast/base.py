@@ -65,11 +65,16 @@ def check_history(history: np.ndarray, n_indicators: int | None = None, min_rows
     return arr
 
 
+def check_positive(name: str, value: float, unit: str = "") -> float:
+    """Return ``value`` as a float or raise ``ForecastInputError`` naming ``name`` unless it is a finite number > 0."""
+    if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value) and value > 0):
+        raise ForecastInputError(f"{name} must be a finite number{unit} > 0, got {value!r}")
+    return float(value)
+
+
 def check_step_s(step_s: float) -> float:
     """Return ``step_s`` as a float or raise ``ForecastInputError`` unless it is a finite number of seconds > 0."""
-    if not (isinstance(step_s, numbers.Real) and not isinstance(step_s, bool) and np.isfinite(step_s) and step_s > 0):
-        raise ForecastInputError(f"step_s must be a finite number of seconds > 0, got {step_s}")
-    return float(step_s)
+    return check_positive("step_s", step_s, " of seconds")
 
 
 def check_request(horizon: int, n_samples: int, max_horizon: int | None = None) -> None:

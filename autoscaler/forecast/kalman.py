@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 from statsmodels.tsa.statespace.structural import UnobservedComponents
 
-from .base import Forecast, ForecastInputError, check_history, check_request, indicator_names
+from .base import Forecast, ForecastInputError, check_history, check_positive, check_request, indicator_names
 from .features import LogScale
 from .naive import DAY_S, season_steps
 
@@ -32,9 +32,8 @@ class KalmanForecaster:
     ) -> None:
         if not isinstance(harmonics, numbers.Integral) or isinstance(harmonics, bool) or harmonics < 1:
             raise ForecastInputError(f"harmonics must be an integer >= 1, got {harmonics!r}")
-        for name, value in (("window_days", window_days), ("season_s", season_s)):
-            if not (isinstance(value, numbers.Real) and np.isfinite(value) and value > 0):
-                raise ForecastInputError(f"{name} must be a finite number > 0, got {value!r}")
+        check_positive("window_days", window_days)
+        check_positive("season_s", season_s)
         self.harmonics, self.window_days, self.season_s = harmonics, window_days, season_s
         self.indicators = indicators
         self.step_s: float | None = None

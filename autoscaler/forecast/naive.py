@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Forecast, ForecastInputError, check_history, check_request, check_step_s, indicator_names
+from .base import (Forecast, ForecastInputError, check_history, check_positive, check_request, check_step_s,
+                   indicator_names)
 
 DAY_S = 86_400.0
 
@@ -75,8 +76,7 @@ class SeasonalNaive(_PointForecaster):
 
     def __init__(self, season_s: float = DAY_S, indicators: tuple[str, ...] | None = None) -> None:
         super().__init__(indicators)
-        if not (np.isfinite(season_s) and season_s > 0):
-            raise ForecastInputError(f"season_s must be a finite number of seconds > 0, got {season_s!r}")
+        check_positive("season_s", season_s, " of seconds")
         self.season_s = season_s
 
     def _point(self, history: np.ndarray, horizon: int) -> np.ndarray:

@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 from statsmodels.regression.quantile_regression import QuantReg
 
-from .base import Forecast, ForecastInputError, check_history, check_request, indicator_names
+from .base import Forecast, ForecastInputError, check_history, check_positive, check_request, indicator_names
 from .features import LogScale, WindowSpec
 from .naive import DAY_S, season_steps
 
@@ -43,8 +43,7 @@ class QuantileRegression:
                 raise ForecastInputError(f"{name} must be an integer >= {least}, got {value!r}")
         if not refit_every_s > 0:
             raise ForecastInputError(f"refit_every_s must be > 0, got {refit_every_s!r}")
-        if not (np.isfinite(history_days) and history_days > 0):
-            raise ForecastInputError(f"history_days must be a finite number > 0, got {history_days!r}")
+        check_positive("history_days", history_days)
         self.horizon, self.context, self.seasons = horizon, context, seasons
         self.history_days = history_days
         self.refit_every_s, self.levels = refit_every_s, np.asarray(levels)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from autoscaler.decision import DecisionParams
 from autoscaler.simulator import ClusterParams
+from autoscaler.traces import whole_multiple
 
 POLICIES = ("static", "ray-serve", "dynamo", "flowtide")
 # Traces at least this long are "multi-day" (600 s forecast steps, 10 s ticks); shorter ones are hour-long.
@@ -84,8 +85,7 @@ def make_policy(name: str, trace, cluster: ClusterParams, forecaster: str = "flo
         return DynamoPolicy(cluster, seed=seed, **kw)
     if name == "flowtide":
         step = forecast_step_s or default_forecast_step_s(trace.duration_s)
-        ticks = step / trace.step_s
-        if ticks < 1 - 1e-9 or abs(ticks - round(ticks)) > 1e-6:
+        if not whole_multiple(step, trace.step_s):
             # A step's row is the mean of whole ticks; one shorter than a tick looks thousands of steps ahead.
             raise PolicyError(f"forecast_step_s {step:g} must be a whole number of the trace's {trace.step_s:g} s ticks")
         if trace.duration_s < LONG_TRACE_S:

@@ -289,7 +289,7 @@ def _write_indicators(result: SimResult, path: Path) -> str:
 
 
 def _write_json(summary: dict, path: Path) -> str:
-    """Strict JSON: a figure that is not finite (no TTFT under a cap that serves nothing) is null."""
+    """Strict JSON: a figure that is not finite is null (JSON has no NaN or Infinity)."""
     strict = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in summary.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(strict, indent=2, allow_nan=False))
